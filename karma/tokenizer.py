@@ -1,0 +1,86 @@
+"""Tokenizer: a checkpoint's tokenizer.json through the `tokenizers` library, plus its special ids.
+
+BOS handling is the checkpoint's own: tokenizer.json's post-processor prepends BOS for Llama 3
+(<|begin_of_text|> 128000) and adds nothing for Falcon and Pythia, whose <|endoftext|> is both BOS
+and EOS. Special ids come from tokenizer_config.json (or special_tokens_map.json), then config.json;
+extra stop ids (e.g. Llama 3 Instruct's <|eot_id|>) from generation_config.json. Without a pad
+token, EOS pads: the attention mask, not the id, says what is padding.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+
+from karma.weights import resolve
+
+
+class Tokenizer:
+    def __init__(self, directory: str | os.PathLike):
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory}: no tokenizer.json (KARMA reads the fast-tokenizer "
+                                    f"file that Hugging Face checkpoints ship)")
+        self.tok = HFTokenizer.from_file(str(path))
+        meta = {}
+        for name in ("config.json", "generation_config.json", "special_tokens_map.json", "tokenizer_config.json"):
+            if (directory / name).exists():
+                meta[name] = json.loads((directory / name).read_text())
+
+        def token_id(field):
+            """Id of a special token named in tokenizer_config / special_tokens_map, else config.json."""
+            for name in ("tokenizer_config.json", "special_tokens_map.json"):
+                token = meta.get(name, {}).get(field)
+                token = token.get("content") if isinstance(token, dict) else token
+                if isinstance(token, str) and self.tok.token_to_id(token) is not None:
+                    return self.tok.token_to_id(token)
+            value = meta.get("config.json", {}).get(f"{field}_id")
+            return value[0] if isinstance(value, list) else value
+
+        self.bos_id: int | None = token_id("bos_token")
+        eos = token_id("eos_token")
+        if eos is None:
+            eos = next((self.tok.token_to_id(t) for t in ("<|endoftext|>", "<|end_of_text|>", "</s>")
+                        if self.tok.token_to_id(t) is not None), None)
+        if eos is None:
+            raise ValueError(f"{directory}: no EOS token in tokenizer_config.json, special_tokens_map.json "
+                             f"or config.json")
+        self.eos_id: int = eos
+        extra = meta.get("generation_config.json", {}).get("eos_token_id", [])
+        self.stop_ids: list[int] = sorted({eos, *([extra] if isinstance(extra, int) else extra)})
+        pad = token_id("pad_token")
+        self.pad_id: int = eos if pad is None else pad
+        self.vocab_size: int = self.tok.get_vocab_size()
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True):
+        """-> input_ids, attention_mask: LongTensors [B, T], LEFT-padded with pad_id."""
+        encodings = self.tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return left_pad([e.ids for e in encodings], self.pad_id)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int):
+    """Token lists -> (input_ids, attention_mask) [B, max_len], padding on the left so every row's
+    last real token sits in the last column (what batched generation needs)."""
+    width = max((len(s) for s in sequences), default=0)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def load_tokenizer(name_or_path) -> Tokenizer:
+    """A checkpoint directory, hub id or alias (see karma.weights.ALIASES) -> Tokenizer."""
+    return Tokenizer(resolve(name_or_path))
