@@ -19,7 +19,7 @@ test-gpu: $(VENV)/.test  ## tests that need a CUDA device
 	$(BIN)/python -m pytest -q -m gpu
 
 bench: $(VENV)/.test  ## CPU benchmarks, JSON on stdout
-	$(BIN)/python bench/forward_cpu.py
+	PYTHONPATH=. $(BIN)/python bench/forward_cpu.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -8,6 +8,10 @@ rows are finished.
 The returned log-probability of a sampled token is log softmax(logits / temperature) at that token
 (raw logits for greedy), i.e. what a forward pass of the policy recomputes for PPO. top-k/top-p
 only restrict which tokens may be drawn; they do not renormalise the reported log-probs.
+
+On CUDA, `cuda_graph=True` records one decode step (all layers, cache writes, vocabulary projection)
+as a CUDA graph and replays it per token, removing the per-kernel launch cost that dominates small
+batches. This works because the cache has static shapes and its write position is a device tensor.
 """
 
 from dataclasses import dataclass
@@ -49,10 +53,13 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
 @torch.no_grad()
 def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             stop_ids=None, pad_id: int | None = None, seed: int | None = None) -> Generation:
+             stop_ids=None, pad_id: int | None = None, seed: int | None = None,
+             cuda_graph: bool = False) -> Generation:
     """Sample up to max_new_tokens continuations of left-padded prompts input_ids [B, T].
     stop_ids defaults to the checkpoint's eos ids; pad_id to the first stop id. With `seed` the draw
-    uses its own torch.Generator (reproducible, global RNG untouched); without, the global RNG."""
+    uses its own torch.Generator (reproducible, global RNG untouched); without, the global RNG.
+    cuda_graph=True replays the decode step as a CUDA graph (CUDA only; same tokens as eager up to
+    kernel-level floating-point differences)."""
     B, T = input_ids.shape
     device = input_ids.device
     stop = torch.tensor(sorted(set(model.config.eos_token_ids if stop_ids is None else stop_ids)),
@@ -63,6 +70,7 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
 
     hidden = model(input_ids, attention_mask, cache=cache, output="hidden")  # prefill: [B, T, hidden]
     logits = model.logits(hidden[:, -1])  # [B, V]
+    decode = graphed_decode_step(model, cache, B) if cuda_graph else eager_decode_step(model, cache)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logprobs, masks = [], [], []
     for step in range(max_new_tokens):
@@ -74,7 +82,7 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
         done = done | torch.isin(token, stop)
         if step == max_new_tokens - 1 or bool(done.all()):
             break
-        logits = model.logits(model(token[:, None], cache=cache, output="hidden")[:, -1])
+        logits = decode(token)
     mask = torch.stack(masks, 1) if masks else torch.zeros(B, 0, dtype=torch.bool, device=device)
     return Generation(
         tokens=torch.stack(tokens, 1) if tokens else torch.zeros(B, 0, dtype=torch.long, device=device),
@@ -82,3 +90,31 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
         logprobs=torch.stack(logprobs, 1) if logprobs else torch.zeros(B, 0, device=device),
         ended=done,
     )
+
+
+def eager_decode_step(model: Transformer, cache: KVCache):
+    """token [B] -> next-token logits [B, V], appending the token to the cache."""
+    return lambda token: model.logits(model(token[:, None], cache=cache, output="hidden")[:, -1])
+
+
+def graphed_decode_step(model: Transformer, cache: KVCache, batch: int):
+    """The eager step recorded once as a CUDA graph; each call copies the token in and replays it."""
+    step = eager_decode_step(model, cache)
+    token_in = torch.zeros(batch, dtype=torch.long, device=cache.length.device)
+    length = cache.length.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph: kernel selection, workspaces
+        step(token_in)
+    torch.cuda.current_stream().wait_stream(side)
+    cache.length.copy_(length)  # undo the warm-up's append (its cache writes are overwritten later)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # recorded, not run
+        logits_out = step(token_in)
+
+    def replay(token):
+        token_in.copy_(token)
+        graph.replay()
+        return logits_out
+
+    return replay
