@@ -54,12 +54,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
 def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              stop_ids=None, pad_id: int | None = None, seed: int | None = None,
-             cuda_graph: bool = False) -> Generation:
+             cuda_graph: bool | None = None) -> Generation:
     """Sample up to max_new_tokens continuations of left-padded prompts input_ids [B, T].
     stop_ids defaults to the checkpoint's eos ids; pad_id to the first stop id. With `seed` the draw
     uses its own torch.Generator (reproducible, global RNG untouched); without, the global RNG.
-    cuda_graph=True replays the decode step as a CUDA graph (CUDA only; same tokens as eager up to
-    kernel-level floating-point differences)."""
+    cuda_graph (default: on for CUDA tensors) replays the decode step as a CUDA graph; the eager
+    path gives the same tokens (bench/gpu_decoder.py checks it on an H100)."""
     B, T = input_ids.shape
     device = input_ids.device
     stop = torch.tensor(sorted(set(model.config.eos_token_ids if stop_ids is None else stop_ids)),
@@ -70,6 +70,8 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
 
     hidden = model(input_ids, attention_mask, cache=cache, output="hidden")  # prefill: [B, T, hidden]
     logits = model.logits(hidden[:, -1])  # [B, V]
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
     decode = graphed_decode_step(model, cache, B) if cuda_graph else eager_decode_step(model, cache)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logprobs, masks = [], [], []
