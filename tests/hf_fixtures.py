@@ -321,18 +321,6 @@ def make_checkpoint(layout: str, directory, shard_size=None, seed: int | None = 
     return oracle
 
 
-def left_pad(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad lists of ids -> (input_ids [B,T] long, attention_mask [B,T] long)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """position_ids for the HF oracle on a left-padded batch (Falcon ignores the mask otherwise)."""
     pos = mask.long().cumsum(-1) - 1

@@ -15,7 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import karma
-from hf_fixtures import left_pad, load_oracle, positions_from_mask, random_prompts
+from karma.tokenizer import left_pad
+from hf_fixtures import load_oracle, positions_from_mask, random_prompts
 
 ATOL = 1e-4
 SHARD_NAME = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
@@ -73,7 +74,7 @@ def test_export_roundtrip(ckpt, tmp_path):
     # HF layout: the same tensor names as the checkpoint transformers wrote (no lm_head when tied)
     assert checkpoint_keys(out) == checkpoint_keys(ckpt.path)
 
-    ids, mask = left_pad(random_prompts([12, 5], seed=30))
+    ids, mask = left_pad(random_prompts([12, 5], seed=30), pad_id=0)
     real = mask.bool()
     hf = load_oracle(out)
     ours, theirs = logits_both(model, hf, ids, mask)
@@ -103,7 +104,7 @@ def test_sharded_export(ckpt, tmp_path, max_shard_size):
             nbytes = sum(t.numel() * t.element_size() for t in load_file(str(out / name)).values())
             assert nbytes <= 20 * 1024, (name, nbytes)
 
-    ids, mask = left_pad(random_prompts([10, 4], seed=31))
+    ids, mask = left_pad(random_prompts([10, 4], seed=31), pad_id=0)
     real = mask.bool()
     ours, theirs = logits_both(model, load_oracle(out), ids, mask)
     assert (ours[real] - theirs[real]).abs().max() <= ATOL
@@ -119,7 +120,7 @@ def test_sharded_input_exports_single_file(checkpoint_factory, tmp_path):
     karma.save_model(model, str(tmp_path / "one"))
     assert (tmp_path / "one" / "model.safetensors").exists()
     assert not list((tmp_path / "one").glob("model-*-of-*.safetensors"))
-    ids, mask = left_pad(random_prompts([9, 3], seed=32))
+    ids, mask = left_pad(random_prompts([9, 3], seed=32), pad_id=0)
     real = mask.bool()
     ours, theirs = logits_both(model, load_oracle(tmp_path / "one"), ids, mask)
     assert (ours[real] - theirs[real]).abs().max() <= ATOL
@@ -134,7 +135,7 @@ def test_export_writes_the_current_weights(layout, checkpoint_factory, tmp_path)
         for p in model.parameters():
             p.mul_(1.05)
     karma.save_model(model, str(tmp_path / "edited"))
-    ids, mask = left_pad(random_prompts([8, 6], seed=33))
+    ids, mask = left_pad(random_prompts([8, 6], seed=33), pad_id=0)
     real = mask.bool()
     ours, theirs = logits_both(model, load_oracle(tmp_path / "edited"), ids, mask)
     _, original = logits_both(model, ckpt.oracle, ids, mask)

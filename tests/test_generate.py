@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import karma
-from hf_fixtures import left_pad, random_prompts
+from karma.tokenizer import left_pad
+from hf_fixtures import random_prompts
 
 # Log-probs recomputed by one full forward pass vs. the KV-cached decode: the two differ only by
 # float rounding (transformers itself shows ~6e-6 between its cached and full-pass logits here).
@@ -160,7 +161,7 @@ SAMPLING_LAYOUTS = ["llama_tied", "falcon_rw", "neox"]
 @pytest.mark.parametrize("layout", SAMPLING_LAYOUTS)
 def test_same_seed_same_output(layout, checkpoint_factory):
     model = load(checkpoint_factory(layout))
-    ids, mask = left_pad(random_prompts([6, 4], seed=16))
+    ids, mask = left_pad(random_prompts([6, 4], seed=16), pad_id=0)
 
     def run(seed):
         return karma.generate(model, ids, mask, max_new_tokens=10, temperature=1.0, seed=seed)
@@ -178,7 +179,7 @@ def test_same_seed_same_output(layout, checkpoint_factory):
 @pytest.mark.parametrize("layout", SAMPLING_LAYOUTS)
 def test_top_k_1_and_tiny_top_p_equal_greedy(layout, checkpoint_factory):
     model = load(checkpoint_factory(layout))
-    ids, mask = left_pad(random_prompts([7, 3], seed=17))
+    ids, mask = left_pad(random_prompts([7, 3], seed=17), pad_id=0)
     greedy = karma.generate(model, ids, mask, max_new_tokens=10, temperature=0)
     top1 = karma.generate(model, ids, mask, max_new_tokens=10, temperature=1.0, top_k=1, seed=5)
     nucleus = karma.generate(model, ids, mask, max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=5)
@@ -227,7 +228,7 @@ def test_each_row_stops_at_its_own_stop_token(layout, checkpoint_factory):
     ckpt = checkpoint_factory(layout)
     model = load(ckpt)
     eos = ckpt.eos_id
-    ids, mask = left_pad(random_prompts([7, 5, 6], seed=20))
+    ids, mask = left_pad(random_prompts([7, 5, 6], seed=20), pad_id=0)
     base = real_rows(karma.generate(model, ids, mask, max_new_tokens=10, temperature=0, stop_ids=[eos]))
 
     # pick some row's greedy token at a step k >= 2 (first occurrence in that row) as an extra

@@ -12,9 +12,7 @@ import torch
 import karma
 from hf_fixtures import LAYOUTS, positions_from_mask
 
-pytestmark = pytest.mark.gpu
-if not torch.cuda.is_available():
-    pytest.skip("needs a CUDA device", allow_module_level=True)
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))

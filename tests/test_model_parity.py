@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import karma
+from karma.tokenizer import left_pad
 from hf_fixtures import (
-    VOCAB, left_pad, llama3_bands, positions_from_mask, random_prompts,
+    VOCAB, llama3_bands, positions_from_mask, random_prompts,
 )
 
 ATOL = 1e-4
@@ -114,7 +115,7 @@ def test_long_sequence_matches_transformers(ckpt):
 def test_hidden_output_matches_transformers_last_hidden_state(ckpt):
     model = karma.load_model(str(ckpt.path)).eval()
     prompts = random_prompts([12, 7], seed=4)
-    ids, mask = left_pad(prompts)
+    ids, mask = left_pad(prompts, pad_id=0)
     with torch.no_grad():
         hidden = model(ids, mask, output="hidden")
         base = ckpt.oracle.base_model  # model / transformer / gpt_neox: output after final norm
@@ -135,7 +136,7 @@ def test_sharded_checkpoint_matches_transformers(sharded_ckpt):
     assert len(files) > 1 and (sharded_ckpt.path / "model.safetensors.index.json").exists()
     assert not (sharded_ckpt.path / "model.safetensors").exists()
     model = karma.load_model(str(sharded_ckpt.path)).eval()
-    ids, mask = left_pad(random_prompts([13, 6], seed=5))
+    ids, mask = left_pad(random_prompts([13, 6], seed=5), pad_id=0)
     got = karma_logits(model, ids, mask)
     expected = oracle_logits(sharded_ckpt.oracle, ids, mask)
     real = mask.bool()
@@ -179,7 +180,7 @@ def test_falcon_refinedweb_config_spellings(layout, checkpoint_factory, tmp_path
     }
     (d / "config.json").write_text(json.dumps(legacy))
     model = karma.load_model(str(d)).eval()
-    ids, mask = left_pad(random_prompts([14, 5], seed=8))
+    ids, mask = left_pad(random_prompts([14, 5], seed=8), pad_id=0)
     real = mask.bool()
     got = karma_logits(model, ids, mask)
     assert max_diff(got[real], oracle_logits(ckpt.oracle, ids, mask)[real]) <= ATOL
