@@ -15,9 +15,10 @@ Both spellings of the hub's configs are accepted: the original ones (`rope_theta
 `rope_parameters` dict that transformers 5 writes.
 """
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from karma.checkpoint import read_json
 
 FAMILIES = ("llama", "falcon", "gpt_neox")
 # model_type in config.json -> family. RefinedWeb* are Falcon's original (pre-transformers) names.
@@ -66,14 +67,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelConfig":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no config.json in this checkpoint directory") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_hf(raw, source=str(path))
+        return cls.from_hf(read_json(path), source=str(path))
 
     @classmethod
     def from_hf(cls, raw: dict, source: str = "config.json") -> "ModelConfig":
@@ -100,8 +94,11 @@ class ModelConfig:
             rope_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
             if rope_type != "llama3":
                 raise ValueError(f"{source}: unsupported rope scaling type {rope_type!r} (supported: llama3)")
-            rope_scaling = {k: rope_scaling[k] for k in
-                            ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+            keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            missing = [k for k in keys if k not in rope_scaling]
+            if missing:
+                raise ValueError(f"{source}: llama3 rope scaling lacks {', '.join(missing)}")
+            rope_scaling = {k: rope_scaling[k] for k in keys}
             rope_scaling["rope_type"] = "llama3"
 
         hidden = get("hidden_size", "n_embed", "d_model")

@@ -7,13 +7,13 @@ extra stop ids (e.g. Llama 3 Instruct's <|eot_id|>) from generation_config.json.
 token, EOS pads: the attention mask, not the id, says what is padding.
 """
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
+from karma.checkpoint import read_json
 from karma.weights import resolve
 
 
@@ -28,7 +28,7 @@ class Tokenizer:
         meta = {}
         for name in ("config.json", "generation_config.json", "special_tokens_map.json", "tokenizer_config.json"):
             if (directory / name).exists():
-                meta[name] = json.loads((directory / name).read_text())
+                meta[name] = read_json(directory / name)
 
         def token_id(field):
             """Id of a special token named in tokenizer_config / special_tokens_map, else config.json."""

@@ -12,7 +12,6 @@ The conversions are pure reshapes, so the same functions run on meta tensors to 
 checkpoint shapes for error messages.
 """
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from karma.checkpoint import atomic_write, atomic_write_json
+from karma.checkpoint import atomic_write, atomic_write_json, read_json
 from karma.config import ModelConfig
 from karma.gguf_import import smollm2_checkpoint
 from karma.model import Transformer
@@ -177,11 +176,11 @@ class CheckpointFiles:
         index = directory / "model.safetensors.index.json"
         bin_index = directory / "pytorch_model.bin.index.json"
         if index.exists():
-            self.where = {k: directory / f for k, f in _read_json(index)["weight_map"].items()}
+            self.where = {k: directory / f for k, f in read_json(index)["weight_map"].items()}
         elif (directory / "model.safetensors").exists():
             self.where = {k: directory / "model.safetensors" for k in self._keys(directory / "model.safetensors")}
         elif bin_index.exists() or (directory / "pytorch_model.bin").exists():
-            self.where = ({k: directory / f for k, f in _read_json(bin_index)["weight_map"].items()}
+            self.where = ({k: directory / f for k, f in read_json(bin_index)["weight_map"].items()}
                           if bin_index.exists() else
                           {k: directory / "pytorch_model.bin" for k in self._keys(directory / "pytorch_model.bin")})
         else:
@@ -301,10 +300,3 @@ def _parse_size(size: int | str) -> int:
     unit = m.group(2).upper()
     scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
     return int(float(m.group(1)) * scale)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None

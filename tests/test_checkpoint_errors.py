@@ -173,3 +173,20 @@ def test_aliases_point_to_hub_ids():
     aliases = karma.weights.ALIASES
     assert aliases["pythia-70m"] == "EleutherAI/pythia-70m"
     assert all(isinstance(v, str) and v.count("/") == 1 for v in aliases.values())
+
+
+def test_malformed_json_names_the_file(checkpoint_factory, tmp_path):
+    d = copy_ckpt(checkpoint_factory, "neox", tmp_path, "bad_json")
+    (d / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>",\n  oops}')
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: not valid JSON.*line 2"):
+        karma.load_tokenizer(d)
+    (d / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        karma.load_model(d)
+
+
+def test_incomplete_llama3_rope_scaling_names_the_field(checkpoint_factory, tmp_path):
+    d = copy_ckpt(checkpoint_factory, "llama_untied", tmp_path, "bad_rope")
+    edit_config(d, lambda cfg: cfg["rope_scaling"].pop("low_freq_factor"))
+    with pytest.raises(ValueError, match=r"config\.json.*low_freq_factor"):
+        karma.load_model(d)
