@@ -1,0 +1,1 @@
+"""RLHF PPO: pure tensor math (core.py) and the rollout buffer (rollout.py)."""

@@ -1,0 +1,356 @@
+"""The math of RLHF PPO as pure functions on tensors.
+
+Shapes: B = batch (sequences), T = response length, V = vocabulary. Per-token tensors are [B, T]
+with responses right-padded (the response starts at column 0); `mask` is [B, T], bool or 0/1 float,
+1 on real response tokens up to and including EOS, 0 on padding. Whatever sits in a padded slot
+(garbage, inf, NaN) never reaches a result or a gradient: every function that takes a mask
+selects the real entries with `torch.where` before doing arithmetic on them.
+
+Sources:
+  [Z19]  Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences" (and its code,
+         openai/lm-human-preferences).
+  [S17]  Schulman et al. 2017, "Proximal Policy Optimization Algorithms".
+  [S16]  Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
+         Estimation".
+  [H24]  Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO" (and TRL's PPO).
+  [KL]   J. Schulman, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+KLKind = Literal["k1", "k2", "k3", "abs"]
+
+WHITEN_EPS = 1e-8
+MAX_LOG_RATIO = 20.0  # log-ratios are clamped to +-20 before exp [H24]
+CHUNK_ELEMENTS = 2**25  # default fp32 elements per vocabulary chunk: 128 MiB
+
+
+# ----------------------------------------------------------------------------- masked statistics
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """mean(x) over the entries where mask is 1, over all dims or along `dim`.
+
+    sum_i m_i x_i / sum_i m_i. An empty selection (no 1 in the mask, or in a row when `dim` is
+    given) has mean 0, not NaN.
+    """
+    m = mask.bool()
+    return torch.where(m, x, 0.0).sum(dim) / m.sum(dim).clamp_min(1)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of the entries of x where mask is 1 (a 0-dim tensor).
+
+    sum_i m_i (x_i - mean)^2 / (n - 1) with Bessel's correction (`unbiased`, as TRL), else / n.
+    With fewer than 2 entries there is no spread to measure: the result is 0, never NaN.
+    """
+    m = mask.bool()
+    n = m.sum()
+    sq = torch.where(m, x - masked_mean(x, m), 0.0) ** 2
+    return sq.sum() / (n - 1 if unbiased else n).clamp_min(1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the masked entries [H24, Z19]; 0 at padding.
+
+    `shift_mean=False` adds the mean back (scale only; used for rewards). var is the unbiased
+    `masked_var`, so a mask with fewer than 2 entries whitens to 0 (or to x with shift_mean=False).
+    """
+    m = mask.bool()
+    x = torch.where(m, x, 0.0)
+    mean = masked_mean(x, m)
+    white = (x - mean) * torch.rsqrt(masked_var(x, m) + WHITEN_EPS)
+    if not shift_mean:
+        white = white + mean
+    return torch.where(m, white, 0.0)
+
+
+# ----------------------------------------------------------------------------- per-token log-probs
+
+
+def _chunks(logits: Tensor, chunk_tokens: int | None):
+    """Yield (b, slice over T) covering logits [B, T, V] in pieces of at most chunk_tokens rows.
+
+    Views of one batch row at a time, so a non-contiguous `logits` (e.g. logits[:, q-1:-1]) is
+    never copied.
+    """
+    B, T, V = logits.shape
+    step = chunk_tokens or max(1, CHUNK_ELEMENTS // V)
+    for b in range(B):
+        for t in range(0, T, step):
+            yield b, slice(t, t + step)
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """x in at least float32 (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class _TokenLogprob(torch.autograd.Function):
+    """log_softmax(z)[token] with a chunked float32 forward and backward.
+
+    Autograd on a plain `torch.logsumexp(z.float())` would keep every float32 chunk alive for the
+    backward pass, i.e. a full [B, T, V] float32 copy of the logits; here only the logits
+    themselves (already alive in the graph) and lse [B, T] are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, tokens: Tensor, chunk_tokens: int | None) -> Tensor:
+        out_dtype = torch.promote_types(logits.dtype, torch.float32)
+        logp = torch.empty(tokens.shape, dtype=out_dtype, device=logits.device)
+        lse = torch.empty_like(logp)
+        for b, s in _chunks(logits, chunk_tokens):
+            z = _upcast(logits[b, s])  # [t, V]
+            lse[b, s] = torch.logsumexp(z, -1)
+            logp[b, s] = z.gather(-1, tokens[b, s, None]).squeeze(-1) - lse[b, s]
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.chunk_tokens = chunk_tokens
+        return logp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp: Tensor):
+        # d logp_t / d z_tv = 1[v = token_t] - softmax(z_t)_v,  softmax(z_t)_v = exp(z_tv - lse_t)
+        logits, tokens, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for b, s in _chunks(logits, ctx.chunk_tokens):
+            g_t = grad_logp[b, s, None]  # [t, 1]
+            g = -g_t * torch.exp(_upcast(logits[b, s]) - lse[b, s, None])  # [t, V]
+            grad[b, s] = g.scatter_add_(-1, tokens[b, s, None], g_t)
+        return grad, None, None
+
+
+def logprobs_from_logits(logits: Tensor, tokens: Tensor, chunk_tokens: int | None = None) -> Tensor:
+    """log pi(token_t) = z_t[token_t] - logsumexp(z_t): logits [B, T, V], tokens [B, T] -> [B, T].
+
+    The result is float32 (float64 for float64 logits) whatever the logits dtype. bf16 logits are
+    upcast `chunk_tokens` positions at a time (default: CHUNK_ELEMENTS // V, 128 MiB of float32),
+    so beyond the [B, T] outputs the extra memory is a few float32 chunks, in the forward and in
+    the backward pass alike, never a second full-vocabulary tensor. Differentiable in `logits`.
+    `tokens` at padded positions must still be valid ids (e.g. the pad id); mask them afterwards.
+    """
+    return _TokenLogprob.apply(logits, tokens, chunk_tokens)
+
+
+def entropy_from_logits(logits: Tensor, chunk_tokens: int | None = None) -> Tensor:
+    """Entropy of softmax(z_t): H_t = -sum_v p_v log p_v. logits [B, T, V] -> [B, T] (float32).
+
+    Chunked like `logprobs_from_logits`. It is a diagnostic: call it under torch.no_grad(), else
+    autograd keeps each float32 chunk for the backward pass.
+    """
+    out_dtype = torch.promote_types(logits.dtype, torch.float32)
+    out = torch.empty(logits.shape[:2], dtype=out_dtype, device=logits.device)
+    for b, s in _chunks(logits, chunk_tokens):
+        out[b, s] = torch.special.entr(torch.softmax(_upcast(logits[b, s]), -1)).sum(-1)
+    return out
+
+
+# ----------------------------------------------------------------------------- KL and rewards
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: KLKind = "k1") -> Tensor:
+    """Per-token estimate of KL(pi || ref) from the log-ratio r = log pi(a) - log ref(a), a ~ pi [KL].
+
+      k1  = r                      unbiased, high variance, can be negative per token
+      k2  = r^2 / 2                biased (second order in r), low variance, >= 0
+      k3  = (exp(-r) - 1) + r      unbiased, low variance, >= 0 (clamped at 0 against rounding)
+      abs = |r|                    TRL's "abs" penalty; not an estimator of KL, >= 0
+    Elementwise; any shape.
+    """
+    r = logp - ref_logp
+    if kind == "k1":
+        return r
+    if kind == "k2":
+        return 0.5 * r**2
+    if kind == "k3":
+        return (torch.expm1(-r) + r).clamp_min(0.0)
+    if kind == "abs":
+        return r.abs()
+    raise ValueError(f"unknown KL estimator {kind!r}; expected one of 'k1', 'k2', 'k3', 'abs'")
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Column of the last 1 in each row of mask [B, T] -> [B] long; -1 for an all-zero row.
+
+    Located directly (not as mask.sum() - 1), so it is right for left- and right-padded rows.
+    """
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask.bool(), cols, -1).amax(1)
+
+
+class TokenRewards(NamedTuple):
+    rewards: Tensor  # [B, T]  -kl_coef * kl_t, plus the (penalised) score at the last real token
+    kl: Tensor  # [B, T]  the per-token KL estimate used, 0 at padding (for logging)
+
+
+def token_rewards(
+    scores: Tensor,
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    kl_coef: float,
+    kind: KLKind = "k1",
+    ended_with_eos: Tensor | None = None,
+    missing_eos_penalty: float | None = None,
+) -> TokenRewards:
+    """Per-token rewards R_t = -kl_coef * KL_t + [t = last_b] * score_b [Z19, H24].
+
+    scores [B] (reward-model score of each full response); logp, ref_logp, mask [B, T].
+    The score lands on each row's LAST real token: the EOS when one was generated, else the final
+    generated token; never on padding, whichever side the padding is on.
+    Missing EOS (TRL's convention): when `missing_eos_penalty` is given, rows whose
+    `ended_with_eos` [B] bool is False get score - missing_eos_penalty; the penalty is a
+    non-negative number that is subtracted (a negative one is rejected as a likely sign slip).
+    A row without any real token is an error: there is nowhere to put its score.
+    """
+    m = mask.bool()
+    kl = torch.where(m, kl_estimate(logp, ref_logp, kind), 0.0)  # [B, T]
+    if missing_eos_penalty is not None:
+        if ended_with_eos is None:
+            raise ValueError("missing_eos_penalty needs ended_with_eos (bool [B])")
+        if missing_eos_penalty < 0:
+            raise ValueError(f"missing_eos_penalty is subtracted and must be >= 0, got {missing_eos_penalty}")
+        scores = scores - missing_eos_penalty * (~ended_with_eos.bool()).to(scores.dtype)
+    last = last_token_index(m)  # [B]
+    if (last < 0).any():
+        rows = torch.nonzero(last < 0).flatten().tolist()
+        raise ValueError(f"rows {rows} have no response tokens in the mask; cannot place their score")
+    rewards = (-kl_coef * kl).scatter_add(1, last[:, None], scores[:, None].to(kl.dtype))
+    return TokenRewards(rewards, kl)
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+def gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation [S16] -> (advantages, returns), both [B, T].
+
+      delta_t = R_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lam * A_{t+1},   G_t = A_t + V_t
+    computed backwards over t. V and A past a row's last real token are 0 (the episode ends
+    there); padded positions contribute nothing and get A = G = 0. A padded slot inside a row
+    would end the episode there too, so the real tokens of a row must be contiguous.
+    Inputs are rollout tensors: call it under torch.no_grad().
+    """
+    m = mask.bool()
+    r = torch.where(m, rewards, 0.0)
+    v = torch.where(m, values.to(r.dtype), 0.0)
+    adv = torch.zeros_like(r)
+    next_value = next_adv = torch.zeros_like(r[:, 0])  # [B]
+    for t in reversed(range(r.shape[1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        next_adv = torch.where(m[:, t], delta + gamma * lam * next_adv, 0.0)
+        next_value = v[:, t]
+        adv[:, t] = next_adv
+    return adv, torch.where(m, adv + v, 0.0)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def policy_loss(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate [S17]: L = masked_mean(max(-A rho, -A clip(rho, 1-eps, 1+eps))).
+
+    rho = exp(clamp(logp - old_logp, -20, 20)) (the clamp only guards exp against overflow).
+    All [B, T]. Returns (loss, stats), stats detached 0-dim tensors:
+      clip_frac  fraction of tokens where the clipped term is the larger one (zero gradient there)
+      approx_kl  0.5 * masked_mean((logp - old_logp)^2), unclamped [KL k2]
+      ratio_mean masked_mean(rho) (a minibatch with ratio_mean > 10 is worth skipping [H24])
+    """
+    m = mask.bool()
+    log_ratio = torch.where(m, logp - old_logp, 0.0)
+    ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+    adv = torch.where(m, advantages, 0.0)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), m)
+    stats = {
+        "clip_frac": masked_mean((clipped > unclipped).to(unclipped.dtype), m),
+        "approx_kl": 0.5 * masked_mean(log_ratio**2, m),
+        "ratio_mean": masked_mean(ratio, m),
+    }
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss [Z19, H24]: 0.5 * masked_mean(max((V - G)^2, (V_clip - G)^2)).
+
+    V_clip = clip(V, V_old - c, V_old + c). All [B, T]. Returns (loss, stats) with
+    stats["clip_frac"]: fraction of tokens where the clipped term is the larger one (detached).
+    """
+    m = mask.bool()
+    v, old, g = (torch.where(m, x, 0.0) for x in (values, old_values, returns))
+    v_clipped = old + (v - old).clamp(-clip, clip)
+    unclipped = (v - g) ** 2
+    clipped = (v_clipped - g) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), m)
+    return loss, {"clip_frac": masked_mean((clipped > unclipped).to(unclipped.dtype), m).detach()}
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var(G - V) / Var(G) over the masked tokens (0-dim). 1 is perfect, <= 0 is useless.
+
+    Undefined when Var(G) = 0 (including fewer than 2 tokens): then NaN, as CleanRL, so a
+    dashboard shows a gap rather than a made-up number.
+    """
+    var_g = masked_var(returns, mask, unbiased=False)
+    var_res = masked_var(returns - values, mask, unbiased=False)
+    return torch.where(var_g > 0, 1.0 - var_res / var_g, torch.nan)
+
+
+# ----------------------------------------------------------------------------- KL coefficient
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient beta of [Z19] (lm-human-preferences `AdaptiveKLController`).
+
+      e = clip(current / target - 1, -0.2, 0.2),    beta <- beta * (1 + e * n_steps / horizon)
+
+    KARMA's convention, that of [Z19]: `current` is the mean over the rollout's sequences of each
+    sequence's SUM over response tokens of the k1 KL (nats per sequence, target 6), and `n_steps`
+    is the number of sequences (episodes) in that rollout, with horizon 10000 episodes and init
+    0.15. (TRL-style trainers feed a per-token mean with targets near 0.1 instead; the controller
+    just takes the numbers.)
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float):
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"target and horizon must be > 0, got {target} and {horizon}")
+        self.value, self.target, self.horizon = float(init_kl_coef), float(target), float(horizon)
+
+    def update(self, current: float, n_steps: int) -> float:
+        error = min(max(float(current) / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value, self.target, self.horizon = (float(state[k]) for k in ("value", "target", "horizon"))
+
+
+class FixedKLController:
+    """A constant KL coefficient with the AdaptiveKLController interface; update() changes nothing."""
+
+    def __init__(self, kl_coef: float):
+        self.value = float(kl_coef)
+
+    def update(self, current: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
