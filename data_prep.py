@@ -1,0 +1,98 @@
+"""Pushshift Reddit dumps -> reward-model examples (train/held-out JSONL) and PPO prompt sets.
+
+    python data_prep.py --input data/sample --out runs/data
+    python data_prep.py --input /dumps/RS_2015-01.zst /dumps/RC_2015-01.zst /dumps/RC_2015-02.zst \\
+        --out runs/data --ultrachat /datasets/ultrachat_200k/data --ultrachat-limit 100000
+
+Outputs in --out: train-*.jsonl, heldout-*.jsonl (examples), prompts-reddit.jsonl,
+prompts-ultrachat.jsonl (with --ultrachat), stats.json. Schema and pipeline: karma/data/prepare.py.
+"""
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from karma.checkpoint import atomic_write_json
+from karma.data.filters import FilterConfig
+from karma.data.prepare import PrepConfig, prepare
+from karma.data.threads import ThreadConfig
+from karma.data.ultrachat import read_ultrachat, write_prompts
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, type=Path,
+                   help="dump files (RS_*/RC_* .zst, .gz, .ndjson, .jsonl) or directories holding them; "
+                        "submission files are read first, so a reply can find its post in any file")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    g = p.add_argument_group("filters")
+    g.add_argument("--min-chars", type=int, default=10, help="drop texts shorter than this (default 10)")
+    g.add_argument("--min-score-age-hours", type=float, default=24.0,
+                   help="drop records retrieved less than this long after creation: their score is not "
+                        "final yet (default 24; records without a retrieval time pass)")
+    g.add_argument("--min-english-prob", type=float, default=0.5,
+                   help="keep texts the language identifier calls English with at least this probability "
+                        "(default 0.5)")
+    g.add_argument("--no-language-filter", action="store_true", help="keep all languages")
+    g.add_argument("--bots", nargs="*", default=["AutoModerator"],
+                   help="bot accounts to drop, besides names ending in 'bot' (default AutoModerator)")
+    g = p.add_argument_group("threads and labels")
+    g.add_argument("--reward-ratio", type=float, default=0.4,
+                   help="a reply is rewarding iff score >= ratio * max(parent score, 1) (default 0.4, the paper's)")
+    g.add_argument("--min-responses", type=int, default=2,
+                   help="a submission needs this many kept top-level replies (default 2)")
+    g.add_argument("--max-siblings", type=int, default=5, help="sibling replies stored per example (default 5)")
+    g = p.add_argument_group("output")
+    g.add_argument("--heldout-percent", type=float, default=10.0,
+                   help="share of submissions (whole threads) in the held-out split (default 10)")
+    g.add_argument("--shard-size", type=int, default=50_000, help="examples per JSONL shard (default 50000)")
+    g.add_argument("--max-prompts", type=int, default=None, help="cap on Reddit PPO prompts (default: all)")
+    g = p.add_argument_group("UltraChat prompts (karmaBenign)")
+    g.add_argument("--ultrachat", nargs="*", type=Path, default=None,
+                   help="UltraChat-200k parquet shards or JSONL files (or directories); parquet needs pyarrow")
+    g.add_argument("--ultrachat-split", default="train_sft", help="parquet split to read (default train_sft)")
+    g.add_argument("--ultrachat-limit", type=int, default=None, help="cap on UltraChat prompts (after dedup)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = PrepConfig(
+        inputs=args.input, out_dir=args.out, heldout_percent=args.heldout_percent,
+        shard_size=args.shard_size, max_prompts=args.max_prompts,
+        filters=FilterConfig(min_chars=args.min_chars, min_score_age_hours=args.min_score_age_hours,
+                             english=not args.no_language_filter, min_english_prob=args.min_english_prob,
+                             bot_authors=tuple(args.bots)),
+        threads=ThreadConfig(reward_ratio=args.reward_ratio, min_responses=args.min_responses,
+                             max_siblings=args.max_siblings),
+    )
+    with tqdm(desc="records", unit=" rec", unit_scale=True) as bar:
+        stats = prepare(cfg, progress=bar)
+    if args.ultrachat is not None:
+        prompts, uc_stats = read_ultrachat(args.ultrachat, split=args.ultrachat_split, limit=args.ultrachat_limit)
+        write_prompts(prompts, args.out / "prompts-ultrachat.jsonl")
+        stats["ultrachat"] = uc_stats
+        atomic_write_json(args.out / "stats.json", stats)
+    print(summary(stats))
+    print(f"outputs and stats.json in {args.out}")
+
+
+def summary(stats: dict) -> str:
+    lines = [f"read {stats['records_read']:,} records: kept {stats['records_kept']:,}, "
+             f"skipped {stats['records_skipped']:,} ({stats['records_per_s']:,} records/s)"]
+    for kind, s in stats["by_kind"].items():
+        reasons = ", ".join(f"{r} {n:,}" for r, n in s["skipped"].items()) or "none"
+        lines.append(f"  {kind}s: read {s['read']:,}, kept {s['kept']:,}; skipped: {reasons}")
+    for t in stats["truncated_files"]:
+        lines.append(f"  TRUNCATED: {t['file']} (read {t['readable_lines']:,} lines)")
+    for split, s in stats["splits"].items():
+        lines.append(f"  {split}: {s['examples']:,} examples from {s['threads']:,} threads, "
+                     f"rewarding rate {s['rewarding_rate']:.3f}")
+    lines.append(f"  {stats['subreddits']:,} subreddits; {stats['reddit_prompts']:,} Reddit prompts"
+                 + (f"; {stats['ultrachat']['kept']:,} UltraChat prompts" if "ultrachat" in stats else ""))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

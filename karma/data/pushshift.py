@@ -1,0 +1,241 @@
+"""Streaming readers for Pushshift Reddit dumps (REFERENCE.md §4).
+
+A dump is one NDJSON object per line: `RS_YYYY-MM` files hold submissions, `RC_YYYY-MM` comments,
+as `.zst` (zstd with a 2 GiB window: max_window_size = 2**31), `.gz`, or plain `.ndjson`/`.jsonl`.
+Files stream in 1 MiB chunks and split on newlines as bytes, so a UTF-8 character cut by a chunk
+boundary is rejoined before decoding; memory per file is one chunk plus one line.
+
+`read_dump` yields normalised Submission / Comment records. Nothing is lost silently: every line
+is either yielded or reported to `on_skip(kind, reason, path, line_no)` (malformed JSON, invalid
+UTF-8, a missing or mistyped field), and a truncated compressed file is reported once to
+`on_truncated` after its readable lines (its cut-off last line is a malformed_json skip).
+
+Field variants normalised: missing `name` (derived from `id`), `created_utc` as a string,
+`retrieved_on` (older dumps) vs `retrieved_utc` (newer), missing `stickied`/`distinguished`.
+"""
+
+import gzip
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import zstandard
+
+CHUNK_BYTES = 1 << 20
+ZSTD_WINDOW = 2**31  # Pushshift compresses with --long=31
+DUMP_SUFFIXES = (".zst", ".gz", ".ndjson", ".jsonl", ".json")
+
+
+@dataclass(slots=True)
+class Submission:
+    name: str  # t3_<id>
+    title: str
+    selftext: str
+    score: int
+    author: str
+    subreddit: str
+    created_utc: int
+    retrieved_utc: int | None
+    is_self: bool
+    over_18: bool
+    stickied: bool
+    removed: bool  # removed_by_category set (by mods, reddit, deleted by the author)
+
+
+@dataclass(slots=True)
+class Comment:
+    name: str  # t1_<id>
+    parent_id: str  # t1_<id> (reply to a comment) or t3_<id> (top-level reply to the submission)
+    link_id: str  # t3_<id> of the submission
+    body: str
+    score: int
+    author: str
+    subreddit: str
+    created_utc: int
+    retrieved_utc: int | None
+    stickied: bool
+    distinguished: bool  # "moderator"/"admin" badge: official, not a reply competing for karma
+
+
+class TruncatedInput(Exception):
+    pass
+
+
+def dump_kind(path: Path) -> str | None:
+    """'submission' for RS_* files, 'comment' for RC_* files, None when the name does not say."""
+    name = path.name.upper()
+    return "submission" if name.startswith("RS_") else "comment" if name.startswith("RC_") else None
+
+
+def find_dumps(paths) -> list[Path]:
+    """Files and directories (searched recursively for dump suffixes) -> sorted list of files."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(DUMP_SUFFIXES))
+            if not found:
+                raise FileNotFoundError(f"{p}: no dump files ({', '.join(DUMP_SUFFIXES)}) in this directory")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    return files
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    """Raw lines of a dump file (bytes, newline stripped); raises TruncatedInput at a cut-off end."""
+    with open(path, "rb") as raw:
+        if path.suffix == ".zst":
+            chunks = _zstd_chunks(raw)
+        elif path.suffix == ".gz":
+            chunks = _gzip_chunks(raw)
+        else:
+            chunks = iter(lambda: raw.read(CHUNK_BYTES), b"")
+        tail = b""
+        try:
+            for chunk in chunks:
+                lines = (tail + chunk).split(b"\n")
+                tail = lines.pop()
+                yield from lines
+        finally:  # also when the file is cut off: its partial last line is still reported
+            if tail:
+                yield tail
+
+
+def _zstd_chunks(raw) -> Iterator[bytes]:
+    """Decompress zstd frames one after another; a frame cut off by the end of the file raises."""
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW)
+    frame, in_frame = dctx.decompressobj(), False
+    try:
+        while data := raw.read(CHUNK_BYTES):
+            while data:
+                yield frame.decompress(data)
+                in_frame = True
+                if frame.eof:  # the frame ended inside this chunk: the rest starts the next frame
+                    data, frame, in_frame = frame.unused_data, dctx.decompressobj(), False
+                else:
+                    data = b""
+    except zstandard.ZstdError as e:
+        raise TruncatedInput(f"corrupt zstd data ({e})") from None
+    if in_frame and not frame.eof:
+        raise TruncatedInput("the zstd stream ends inside a frame")
+
+
+def _gzip_chunks(raw) -> Iterator[bytes]:
+    try:
+        with gzip.GzipFile(fileobj=raw) as f:
+            yield from iter(lambda: f.read(CHUNK_BYTES), b"")
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        raise TruncatedInput(f"corrupt gzip data ({e})") from None
+
+
+SkipFn = Callable[[str, str, Path, int], None]  # (kind, reason, file, line number)
+
+
+def file_kind(path: Path, peek_lines: int = 100) -> str:
+    """'submission' or 'comment': from the RS_/RC_ file name, else from the first record's fields
+    ('title' -> submission, 'body' -> comment)."""
+    kind = dump_kind(path)
+    if kind:
+        return kind
+    try:
+        for _, line in zip(range(peek_lines), read_lines(path)):
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and ("title" in obj or "body" in obj):
+                return "submission" if "title" in obj else "comment"
+    except TruncatedInput:
+        pass
+    raise ValueError(f"{path}: cannot tell whether it holds submissions or comments; name it RS_*/RC_* "
+                     f"(as Pushshift does) or put a record with 'title' or 'body' in its first lines")
+
+
+def read_dump(path: Path, kind: str, on_skip: SkipFn, on_truncated: Callable[[Path, int], None]):
+    """Normalised records of one dump file holding `kind` records. Unusable lines go to on_skip;
+    a cut-off compressed file calls on_truncated(path, lines read) after its readable lines."""
+    line_no = 0
+    try:
+        for line_no, line in enumerate(read_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                on_skip(kind, _json_error_reason(line), path, line_no)
+                continue
+            record = normalize(kind, obj) if isinstance(obj, dict) else "not_an_object"
+            if isinstance(record, str):
+                on_skip(kind, record, path, line_no)
+            else:
+                yield record
+    except TruncatedInput:
+        on_truncated(path, line_no)
+
+
+def _json_error_reason(line: bytes) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    return "malformed_json"
+
+
+_NAME = re.compile(r"t[13]_[0-9a-z]+")
+
+
+def normalize(kind: str, obj: dict) -> Submission | Comment | str:
+    """A raw dump object -> record, or the skip reason ('missing_field:x' / 'bad_type:x')."""
+    def field(name, types, default=...):
+        value = obj.get(name)
+        if value is None:
+            if default is ...:
+                raise _Bad(f"missing_field:{name}")
+            return default
+        if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
+            raise _Bad(f"bad_type:{name}")
+        return value
+
+    try:
+        id_ = field("id", str)
+        created = _int(field("created_utc", (int, float, str)), "created_utc")
+        retrieved = obj.get("retrieved_utc", obj.get("retrieved_on"))
+        retrieved = None if retrieved is None else _int(retrieved, "retrieved_utc")
+        common = dict(score=_int(field("score", (int, float)), "score"), author=field("author", str, "[deleted]"),
+                      subreddit=field("subreddit", str), created_utc=created, retrieved_utc=retrieved,
+                      stickied=bool(field("stickied", bool, False)))
+        if kind == "submission":
+            name = field("name", str, "t3_" + id_)
+            return Submission(name=name, title=field("title", str), selftext=field("selftext", str, ""),
+                              is_self=bool(field("is_self", bool, False)), over_18=bool(field("over_18", bool, False)),
+                              removed=obj.get("removed_by_category") is not None, **common)
+        name = field("name", str, "t1_" + id_)
+        parent_id, link_id = field("parent_id", str), field("link_id", str)
+        if not _NAME.fullmatch(parent_id):
+            return "bad_value:parent_id"
+        if not link_id.startswith("t3_"):
+            return "bad_value:link_id"
+        return Comment(name=name, parent_id=parent_id, link_id=link_id, body=field("body", str),
+                       distinguished=field("distinguished", str, None) is not None, **common)
+    except _Bad as e:
+        return str(e)
+
+
+class _Bad(Exception):
+    pass
+
+
+def _as_tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _int(value, name: str) -> int:
+    """Ints, integral floats and numeric strings (old dumps store created_utc as "1420070400")."""
+    try:
+        return int(float(value)) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _Bad(f"bad_type:{name}") from None

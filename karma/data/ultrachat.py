@@ -1,0 +1,223 @@
+"""UltraChat-200k (HuggingFaceH4/ultrachat_200k) as PPO prompts, read from local files.
+
+The dataset ships parquet shards per split under data/, named `{split}-{i:05d}-of-{n:05d}-*.parquet`
+for split in train_sft (207,865 rows), test_sft (23,110), train_gen, test_gen. Columns:
+    prompt     str   the first user turn
+    prompt_id  str   sha256 hex of the prompt
+    messages   list  [{"content": str, "role": "user" | "assistant"}, ...], the whole conversation
+JSONL exports with the same fields (one object per line) are read too.
+
+A prompt is the first user turn only: `prompt`, or when that is missing/null the content of the
+first message with role "user". Its text is stripped; its id is "ultrachat-" + prompt_id (the
+sha256 of the text when prompt_id is missing/null, counted in stats["ids_derived"]).
+Dedup rule: two prompts are the same when their texts are equal after stripping, collapsing runs
+of whitespace to one space and casefolding; the first one in file order is kept. `limit` counts
+prompts kept after dedup and length filters, and reading stops as soon as it is reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from karma.checkpoint import atomic_write
+
+BATCH_ROWS = 1024  # parquet rows per record batch: memory stays bounded whatever the shard size
+MAX_EXAMPLES = 20  # locations remembered per skip reason
+EXTENSIONS = (".parquet", ".jsonl", ".json")
+
+
+def normalize(text: str) -> str:
+    """The dedup key: stripped, whitespace runs collapsed to one space, casefolded."""
+    return " ".join(text.split()).casefold()
+
+
+def find_files(paths, split: str | None = "train_sft") -> list[Path]:
+    """Files named in `paths`, with directories expanded (recursively, sorted by path) to their
+    *.parquet/*.jsonl/*.json files; parquet shards found in a directory are kept only when their
+    name starts with `split` + "-" (or is `split`.parquet, or sits in a directory named `split`)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files, seen = [], set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in EXTENSIONS
+                           and (f.suffix != ".parquet" or split is None or f.stem == split
+                                or f.name.startswith(split + "-") or f.parent.name == split))
+            if not found:
+                raise FileNotFoundError(f"{p}: no {'/'.join(EXTENSIONS)} files"
+                                        + (f" (parquet for split {split!r})" if split else ""))
+        elif p.is_file():
+            found = [p]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                files.append(f)
+    return files
+
+
+def _jsonl_rows(path: Path):
+    """Yield (location, row, skip reason or None) per non-blank line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                yield f"{path}:{n}", None, "bad_json"
+                continue
+            yield f"{path}:{n}", row, None if isinstance(row, dict) else "not_object"
+
+
+def _parquet_rows(path: Path):
+    """Yield (location, row, None) per parquet row, reading BATCH_ROWS rows at a time. `messages` is
+    only converted to Python for rows whose `prompt` is null (it holds whole conversations)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
+    with open(path, "rb") as f:
+        try:
+            pf = pq.ParquetFile(f)
+        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+            raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+        names = pf.schema_arrow.names
+        cols = [c for c in ("prompt", "prompt_id", "messages") if c in names]
+        if "prompt" not in cols and "messages" not in cols:
+            raise ValueError(f"{path}: no 'prompt' or 'messages' column (columns: {names})")
+        i = 0
+        try:
+            for batch in pf.iter_batches(columns=cols, batch_size=BATCH_ROWS):
+                data = {c: batch.column(c) for c in cols}
+                n = batch.num_rows
+                prompts = data["prompt"].to_pylist() if "prompt" in data else [None] * n
+                ids = data["prompt_id"].to_pylist() if "prompt_id" in data else [None] * n
+                for j in range(n):
+                    row = {"prompt": prompts[j], "prompt_id": ids[j]}
+                    if prompts[j] is None and "messages" in data:
+                        row["messages"] = data["messages"][j].as_py()
+                    yield f"{path}:row {i}", row, None
+                    i += 1
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable parquet data at row {i} ({e})") from None
+
+
+def _first_user_turn(row: dict):
+    """(text, None) for a usable prompt, else (None, skip reason)."""
+    text = row.get("prompt")
+    if text is None:
+        messages = row.get("messages")
+        if messages is None:
+            return None, "no_prompt"
+        if not isinstance(messages, list):
+            return None, "bad_type"
+        user = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
+        text = None if user is None else user.get("content")
+        if text is None:
+            return None, "no_prompt"
+    return (text, None) if isinstance(text, str) else (None, "bad_type")
+
+
+def read_ultrachat(paths, *, split: str | None = "train_sft", limit: int | None = None,
+                   min_chars: int = 1, max_chars: int | None = None) -> tuple[list[dict], dict]:
+    """Read prompts from parquet shards and/or JSONL files (see the module docstring).
+
+    Returns (prompts, stats): prompts are {"id", "source": "ultrachat", "messages": [user turn]};
+    stats = {"files", "rows_read", "kept", "skipped": {reason: n}, "bad_examples": {reason:
+    [location, ...]}, "ids_derived"} with rows_read == kept + sum(skipped.values()). Reasons:
+    bad_json, not_object, no_prompt, bad_type (prompt/messages/prompt_id of the wrong type),
+    empty, too_short, too_long, duplicate (same normalized text), duplicate_id.
+    """
+    if (limit is not None and limit < 0) or min_chars < 0 or (
+            max_chars is not None and max_chars < min_chars):
+        raise ValueError(f"bad limits: limit={limit}, min_chars={min_chars}, max_chars={max_chars}")
+    files = find_files(paths, split)
+    prompts, texts, ids = [], set(), set()
+    stats = {"files": [], "rows_read": 0, "kept": 0, "skipped": {}, "bad_examples": {},
+             "ids_derived": 0}
+
+    def skip(reason, loc):
+        stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
+        examples = stats["bad_examples"].setdefault(reason, [])
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(loc)
+
+    for path in files:
+        if limit is not None and len(prompts) >= limit:
+            break
+        stats["files"].append(str(path))
+        rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+        for loc, row, reason in rows:
+            stats["rows_read"] += 1
+            if reason is not None:
+                skip(reason, loc)
+                continue
+            text, reason = _first_user_turn(row)
+            pid = row.get("prompt_id")
+            if reason is None and pid is not None and not isinstance(pid, str):
+                reason = "bad_type"
+            if reason is None:
+                text = text.strip()
+                key = normalize(text)
+                pid = pid or hashlib.sha256(text.encode("utf-8")).hexdigest()
+                reason = ("empty" if not text else "too_short" if len(text) < min_chars
+                          else "too_long" if max_chars is not None and len(text) > max_chars
+                          else "duplicate" if key in texts else "duplicate_id" if pid in ids else None)
+            if reason is not None:
+                skip(reason, loc)
+                continue
+            stats["ids_derived"] += not row.get("prompt_id")
+            texts.add(key)
+            ids.add(pid)
+            prompts.append({"id": "ultrachat-" + pid, "source": "ultrachat",
+                            "messages": [{"role": "user", "content": text}]})
+            if limit is not None and len(prompts) >= limit:
+                break
+        rows.close()  # closes the file now, even when we stopped early
+    stats["kept"] = len(prompts)
+    return prompts, stats
+
+
+def write_prompts(prompts: list[dict], path: str | os.PathLike) -> None:
+    """Write prompts as JSONL (UTF-8, one object per line), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts)
+
+    atomic_write(path, write)
+
+
+def read_prompts(path: str | os.PathLike) -> list[dict]:
+    """Read a prompts JSONL file; a line that is not an object with a string "id" and a non-empty
+    "messages" list of {"role": str, "content": str}, or a repeated id, is a ValueError naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    prompts, ids = [], set()
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                p = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            ok = (isinstance(p, dict) and isinstance(p.get("id"), str) and isinstance(p.get("messages"), list)
+                  and p["messages"] and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                            and isinstance(m.get("content"), str) for m in p["messages"]))
+            if not ok:
+                raise ValueError(f'{path}:{n}: a prompt needs a string "id" and a non-empty "messages" '
+                                 'list of {"role": str, "content": str}')
+            if p["id"] in ids:
+                raise ValueError(f"{path}:{n}: duplicate id {p['id']!r}")
+            ids.add(p["id"])
+            prompts.append(p)
+    return prompts
