@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from karma.config import ModelConfig
 
@@ -190,6 +191,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False  # recompute each block's activations in backward
         self.register_buffer("rope_inv_freq", torch.empty(cfg.rotary_dim // 2), persistent=False)
         self.register_buffer("alibi_slopes", torch.empty(cfg.n_heads if cfg.alibi else 0), persistent=False)
         self.init_buffers()
@@ -242,7 +244,10 @@ class Transformer(nn.Module):
                 attn_mask = self.alibi_bias(key_positions, x.dtype).masked_fill(~allowed, float("-inf"))
         layer_caches = [None] * len(self.blocks) if cache is None else zip(cache.k, cache.v)
         for block, layer_cache in zip(self.blocks, layer_caches):
-            x = block(x, rope, attn_mask, is_causal, layer_cache, slots)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, attn_mask, is_causal, use_reentrant=False)
+            else:
+                x = block(x, rope, attn_mask, is_causal, layer_cache, slots)
         x = self.norm(x)
         return x if output == "hidden" else self.logits(x)
 

@@ -19,7 +19,7 @@ from karma.weights import resolve
 
 class Tokenizer:
     def __init__(self, directory: str | os.PathLike):
-        directory = Path(directory)
+        self.directory = directory = Path(directory)  # where the tokenizer files are (copied on export)
         path = directory / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"{directory}: no tokenizer.json (KARMA reads the fast-tokenizer "

@@ -250,14 +250,15 @@ def load_state_dict(directory: Path, cfg: ModelConfig, expected: dict, dtype, de
     return state
 
 
-def save_model(model: Transformer, directory, max_shard_size: int | str = "5GB") -> Path:
+def save_model(model: Transformer, directory, max_shard_size: int | str = "5GB", state_dict: dict | None = None) -> Path:
     """Export in Hugging Face layout: config.json + model.safetensors, or numbered shards with
     model.safetensors.index.json above `max_shard_size` (bytes, or '500MB' / '5GB' / '2GiB').
-    Each file is written to a temporary name and renamed, so readers never see a partial file."""
+    Each file is written to a temporary name and renamed, so readers never see a partial file.
+    `state_dict`: the model's full state dict when it is sharded (FSDP: gathered on rank 0)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    state = model.state_dict()
+    state = model.state_dict() if state_dict is None else state_dict
     layout = hf_layout(cfg, state)
     hf_state = {}
     for name, tensor in state.items():

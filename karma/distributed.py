@@ -1,0 +1,92 @@
+"""torchrun + FSDP2: one code path from a single CPU process to many GPUs.
+
+Without torchrun (no RANK in the environment) everything runs in one process, no process group.
+Under `torchrun --nproc_per_node N`, each process joins a group (NCCL on GPUs, gloo on CPU) and
+models are sharded with FSDP2: `fully_shard` on every decoder block, then on the root, with bf16
+parameters and fp32 gradient reduction on GPU (REFERENCE.md §7). Rank 0 alone writes files.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Join torchrun's process group if launched by torchrun; pick this process's device."""
+    if "RANK" not in os.environ:
+        return Dist(0, 1, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu"))
+
+
+def shard(model: torch.nn.Module, blocks, d: Dist, mixed_precision: bool = True) -> torch.nn.Module:
+    """FSDP2: fully_shard each decoder block, then the root. On GPU with mixed_precision, compute in
+    bf16 with fp32 master weights and fp32 gradient reduction. A no-op for one process."""
+    if not d.enabled:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(d.device.type, (d.world_size,))
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if mixed_precision and d.device.type == "cuda" else MixedPrecisionPolicy())
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:
+    """The unsharded state dict on CPU (on rank 0; other ranks get {} but must call it too)."""
+    if not d.enabled:
+        return model.state_dict()
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def all_reduce_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def gather_lists(items: list, d: Dist) -> list:
+    """Concatenate each rank's list on every rank (rank order)."""
+    if not d.enabled:
+        return items
+    out = [None] * d.world_size
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+def barrier(d: Dist):
+    if d.enabled:
+        dist.barrier()
+
+
+def cleanup(d: Dist):
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()

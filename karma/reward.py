@@ -1,0 +1,134 @@
+"""The KARMA reward model: a decoder with an MLP head on the final hidden state of the last real token.
+
+    h = decoder(tokens)[last real token]                 [B, hidden]  (left or right padding)
+    logit = W2 gelu(W1 h + b1) + b2                       [B]          (hidden -> head_hidden -> 1)
+    p(rewarding) = sigmoid(logit);  loss = BCE(logit, label)
+
+The probability is PPO's reward. Inputs are examples rendered by karma.data.format.render (the one
+format function) and tokenized by `encode`, which keeps the candidate reply whole by dropping the
+oldest context turns first when the text exceeds max_length tokens; `score` goes through the same
+two functions, so PPO-time inputs equal training inputs.
+
+A saved reward model is a directory that other tools can read:
+    config.json, model*.safetensors    the backbone in Hugging Face layout (loads as a causal LM)
+    reward_head.safetensors            the head
+    reward_config.json                 {"format", "max_length", "head_hidden", "base_model"}
+    tokenizer.json, tokenizer_config.json, ...   copied from the base checkpoint
+"""
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from karma.checkpoint import atomic_write, atomic_write_json, read_json
+from karma.data.format import FORMATS, render
+from karma.model import Transformer
+from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
+from karma.weights import load_model, save_model
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+@dataclass
+class RewardConfig:
+    format: str = "generalized"  # generalized (KARMA) | conditioned (karmaEroded)
+    max_length: int = 1024  # tokens per example, context truncated from the oldest turn
+    head_hidden: int | None = None  # width of the head's hidden layer (default: the backbone's)
+    base_model: str = ""
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+
+
+class RewardModel(nn.Module):
+    def __init__(self, backbone: Transformer, cfg: RewardConfig, tokenizer: Tokenizer | None = None):
+        super().__init__()
+        self.backbone, self.cfg, self.tokenizer = backbone, cfg, tokenizer
+        hidden = backbone.config.hidden_size
+        width = cfg.head_hidden or hidden
+        w = backbone.embed.weight
+        self.head = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1)).to(w.device, w.dtype)
+
+    def forward(self, input_ids, attention_mask) -> torch.Tensor:
+        """[B, T] ids and mask (any padding side) -> logits [B] (pre-sigmoid)."""
+        hidden = self.backbone(input_ids, attention_mask, output="hidden")  # [B, T, H]
+        cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = torch.where(attention_mask.bool(), cols, -1).amax(1)  # column of each row's last real token
+        return self.head(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1)
+
+    @torch.no_grad()
+    def score(self, contexts: list[list[dict]], responses: list[str], metas=None, batch_size: int = 16):
+        """P(rewarding) of each (context messages, response) pair, float32 [N] on the model's device."""
+        metas = metas if metas is not None else [None] * len(contexts)
+        if not len(contexts) == len(responses) == len(metas):
+            raise ValueError(f"{len(contexts)} contexts, {len(responses)} responses, {len(metas)} metas")
+        device = self.backbone.embed.weight.device
+        seqs = [encode(self.tokenizer, c, r, m, self.cfg) for c, r, m in zip(contexts, responses, metas)]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths batch together
+        probs = torch.empty(len(seqs), dtype=torch.float32, device=device)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            ids, mask = left_pad([seqs[i] for i in rows], self.tokenizer.pad_id)
+            probs[rows] = torch.sigmoid(self(ids.to(device), mask.to(device)).float())
+        return probs
+
+
+def encode(tokenizer: Tokenizer, messages: list[dict], response: str, meta: dict | None, cfg: RewardConfig) -> list[int]:
+    """Token ids of render(messages, response) with at most cfg.max_length tokens: while too long,
+    drop the oldest context turn; if the last turn alone still does not fit, keep the final
+    max_length tokens (after the BOS, if the tokenizer adds one)."""
+    for first in range(len(messages)):
+        ids = tokenizer.encode(render(messages[first:], response, meta, cfg.format))
+        if len(ids) <= cfg.max_length:
+            return ids
+    bos = ids[:1] if tokenizer.bos_id is not None and ids and ids[0] == tokenizer.bos_id else []
+    return bos + ids[len(ids) - cfg.max_length + len(bos):]
+
+
+def bce_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy on logits, in float32."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction=reduction)
+
+
+def build_reward_model(base: str, cfg: RewardConfig, dtype=None, device=None, seed: int = 0) -> RewardModel:
+    """A fresh reward model on a pretrained decoder; the head is initialised from `seed`."""
+    backbone = load_model(base, dtype=dtype, device=device)
+    torch.manual_seed(seed)
+    cfg.base_model = cfg.base_model or str(base)
+    return RewardModel(backbone, cfg, load_tokenizer(base))
+
+
+def save_reward_model(rm: RewardModel, directory, state_dict: dict | None = None) -> Path:
+    """Write the directory described above. `state_dict`: the full RewardModel state dict when the
+    model is sharded (FSDP), gathered on the writing rank."""
+    directory = Path(directory)
+    state = rm.state_dict() if state_dict is None else state_dict
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    head = {k.removeprefix("head."): v.detach().contiguous() for k, v in state.items() if k.startswith("head.")}
+    save_model(rm.backbone, directory, state_dict=backbone)
+    atomic_write(directory / "reward_head.safetensors", lambda p: save_file(head, p, metadata={"format": "pt"}))
+    source = rm.tokenizer.directory
+    for name in TOKENIZER_FILES:
+        if (source / name).exists() and source.resolve() != directory.resolve():
+            atomic_write(directory / name, lambda p, name=name: shutil.copyfile(source / name, p))
+    atomic_write_json(directory / "reward_config.json", asdict(rm.cfg))
+    return directory
+
+
+def load_reward_model(directory, dtype=None, device=None) -> RewardModel:
+    directory = Path(directory)
+    if not (directory / "reward_config.json").exists():
+        raise FileNotFoundError(f"{directory}: no reward_config.json (not a reward model saved by KARMA)")
+    cfg = RewardConfig(**read_json(directory / "reward_config.json"))
+    rm = RewardModel(load_model(directory, dtype=dtype, device=device), cfg, load_tokenizer(directory))
+    head = load_file(directory / "reward_head.safetensors", device=str(rm.backbone.embed.weight.device))
+    missing, unexpected = rm.head.load_state_dict(head, strict=False)
+    if missing or unexpected:
+        raise KeyError(f"{directory / 'reward_head.safetensors'}: missing {missing}, unexpected {unexpected}")
+    return rm.eval()

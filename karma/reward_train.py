@@ -1,0 +1,350 @@
+"""Reward-model training: BCE on the rewarding label, AdamW, warmup + cosine decay, exact resume.
+
+One optimizer step consumes `batch_size` examples (the global batch, 16 in the paper), split
+across ranks and, within a rank, into micro-batches of `micro_batch_size` (gradient accumulation).
+Each micro-batch adds sum(BCE) * world / batch_size to the loss before backward; FSDP averages
+gradients over ranks, so every step follows the mean BCE over the global batch, whatever the
+number of processes or micro-batches.
+
+Batches are length-bucketed: each epoch's seeded permutation is cut into windows of 50 batches,
+each window sorted by length and cut into batches, and the batch order shuffled; padding waste
+stays small while batches remain random. The order is a function of (seed, epoch), so the data
+position of a checkpoint is just the step number.
+
+Checkpoints (every `save_every` steps, at `stop_after_steps` and at the end): model and optimizer
+through torch.distributed.checkpoint (sharded under FSDP), plus the step, scheduler, best metric
+and RNG state, written to a temporary directory and renamed, so a run killed at any moment resumes
+from the last complete checkpoint and ends with the same weights as an uninterrupted run.
+"""
+
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from tqdm import tqdm
+
+from karma.checkpoint import atomic_write, atomic_write_json, read_json
+from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
+from karma.metrics import binary_metrics
+from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
+from karma.tokenizer import left_pad
+
+BUCKET_BATCHES = 50  # batches per length-sorting window
+
+
+@dataclass
+class TrainRMConfig:
+    model: str = "llama-3.2-1b"
+    data: Path = Path("runs/data")
+    out_dir: Path = Path("runs/rm")
+    format: str = "generalized"
+    max_length: int = 1024
+    head_hidden: int | None = None
+    batch_size: int = 16
+    micro_batch_size: int = 16
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None
+    stop_after_steps: int | None = None
+    eval_every: int = 500
+    eval_batch_size: int = 32
+    max_eval_examples: int | None = None
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    activation_checkpointing: bool = False
+    resume: bool = False
+
+
+# ----------------------------------------------------------------------------------------- data
+
+def read_examples(paths: list[Path], needs_meta: bool) -> tuple[list[dict], dict]:
+    """Examples from data_prep JSONL files; malformed lines and missing fields are skipped and
+    reported by file:line (the first 20 per reason), never silently."""
+    examples, skipped, where = [], {}, {}
+    for path in paths:
+        with open(path, "rb") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                reason = None
+                try:
+                    ex = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    reason = "malformed_json"
+                else:
+                    reason = _example_problem(ex, needs_meta)
+                if reason:
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                    where.setdefault(reason, [])
+                    if len(where[reason]) < 20:
+                        where[reason].append(f"{path}:{line_no}")
+                    continue
+                examples.append({k: ex[k] for k in ("id", "messages", "response", "label", "meta") if k in ex})
+    return examples, {"read": len(examples) + sum(skipped.values()), "used": len(examples),
+                      "skipped": skipped, "skip_locations": where}
+
+
+def _example_problem(ex, needs_meta: bool) -> str | None:
+    if not isinstance(ex, dict):
+        return "not_an_object"
+    for key, kind in (("messages", list), ("response", str), ("label", int)):
+        if key not in ex:
+            return f"missing_field:{key}"
+        if not isinstance(ex[key], kind) or isinstance(ex[key], bool):
+            return f"bad_type:{key}"
+    if ex["label"] not in (0, 1):
+        return "bad_value:label"
+    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ("user", "assistant")
+               for m in ex["messages"]) or not ex["messages"]:
+        return "bad_value:messages"
+    if needs_meta and not (isinstance(ex.get("meta"), dict) and "subreddit" in ex["meta"] and "created_utc" in ex["meta"]):
+        return "missing_field:meta"
+    return None
+
+
+def split_files(data: Path, split: str) -> list[Path]:
+    files = sorted(Path(data).glob(f"{split}-*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{data}: no {split}-*.jsonl files (run data_prep.py first)")
+    return files
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Length-bucketed batches of example indices for one epoch; a function of (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    window = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+# ---------------------------------------------------------------------------------- optimisation
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    """AdamW groups: decay on matrices (linear weights, embeddings), none on norms and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
+    """Linear warmup to the peak, then cosine decay to min_ratio * peak at total_steps."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+def save_checkpoint(directory: Path, rm, optimizer, scheduler, trainer_state: dict, d: Dist):
+    """DCP shards of model + optimizer and trainer.json, into a temp dir renamed when complete."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    if d.is_main and tmp.exists():
+        shutil.rmtree(tmp)
+    barrier(d)
+    model_sd, optim_sd = get_state_dict(rm, optimizer)
+    with warnings.catch_warnings():  # DCP notes that one process without a group saves alone: intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    if d.is_main:
+        state = {**trainer_state, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state().tolist()}
+        atomic_write_json(tmp / "trainer.json", state)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+        atomic_write(directory.parent / "latest", lambda p: Path(p).write_text(directory.name))
+    barrier(d)
+
+
+def load_checkpoint(directory: Path, rm, optimizer, scheduler) -> dict:
+    model_sd, optim_sd = get_state_dict(rm, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(directory))
+    set_state_dict(rm, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    trainer = read_json(directory / "trainer.json")
+    scheduler.load_state_dict(trainer.pop("scheduler"))
+    torch.set_rng_state(torch.tensor(trainer.pop("torch_rng"), dtype=torch.uint8))
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------ train
+
+def train(cfg: TrainRMConfig, d: Dist) -> dict:
+    out = Path(cfg.out_dir)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
+    gpu = d.device.type == "cuda"
+    rm_cfg = RewardConfig(format=cfg.format, max_length=cfg.max_length, head_hidden=cfg.head_hidden)
+    torch.manual_seed(cfg.seed)
+    rm = build_reward_model(cfg.model, rm_cfg, dtype=torch.float32, device=d.device, seed=cfg.seed)
+    rm.backbone.activation_checkpointing = cfg.activation_checkpointing
+    rm.train()
+    shard(rm, rm.backbone.blocks, d)
+
+    needs_meta = cfg.format == "conditioned"
+    train_ex, train_report = read_examples(split_files(cfg.data, "train"), needs_meta)
+    eval_ex, eval_report = read_examples(split_files(cfg.data, "heldout"), needs_meta)
+    if cfg.max_eval_examples:
+        eval_ex = eval_ex[:cfg.max_eval_examples]
+    if not train_ex or not eval_ex:
+        raise ValueError(f"{cfg.data}: no usable train or held-out examples ({train_report}, {eval_report})")
+    tok = rm.tokenizer
+    train_ids = [encode(tok, e["messages"], e["response"], e.get("meta"), rm_cfg) for e in train_ex]
+    train_labels = np.array([e["label"] for e in train_ex], dtype=np.float32)
+    eval_ids = [encode(tok, e["messages"], e["response"], e.get("meta"), rm_cfg) for e in eval_ex]
+    eval_labels = np.array([e["label"] for e in eval_ex])
+    lengths = np.array([len(s) for s in train_ids])
+
+    steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(param_groups(rm, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
+
+    state = {"step": 0, "best_auc": None, "best_step": None}
+    latest = out / "checkpoints" / "latest"
+    if cfg.resume and latest.exists():
+        state = load_checkpoint(out / "checkpoints" / latest.read_text().strip(), rm, optimizer, scheduler)
+    log = open(out / "metrics.jsonl", "ab") if d.is_main else None
+    if d.is_main:
+        _log(log, {"event": "data", "train": train_report, "heldout": eval_report,
+                   "train_tokens_mean": float(lengths.mean()), "truncated_to_max_length": int((lengths >= cfg.max_length).sum()),
+                   "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not d.enabled else torch.autocast("cpu", enabled=False)
+    bar = tqdm(total=total_steps, initial=state["step"], desc="train_rm", disable=not d.is_main, unit="step")
+    cached_epoch, batches = None, None
+    window = {"loss": 0.0, "examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
+    while state["step"] < total_steps:
+        step = state["step"]
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch != cached_epoch:
+            batches, cached_epoch = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch), epoch
+        batch = batches[index]
+        mine = batch[d.rank::d.world_size]
+        # every rank runs the same number of micro-batches (FSDP's collectives must pair up); a rank
+        # short of rows repeats one with weight 0
+        n_micro = math.ceil(math.ceil(len(batch) / d.world_size) / cfg.micro_batch_size)
+        loss_sum = torch.zeros((), device=d.device)
+        for micro in range(n_micro):
+            rows = mine[micro * cfg.micro_batch_size:(micro + 1) * cfg.micro_batch_size]
+            weight = d.world_size / len(batch) if len(rows) else 0.0
+            rows = rows if len(rows) else batch[:1]
+            ids, mask = left_pad([train_ids[i] for i in rows], tok.pad_id)
+            labels = torch.from_numpy(train_labels[rows]).to(d.device)
+            if d.enabled:  # reduce gradients once per step, after the last micro-batch
+                rm.set_requires_gradient_sync(micro == n_micro - 1)
+            with autocast:
+                logits = rm(ids.to(d.device), mask.to(d.device))
+            loss = bce_loss(logits, labels, reduction="sum")
+            (loss * weight).backward()
+            loss_sum += loss.detach() * (weight > 0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step = step + 1
+        bar.update(1)
+
+        batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)
+        window["loss"] += batch_loss
+        window["examples"] += len(batch)
+        window["tokens"] += int(lengths[batch].sum())
+        window["steps"] += 1
+        if step % cfg.log_every == 0 or step == total_steps:
+            seconds = time.perf_counter() - window["start"]
+            record = {"event": "train", "step": step, "epoch": epoch, "loss": window["loss"] / window["steps"],
+                      "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                      "examples_per_s": window["examples"] / seconds, "tokens_per_s": window["tokens"] / seconds,
+                      "steps_per_s": window["steps"] / seconds, "peak_mem_gib": _peak_memory_gib(d)}
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            if d.is_main:
+                _log(log, record)
+            window = {"loss": 0.0, "examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
+
+        if step % cfg.eval_every == 0 or step == total_steps:
+            metrics = evaluate(rm, eval_ids, eval_labels, cfg.eval_batch_size, d)
+            better = metrics["roc_auc"] is not None and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"])
+            if better:
+                state["best_auc"], state["best_step"] = metrics["roc_auc"], step
+                export(rm, out / "best", d, {"step": step, **metrics})
+            if d.is_main:
+                _log(log, {"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
+                atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
+            rm.train()
+        stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+        if step % cfg.save_every == 0 or step == total_steps or stopping:
+            save_checkpoint(out / "checkpoints" / f"step-{step:08d}", rm, optimizer, scheduler, state, d)
+        if stopping:
+            break
+    bar.close()
+    if state["step"] >= total_steps:
+        export(rm, out / "final", d, {"step": state["step"]})
+    if log:
+        log.close()
+    return state
+
+
+@torch.no_grad()
+def evaluate(rm: RewardModel, ids: list[list[int]], labels: np.ndarray, batch_size: int, d: Dist) -> dict:
+    """Held-out metrics (karma.metrics); the rows are split across ranks and gathered."""
+    rm.eval()
+    gpu = d.device.type == "cuda"
+    mine = sorted(range(d.rank, len(ids), d.world_size), key=lambda i: len(ids[i]))
+    n_batches = math.ceil(math.ceil(len(ids) / d.world_size) / batch_size)  # the same on every rank (FSDP)
+    probs = []
+    for b in range(n_batches):
+        rows = mine[b * batch_size:(b + 1) * batch_size]
+        x, mask = left_pad([ids[i] for i in (rows or [0])], rm.tokenizer.pad_id)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=gpu and not d.enabled):
+            p = torch.sigmoid(rm(x.to(d.device), mask.to(d.device)).float())
+        probs += list(zip(rows, p.tolist()))  # nothing for a padding batch (rows empty)
+    gathered = sorted(gather_lists(probs, d))
+    return binary_metrics(labels, np.array([p for _, p in gathered]))
+
+
+def export(rm: RewardModel, directory: Path, d: Dist, info: dict):
+    state = full_state_dict(rm, d)
+    if d.is_main:
+        save_reward_model(rm, directory, state_dict=state)
+        atomic_write_json(directory / "train_info.json", info)
+    barrier(d)
+
+
+def _log(f, record: dict):
+    f.write(orjson.dumps({"time": time.time(), **record}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    f.flush()
+
+
+def _peak_memory_gib(d: Dist) -> float:
+    if d.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(d.device) / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
