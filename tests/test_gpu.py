@@ -53,3 +53,14 @@ def test_cuda_graph_decoding_equals_eager(layout, checkpoint_factory):
     # the padded row generates what it generates alone
     alone = karma.generate(ours, ids[2:3, 5:], max_new_tokens=24, stop_ids=[], temperature=0, cuda_graph=True)
     assert torch.equal(alone.tokens[0], graphed.tokens[2])
+
+
+def test_reward_model_trains_on_gpu_with_bf16_autocast(tmp_path, checkpoint_factory):
+    from test_reward import config, make_examples
+
+    from karma.distributed import Dist
+    from karma.reward_train import train
+
+    data = make_examples(tmp_path / "data")
+    state = train(config(checkpoint_factory("llama_tied").path, data, tmp_path / "rm"), Dist(0, 1, torch.device("cuda")))
+    assert state["best_auc"] > 0.9

@@ -104,7 +104,7 @@ def prepare(cfg: PrepConfig, progress=None) -> dict:
         kind = kinds[path]
         for record in read_dump(path, kind, on_skip, on_truncated):
             tally.read[kind] += 1
-            if progress:
+            if progress is not None:
                 progress.update(1)
             if kind == "submission":
                 reason = "duplicate" if record.name in posts else submission_skip_reason(record, cfg.filters)
