@@ -104,7 +104,7 @@ def main():
     flops_per_token = 6 * n_params + 12 * L * H * d * args.seq
     tokens = args.batch * args.seq
     out = {"bench": "rm_train_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "config": "llama-3.2-1b", "batch": args.batch, "seq": args.seq,
+           "transformers_version": transformers.__version__, "config": "llama-3.2-1b", "batch": args.batch, "seq": args.seq,
            "activation_checkpointing": args.activation_checkpointing, "non_embedding_params": n_params,
            "flops_per_token": flops_per_token}
     for name, runs in results.items():

@@ -217,7 +217,10 @@ class Transformer(nn.Module):
             raise ValueError(f"output must be 'logits' or 'hidden', got {output!r}")
         B, T = input_ids.shape
         device = input_ids.device
-        causal_fast_path = cache is None and attention_mask is None and not self.config.alibi
+        # no padding, no cache: SDPA's is_causal path (flash kernels); checking the mask costs one
+        # host sync, which prefill/training can afford (cached decoding never comes here)
+        causal_fast_path = (cache is None and not self.config.alibi
+                            and (attention_mask is None or bool(attention_mask.bool().all())))
         if attention_mask is None:
             attention_mask = torch.ones(B, T, dtype=torch.bool, device=device)
         if cache is None:
