@@ -153,7 +153,8 @@ def test_generalized_format_leaks_no_metadata_and_conditioned_adds_it(tmp_path):
     p = post("p", subreddit="AskScience", author="curious_cat",
              selftext="Mods of r/AskScience and /u/curious_cat asked: why is the sky blue? See r/askscience wiki.")
     cs = [comment("a", link, link, author="photon_fan", subreddit="AskScience",
-                  body="Rayleigh scattering, as photon_fan explained before; thanks u/curious_cat and /r/AskScience."),
+                  body="&gt; why blue\n\nRayleigh scattering &amp; more, as photon_fan explained before; "
+                       "thanks u/curious_cat and /r/AskScience."),
           comment("b", link, link, subreddit="AskScience", created_utc=T0 + 3 * 3600 + 5 * 60)]
     d = tmp_path / "dump"
     d.mkdir()
@@ -164,10 +165,13 @@ def test_generalized_format_leaks_no_metadata_and_conditioned_adds_it(tmp_path):
             assert leak not in text, (leak, text)
         assert text == render_prompt(ex["messages"]) + " " + ex["response"]
         assert text.endswith("Assistant: " + ex["response"])
+        if ex["id"] == "t1_a":
+            assert ex["response"].startswith("> why blue\n\nRayleigh scattering & more")
         conditioned = render(ex["messages"], ex["response"], ex["meta"], fmt="conditioned")
         assert conditioned.startswith("[Subreddit: r/AskScience | Posted: 2015-01-01 ")
         assert conditioned.endswith(text)
     b = examples(tmp_path)["t1_b"]
+    assert "&gt;" not in json.dumps(examples(tmp_path))
     assert render_prompt(b["messages"], b["meta"], "conditioned").startswith(
         "[Subreddit: r/AskScience | Posted: 2015-01-01 03:05 UTC]\nUser: ")
     assert scrub("see u/Bob_1 and r/pics, or bob_1 directly", ["Bob_1"]) == "see u/[user] and r/[subreddit], or [user] directly"

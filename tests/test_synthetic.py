@@ -1,0 +1,279 @@
+"""karma.data.synthetic: SYNTHETIC Pushshift-format dumps, and the sample shipped in data/sample.
+
+Everything is read back the way a real dump must be read (streaming zstd with a 2 GiB window) and
+checked from the data itself: names, counts, determinism, the variety the pipeline's filters need,
+thread links (across month files too) and the learnable label rule.
+"""
+
+import gzip
+import io
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from karma.data import synthetic
+from karma.data.synthetic import HELPFUL_MARKERS, LANGUAGES, LOW_EFFORT_MARKERS, main, write_dump
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE_ARGS = dict(n_posts=500, seed=0)  # the command in data/sample/README.md
+MONTHS = ("2015-01", "2015-02")
+
+
+def read_records(path: Path):
+    """Stream a dump file's objects, as a reader of the real dumps must (max_window_size=2**31)."""
+    with open(path, "rb") as raw:
+        if path.suffix == ".zst":
+            stream = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(raw)
+        elif path.suffix == ".gz":
+            stream = gzip.GzipFile(fileobj=raw)
+        else:
+            stream = raw
+        for line in io.TextIOWrapper(stream, encoding="utf-8"):
+            assert line.endswith("\n")
+            yield json.loads(line)
+
+
+def load(directory: Path, ext=".zst"):
+    """{'RS': [(month, record)], 'RC': [(month, record)]} in file order."""
+    out = {"RS": [], "RC": []}
+    for month in MONTHS:
+        for kind in ("RS", "RC"):
+            out[kind] += [(month, r) for r in read_records(directory / f"{kind}_{month}{ext}")]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load(SAMPLE)
+
+
+def family(body: str):
+    text = body.lower()
+    helpful, low = any(m in text for m in HELPFUL_MARKERS), any(m in text for m in LOW_EFFORT_MARKERS)
+    assert not (helpful and low), body
+    return "helpful" if helpful else "low_effort" if low else None
+
+
+def retrieved(record):
+    return record.get("retrieved_on", record.get("retrieved_utc"))
+
+
+def immature(record):
+    return retrieved(record) - int(record["created_utc"]) < 3600
+
+
+# ---- files, counts, format ----
+
+def test_files_names_and_counts_match_lines(tmp_path):
+    counts = write_dump(tmp_path, n_posts=60, comments_per_post=4, seed=5)
+    names = {f"{kind}_{m}.zst" for m in MONTHS for kind in ("RS", "RC")}
+    assert {p.name for p in tmp_path.iterdir()} == names == set(counts["files"])
+    lines = {name: sum(1 for _ in read_records(tmp_path / name)) for name in names}
+    assert lines == counts["files"]
+    assert counts["submissions"] == 60 == sum(n for name, n in lines.items() if name.startswith("RS_"))
+    assert counts["comments"] == sum(n for name, n in lines.items() if name.startswith("RC_")) > 100
+
+
+def test_zstd_frame_has_the_real_dumps_long_window():
+    data = (SAMPLE / "RC_2015-01.zst").read_bytes()
+    assert zstandard.get_frame_parameters(data).window_size == 2**31
+    with pytest.raises(zstandard.ZstdError):  # the default decoder limit refuses it, as with real dumps
+        zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(100)
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    write_dump(tmp_path / "a", n_posts=40, seed=7)
+    write_dump(tmp_path / "b", n_posts=40, seed=7)
+    write_dump(tmp_path / "c", n_posts=40, seed=8)
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
+    assert (tmp_path / "a" / "RC_2015-01.zst").read_bytes() != (tmp_path / "c" / "RC_2015-01.zst").read_bytes()
+
+
+def test_compressions_hold_the_same_records(tmp_path):
+    for compression, ext in (("zst", ".zst"), ("gz", ".gz"), ("ndjson", ".ndjson")):
+        write_dump(tmp_path / compression, n_posts=30, seed=2, compression=compression)
+    reference = load(tmp_path / "zst")
+    assert load(tmp_path / "gz", ".gz") == reference == load(tmp_path / "ndjson", ".ndjson")
+
+
+def test_shipped_sample_is_what_its_command_makes(tmp_path):
+    """data/sample/README.md gives the command; compare records (zstd bytes may differ across libzstd)."""
+    counts = write_dump(tmp_path, **SAMPLE_ARGS)
+    assert sorted(p.name for p in SAMPLE.glob("R[SC]_*")) == sorted(counts["files"])
+    for name in counts["files"]:
+        assert list(read_records(SAMPLE / name)) == list(read_records(tmp_path / name)), name
+    assert sum(p.stat().st_size for p in SAMPLE.iterdir()) < 1_000_000
+    assert "SYNTHETIC" in (SAMPLE / "README.md").read_text()
+    assert "SYNTHETIC" in synthetic.__doc__.splitlines()[0]
+
+
+def test_months_and_arguments_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="increasing"):
+        write_dump(tmp_path, n_posts=3, months=("2015-02", "2015-01"))
+    with pytest.raises(ValueError, match="compression"):
+        write_dump(tmp_path, n_posts=3, compression="bz2")
+    counts = write_dump(tmp_path / "one", n_posts=5, months=("2016-03",), comments_per_post=0)
+    assert counts["files"] == {"RS_2016-03.zst": 5, "RC_2016-03.zst": 0}
+    assert list(read_records(tmp_path / "one" / "RC_2016-03.zst")) == []
+
+
+def test_cli(tmp_path, capsys):
+    main(["--out", str(tmp_path), "--posts", "12", "--comments-per-post", "3", "--months", "2016-01",
+          "--seed", "4", "--compression", "ndjson"])
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["submissions"] == 12
+    assert sum(1 for _ in read_records(tmp_path / "RC_2016-01.ndjson")) == counts["comments"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+
+
+# ---- content ----
+
+def test_record_fields(sample):
+    post_fields = {"id", "title", "selftext", "is_self", "url", "score", "num_comments", "over_18", "author",
+                   "subreddit", "subreddit_id", "created_utc", "removed_by_category", "stickied", "permalink"}
+    comment_fields = {"id", "parent_id", "link_id", "score", "body", "author", "subreddit", "subreddit_id",
+                      "created_utc", "distinguished", "stickied", "edited", "controversiality"}
+    for kind, required, prefix in (("RS", post_fields, "t3_"), ("RC", comment_fields, "t1_")):
+        for month, r in sample[kind]:
+            assert required <= r.keys(), required - r.keys()
+            assert ("retrieved_on" in r) == (month == MONTHS[0]) != ("retrieved_utc" in r)
+            assert r.get("name", prefix + r["id"]) == prefix + r["id"]
+            assert isinstance(r["score"], int) and isinstance(int(r["created_utc"]), int)
+
+
+def test_every_kind_of_variety_is_present(sample):
+    posts = [r for _, r in sample["RS"]]
+    comments = [r for _, r in sample["RC"]]
+    replies = Counter(c["link_id"][3:] for c in comments)
+    children = Counter(c["parent_id"] for c in comments)
+    foreign = {s for bank in LANGUAGES.values() for s in bank["sentences"]}
+    checks = {
+        "post over_18": any(p["over_18"] for p in posts),
+        "link post": any(not p["is_self"] and p["selftext"] == "" and p["url"].startswith("https://i.")
+                         for p in posts),
+        "deleted post": any(p["author"] == "[deleted]" and p["selftext"] == "[deleted]" for p in posts),
+        "removed post": any(p["selftext"] == "[removed]" and p["removed_by_category"] for p in posts),
+        "non-English post": any(p["title"] in bank["titles"] for bank in LANGUAGES.values() for p in posts),
+        "stickied post": any(p["stickied"] for p in posts),
+        "post score 0": any(p["score"] == 0 for p in posts),
+        "post with 0 replies": any(replies[p["id"]] == 0 for p in posts),
+        "post with 1 reply": any(replies[p["id"]] == 1 for p in posts),
+        "immature post": any(immature(p) and p["score"] == 1 for p in posts),
+        "deleted comment": any(c["author"] == "[deleted]" and c["body"] == "[deleted]" for c in comments),
+        "removed comment": any(c["author"] == "[deleted]" and c["body"] == "[removed]" for c in comments),
+        "AutoModerator": any(c["author"] == "AutoModerator" and c["stickied"] and c["distinguished"] == "moderator"
+                             for c in comments),
+        "bot named ...bot": any(c["author"].endswith("bot") for c in comments),
+        "bot named ...Bot": any(c["author"].endswith("Bot") for c in comments),
+        "moderator comment": any(c["distinguished"] == "moderator" and c["author"] != "AutoModerator"
+                                 for c in comments),
+        "stickied human comment": any(c["stickied"] and c["author"] != "AutoModerator" for c in comments),
+        "empty body": any(c["body"] == "" for c in comments),
+        "very short body": any(0 < len(c["body"]) <= 5 for c in comments),
+        "non-English comment": any(any(s in c["body"] for s in foreign) for c in comments),
+        "immature comment": any(immature(c) and c["score"] == 1 for c in comments),
+        "edited comment": any(c["edited"] for c in comments),
+        "negative score": any(c["score"] < 0 for c in comments),
+        "negative-score parent with replies": any(children["t1_" + c["id"]] and c["score"] < 0 for c in comments),
+        "missing name": any("name" not in c for c in comments) and any("name" not in p for p in posts),
+        "string created_utc": any(isinstance(c["created_utc"], str) for c in comments)
+        and any(isinstance(p["created_utc"], str) for p in posts),
+        "u/ mention": any("u/" in c["body"] for c in comments),
+        "r/ mention": any("r/" in c["body"] for c in comments),
+        "multi-line body": any("\n" in c["body"] for c in comments),
+        "html-escaped quote": any(c["body"].startswith("&gt; ") for c in comments),
+        "several siblings": max(children.values()) >= 3,
+        "helpful family": any(family(c["body"]) == "helpful" for c in comments),
+        "low-effort family": any(family(c["body"]) == "low_effort" for c in comments),
+    }
+    assert [name for name, ok in checks.items() if not ok] == []
+
+
+def test_ids_links_and_order(sample):
+    posts = {r["id"]: (month, r) for month, r in sample["RS"]}
+    comments = {r["id"]: (month, r) for month, r in sample["RC"]}
+    assert len(posts) == len(sample["RS"]) and len(comments) == len(sample["RC"])  # unique ids
+    for kind in ("RS", "RC"):  # each file in time order, base36 ids growing with time
+        for month in MONTHS:
+            records = [r for m, r in sample[kind] if m == month]
+            assert [int(r["created_utc"]) for r in records] == sorted(int(r["created_utc"]) for r in records)
+            ids = [int(r["id"], 36) for r in records]
+            assert ids == sorted(ids)
+    depth, cross_month = Counter(), 0
+    for cid, (month, c) in comments.items():
+        assert c["link_id"][3:] in posts
+        kind, parent_id = c["parent_id"][:3], c["parent_id"][3:]
+        assert kind in ("t1_", "t3_")
+        parent_month, parent = (posts if kind == "t3_" else comments)[parent_id]
+        if kind == "t3_":
+            assert parent_id == c["link_id"][3:]
+        else:
+            assert parent["link_id"] == c["link_id"]
+        assert int(parent["created_utc"]) < int(c["created_utc"])
+        assert parent_month <= month
+        cross_month += parent_month < month
+        d, node = 1, c
+        while node["parent_id"].startswith("t1_"):
+            node, d = comments[node["parent_id"][3:]][1], d + 1
+        depth[d] += 1
+    assert cross_month >= 1                              # replies in month 2 to month 1's posts/comments
+    assert max(depth) == synthetic.MAX_DEPTH and depth[1] > depth[2] > depth[3] > depth[4] > 0
+    for month, p in posts.values():                      # num_comments counts the whole thread
+        assert p["num_comments"] >= sum(1 for _, c in comments.values() if c["link_id"] == "t3_" + p["id"]) \
+            or immature(p)
+
+
+def test_learnable_label_rule(sample):
+    """Rewarding iff score >= 0.4 * parent score: ~90% predictable from the template family.
+    Holds both literally and with the pipeline's clamp of the parent score at 1."""
+    scores = {"t3_" + r["id"]: r["score"] for _, r in sample["RS"]}
+    scores.update({"t1_" + r["id"]: r["score"] for _, r in sample["RC"]})
+    outcome = defaultdict(Counter)
+    for _, c in sample["RC"]:
+        fam = family(c["body"])
+        if fam is None or immature(c):
+            continue
+        parent = scores[c["parent_id"]]
+        outcome[fam][(c["score"] >= 0.4 * parent, c["score"] >= 0.4 * max(parent, 1))] += 1
+    for fam, expected in (("helpful", True), ("low_effort", False)):
+        n = sum(outcome[fam].values())
+        assert n > 300
+        for rule in (0, 1):
+            agree = sum(k for labels, k in outcome[fam].items() if labels[rule] == expected)
+            assert 0.8 <= agree / n <= 0.97, (fam, rule, agree / n)  # noisy (~10%), not trivial
+    helpful, low = sum(outcome["helpful"].values()), sum(outcome["low_effort"].values())
+    assert 0.4 < helpful / (helpful + low) < 0.6                      # balanced labels
+
+
+def test_english_templates_pass_the_pipelines_language_check(sample):
+    filters = pytest.importorskip("karma.data.filters")
+    pytest.importorskip("fasttext")
+    detector = filters.LanguageDetector()
+    english = [c["body"] for _, c in sample["RC"] if family(c["body"])]
+    english += [p["title"] + " " + p["selftext"] for _, p in sample["RS"]
+                if not any(p["title"] in bank["titles"] for bank in LANGUAGES.values())]
+    passed = sum(detector.is_english(text, 0.5) for text in english)
+    assert passed / len(english) >= 0.99, passed / len(english)
+    for bank in LANGUAGES.values():
+        for text in bank["sentences"] + bank["titles"]:
+            assert not detector.is_english(text, 0.5), text
+
+
+def test_sample_exercises_the_pipeline_filters(sample, tmp_path):
+    prepare = pytest.importorskip("karma.data.prepare")
+    stats = prepare.prepare(prepare.PrepConfig(inputs=[SAMPLE], out_dir=tmp_path))
+    reasons = set(stats["by_kind"]["submission"]["skipped"]) | set(stats["by_kind"]["comment"]["skipped"])
+    expected = {"explicit", "non_text", "deleted_or_removed", "deleted_author", "bot", "stickied",
+                "distinguished", "too_short", "score_not_mature", "non_english"}
+    assert expected <= reasons, expected - reasons
+    assert stats["records_read"] == len(sample["RS"]) + len(sample["RC"])
+    assert stats["examples"] > 500
+    for split in stats["splits"].values():
+        assert 0.35 < split["rewarding_rate"] < 0.65
