@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from karma.checkpoint import atomic_write, atomic_write_json, read_json
-from karma.data.format import FORMATS, render
+from karma.data.format import FORMATS, header, render
 from karma.model import Transformer
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
 from karma.weights import load_model, save_model
@@ -81,14 +81,18 @@ class RewardModel(nn.Module):
 
 def encode(tokenizer: Tokenizer, messages: list[dict], response: str, meta: dict | None, cfg: RewardConfig) -> list[int]:
     """Token ids of render(messages, response) with at most cfg.max_length tokens: while too long,
-    drop the oldest context turn; if the last turn alone still does not fit, keep the final
-    max_length tokens (after the BOS, if the tokenizer adds one)."""
+    drop the oldest context turn; if the last turn alone still does not fit, keep the start (BOS,
+    and the conditioned format's subreddit/time header) and as much of the end as fits."""
     for first in range(len(messages)):
         ids = tokenizer.encode(render(messages[first:], response, meta, cfg.format))
         if len(ids) <= cfg.max_length:
             return ids
-    bos = ids[:1] if tokenizer.bos_id is not None and ids and ids[0] == tokenizer.bos_id else []
-    return bos + ids[len(ids) - cfg.max_length + len(bos):]
+    head = tokenizer.encode(header(meta) if cfg.format == "conditioned" else "")  # [BOS] or [] + header
+    body = tokenizer.encode(render(messages[-1:], response), add_special_tokens=False)  # no header
+    room = cfg.max_length - len(head)
+    if room <= 0:
+        raise ValueError(f"max_length {cfg.max_length} leaves no room after the {len(head)}-token header")
+    return head + body[len(body) - room:]
 
 
 def bce_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -180,3 +180,22 @@ def test_score_reads_the_last_real_token_under_either_padding(base_model):
         alone = torch.cat([rm(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in seqs])
         assert torch.allclose(rm(left, mask_left), alone, atol=1e-5)
         assert torch.allclose(rm(right, mask_right), alone, atol=1e-5)
+
+
+def test_conditioned_format_is_recorded_and_needs_metadata(tmp_path, base_model):
+    data = make_examples(tmp_path / "data", n_train=40, n_heldout=16)
+    path = data / "train-00000.jsonl"
+    lines = path.read_text().splitlines()
+    no_meta = json.loads(lines[0])
+    del no_meta["meta"]
+    path.write_text("\n".join([json.dumps(no_meta)] + lines[1:]) + "\n")
+    out = tmp_path / "rm"
+    train(config(base_model, data, out, format="conditioned", max_steps=2, eval_every=2, save_every=2),
+          Dist(0, 1, torch.device("cpu")))
+    [report] = [e for e in read_log(out) if e["event"] == "data"]
+    assert report["train"]["skipped"] == {"missing_field:meta": 1}
+    rm = load_reward_model(out / "final")
+    assert rm.cfg.format == "conditioned"
+    ex = json.loads(lines[1])
+    ids = encode(rm.tokenizer, ex["messages"], ex["response"], ex["meta"], rm.cfg)
+    assert rm.tokenizer.decode(ids).startswith("[Subreddit: r/test | Posted: 2015-01-01")
