@@ -14,7 +14,6 @@ Prints one JSON object per config.
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 
@@ -22,6 +21,7 @@ import torch
 import transformers
 
 import karma
+from timing import cuda_median_seconds
 
 CONFIGS = {
     "llama-3.2-1b": lambda: transformers.LlamaConfig(
@@ -40,18 +40,6 @@ CONFIGS = {
         bos_token_id=50256, eos_token_id=50256),
 }
 HBM_BYTES_PER_S = 3.0e12  # measured device-to-device copy on this workplace's H100 (REFERENCE.md §6)
-
-
-def timed(fn, repeats=3):
-    fn()  # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def diff(a, b, mask=None):
@@ -102,11 +90,11 @@ def bench(name, make_config, args):
     for batch in (1, 32):
         prompt = torch.randint(0, vocab, (batch, args.prompt), device="cuda")
         n = args.new_tokens
-        hf_s = timed(lambda: ref16.generate(prompt, do_sample=True, max_new_tokens=n, min_new_tokens=n,
+        hf_s = cuda_median_seconds(lambda: ref16.generate(prompt, do_sample=True, max_new_tokens=n, min_new_tokens=n,
                                             pad_token_id=0, top_k=0, top_p=1.0))
-        ours_s = timed(lambda: karma.generate(ours, prompt, max_new_tokens=n, temperature=1.0, stop_ids=[],
+        ours_s = cuda_median_seconds(lambda: karma.generate(ours, prompt, max_new_tokens=n, temperature=1.0, stop_ids=[],
                                               cuda_graph=False))
-        graph_s = timed(lambda: karma.generate(ours, prompt, max_new_tokens=n, temperature=1.0, stop_ids=[],
+        graph_s = cuda_median_seconds(lambda: karma.generate(ours, prompt, max_new_tokens=n, temperature=1.0, stop_ids=[],
                                                cuda_graph=True))
         out[f"b{batch}"] = {"transformers_tok_s": round(batch * n / hf_s), "karma_tok_s": round(batch * n / ours_s),
                             "karma_cuda_graph_tok_s": round(batch * n / graph_s),

@@ -12,7 +12,6 @@ N = non-embedding parameters. Prints one JSON object.
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 
@@ -22,23 +21,13 @@ import transformers
 from karma.reward import RewardConfig, RewardModel, bce_loss
 from karma.reward_train import param_groups
 from karma.weights import load_model
+from timing import cuda_median_seconds
 
 LLAMA_32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                    num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
                    max_position_embeddings=131072, tie_word_embeddings=True, rope_theta=500000.0,
                    rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
-
-
-def step_time(model_step, steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        model_step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])  # the first steps allocate optimizer state
 
 
 def main():
@@ -70,7 +59,7 @@ def main():
             opt.zero_grad(set_to_none=True)
 
         torch.cuda.reset_peak_memory_stats()
-        seconds = step_time(step, args.steps)
+        seconds = cuda_median_seconds(step, repeats=args.steps - 2, warmup=2)
         peak = torch.cuda.max_memory_allocated() / 2**30
         del model, opt
         torch.cuda.empty_cache()
