@@ -12,8 +12,8 @@ N = non-embedding parameters. Prints one JSON object.
 
 import argparse
 import json
+import gc
 import tempfile
-import time
 
 import torch
 import transformers
@@ -60,10 +60,7 @@ def main():
 
         torch.cuda.reset_peak_memory_stats()
         seconds = cuda_median_seconds(step, repeats=args.steps - 2, warmup=2)
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        del model, opt
-        torch.cuda.empty_cache()
-        return {"step_s": seconds, "peak_mem_gib": peak}
+        return {"step_s": seconds, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
 
     def build_ours():
         backbone = load_model(directory, dtype=torch.float32, device="cuda")
@@ -87,6 +84,8 @@ def main():
                 results[name].append(measure(build_ours, lambda m: m(ids, mask)))
             else:
                 results[name].append(measure(build_ref, lambda m: m(input_ids=ids, attention_mask=mask).logits[:, 0]))
+            gc.collect()  # the measured model and its optimizer are unreachable now: free them
+            torch.cuda.empty_cache()
 
     n_params = sum(p.numel() for p in backbone.parameters()) - backbone.embed.weight.numel()
     L, H, d = config.num_hidden_layers, config.num_attention_heads, config.head_dim

@@ -86,7 +86,6 @@ class HFSlot:
 
 def _hf_modules(cfg: ModelConfig) -> dict[str, tuple[str, list[str]]]:
     """Our module path ({i} = layer) -> (layout, HF module paths)."""
-    H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     if cfg.family == "llama":
         L = "model.layers.{i}."
         return {
