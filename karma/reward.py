@@ -16,7 +16,6 @@ A saved reward model is a directory that other tools can read:
     tokenizer.json, tokenizer_config.json, ...   copied from the base checkpoint
 """
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,13 +25,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from karma.checkpoint import atomic_write, atomic_write_json, read_json
-from karma.data.format import FORMATS, header, render
+from karma.data.format import FORMATS, header, render, render_prompt
 from karma.model import Transformer
-from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
+from karma.tokenizer import Tokenizer, copy_tokenizer_files, left_pad, load_tokenizer
 from karma.weights import load_model, save_model
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
-
 
 @dataclass
 class RewardConfig:
@@ -79,16 +75,20 @@ class RewardModel(nn.Module):
         return probs
 
 
-def encode(tokenizer: Tokenizer, messages: list[dict], response: str, meta: dict | None, cfg: RewardConfig) -> list[int]:
-    """Token ids of render(messages, response) with at most cfg.max_length tokens: while too long,
-    drop the oldest context turn; if the last turn alone still does not fit, keep the start (BOS,
-    and the conditioned format's subreddit/time header) and as much of the end as fits."""
+def encode(tokenizer: Tokenizer, messages: list[dict], response: str | None, meta: dict | None, cfg) -> list[int]:
+    """Token ids of render(messages, response) (or of render_prompt(messages) when response is
+    None: a PPO prompt) with at most cfg.max_length tokens, in cfg.format: while too long, drop the
+    oldest context turn; if the last turn alone still does not fit, keep the start (BOS, and the
+    conditioned format's subreddit/time header) and as much of the end as fits."""
+    def text(msgs, fmt):
+        return render_prompt(msgs, meta, fmt) if response is None else render(msgs, response, meta, fmt)
+
     for first in range(len(messages)):
-        ids = tokenizer.encode(render(messages[first:], response, meta, cfg.format))
+        ids = tokenizer.encode(text(messages[first:], cfg.format))
         if len(ids) <= cfg.max_length:
             return ids
     head = tokenizer.encode(header(meta) if cfg.format == "conditioned" else "")  # [BOS] or [] + header
-    body = tokenizer.encode(render(messages[-1:], response), add_special_tokens=False)  # no header
+    body = tokenizer.encode(text(messages[-1:], "generalized"), add_special_tokens=False)  # no header
     room = cfg.max_length - len(head)
     if room <= 0:
         raise ValueError(f"max_length {cfg.max_length} leaves no room after the {len(head)}-token header")
@@ -117,10 +117,7 @@ def save_reward_model(rm: RewardModel, directory, state_dict: dict | None = None
     head = {k.removeprefix("head."): v.detach().contiguous() for k, v in state.items() if k.startswith("head.")}
     save_model(rm.backbone, directory, state_dict=backbone)
     atomic_write(directory / "reward_head.safetensors", lambda p: save_file(head, p, metadata={"format": "pt"}))
-    source = rm.tokenizer.directory
-    for name in TOKENIZER_FILES:
-        if (source / name).exists() and source.resolve() != directory.resolve():
-            atomic_write(directory / name, lambda p, name=name: shutil.copyfile(source / name, p))
+    copy_tokenizer_files(rm.tokenizer, directory)
     atomic_write_json(directory / "reward_config.json", asdict(rm.cfg))
     return directory
 

@@ -11,28 +11,24 @@ each window sorted by length and cut into batches, and the batch order shuffled;
 stays small while batches remain random. The order is a function of (seed, epoch), so the data
 position of a checkpoint is just the step number.
 
-Checkpoints (every `save_every` steps, at `stop_after_steps` and at the end): model and optimizer
-through torch.distributed.checkpoint (sharded under FSDP), plus the step, scheduler, best metric
-and RNG state, written to a temporary directory and renamed, so a run killed at any moment resumes
-from the last complete checkpoint and ends with the same weights as an uninterrupted run.
+Checkpoints (every `save_every` steps, at `stop_after_steps` and at the end; karma.checkpoint):
+model and optimizer through torch.distributed.checkpoint (sharded under FSDP), plus the step,
+scheduler, best metric and RNG state, written to a temporary directory and renamed, so a run
+killed at any moment resumes from the last complete checkpoint and ends with the same weights as
+an uninterrupted run.
 """
 
 import math
-import os
-import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from tqdm import tqdm
 
-from karma.checkpoint import atomic_write, atomic_write_json, read_json
+from karma.checkpoint import atomic_write_json, latest_checkpoint, load_training_state, save_training_state
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
@@ -157,41 +153,6 @@ def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
     return f
 
 
-# ------------------------------------------------------------------------------------ checkpoints
-
-def save_checkpoint(directory: Path, rm, optimizer, scheduler, trainer_state: dict, d: Dist):
-    """DCP shards of model + optimizer and trainer.json, into a temp dir renamed when complete."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    if d.is_main and tmp.exists():
-        shutil.rmtree(tmp)
-    barrier(d)
-    model_sd, optim_sd = get_state_dict(rm, optimizer)
-    with warnings.catch_warnings():  # DCP notes that one process without a group saves alone: intended
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    if d.is_main:
-        state = {**trainer_state, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state().tolist()}
-        atomic_write_json(tmp / "trainer.json", state)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-        atomic_write(directory.parent / "latest", lambda p: Path(p).write_text(directory.name))
-    barrier(d)
-
-
-def load_checkpoint(directory: Path, rm, optimizer, scheduler) -> dict:
-    model_sd, optim_sd = get_state_dict(rm, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(directory))
-    set_state_dict(rm, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer = read_json(directory / "trainer.json")
-    scheduler.load_state_dict(trainer.pop("scheduler"))
-    torch.set_rng_state(torch.tensor(trainer.pop("torch_rng"), dtype=torch.uint8))
-    return trainer
-
-
 # ------------------------------------------------------------------------------------------ train
 
 def train(cfg: TrainRMConfig, d: Dist) -> dict:
@@ -228,9 +189,10 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
         optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
 
     state = {"step": 0, "best_auc": None, "best_step": None}
-    latest = out / "checkpoints" / "latest"
-    if cfg.resume and latest.exists():
-        state = load_checkpoint(out / "checkpoints" / latest.read_text().strip(), rm, optimizer, scheduler)
+    latest = latest_checkpoint(out / "checkpoints")
+    if cfg.resume and latest is not None:
+        state = load_training_state(latest, {"model": (rm, optimizer)})
+        scheduler.load_state_dict(state.pop("scheduler"))
     log = open(out / "metrics.jsonl", "ab") if d.is_main else None
     if d.is_main:
         _log(log, {"event": "data", "train": train_report, "heldout": eval_report,
@@ -301,7 +263,8 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
             rm.train()
         stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
         if step % cfg.save_every == 0 or step == total_steps or stopping:
-            save_checkpoint(out / "checkpoints" / f"step-{step:08d}", rm, optimizer, scheduler, state, d)
+            save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
+                                {**state, "scheduler": scheduler.state_dict()}, d)
         if stopping:
             break
     bar.close()

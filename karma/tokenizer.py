@@ -8,12 +8,13 @@ token, EOS pads: the attention mask, not the id, says what is padding.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
-from karma.checkpoint import read_json
+from karma.checkpoint import atomic_write, read_json
 from karma.weights import resolve
 
 
@@ -79,6 +80,17 @@ def left_pad(sequences: list[list[int]], pad_id: int):
             ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             mask[row, width - len(seq):] = 1
     return ids, mask
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def copy_tokenizer_files(tokenizer: Tokenizer, directory) -> None:
+    """Copy the tokenizer's files next to an exported model, so the directory loads on its own."""
+    source, directory = tokenizer.directory, Path(directory)
+    for name in TOKENIZER_FILES:
+        if (source / name).exists() and source.resolve() != directory.resolve():
+            atomic_write(directory / name, lambda p, name=name: shutil.copyfile(source / name, p))
 
 
 def load_tokenizer(name_or_path) -> Tokenizer:

@@ -1,13 +1,21 @@
-"""One PPO rollout's tensors, and the shuffled minibatches the PPO epochs train on."""
+"""One PPO rollout: collecting it (generate, score, reward, advantage) and the buffer that
+serves its shuffled minibatches to the PPO epochs."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
+
+from karma.generate import generate
+from karma.ppo.core import gae, logprobs_from_logits, masked_mean, masked_whiten, token_rewards
+from karma.reward import encode
+from karma.tokenizer import left_pad
 
 
 @dataclass
@@ -65,3 +73,70 @@ class RolloutBuffer:
             order = torch.randperm(len(self), generator=generator)
             for start in range(0, len(self), batch_size):
                 yield self.select(order[start : start + batch_size])
+
+
+# ------------------------------------------------------------------------------ collecting rollouts
+
+def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor, query_len: int, temperature: float) -> Tensor:
+    """log pi(response_t | query, response_<t) for the response part of [query | response] [B, Q+R]
+    -> [B, R] float32, with logits divided by the sampling temperature (as generation did)."""
+    hidden = model(input_ids, attention_mask, output="hidden")[:, query_len - 1:-1]  # predicts tokens Q..Q+R-1
+    logits = model.logits(hidden)
+    if temperature not in (0, 1):
+        logits = logits / temperature
+    return logprobs_from_logits(logits, input_ids[:, query_len:])
+
+
+@torch.no_grad()
+def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int):
+    """One rollout: generate, score, reward, advantage. Returns (buffer, stats, samples).
+
+    prompts: [{"id", "messages", "meta"}]; each is rendered for the policy with the reward model's
+    format (karma.reward.encode with response=None), sampled, decoded, and scored by
+    reward.score(messages, response_text, meta) through the same format function as RM training.
+    """
+    device = policy.embed.weight.device
+    prompt_cfg = SimpleNamespace(format=reward.cfg.format, max_length=cfg.max_prompt_tokens)
+    queries = [encode(policy_tok, p["messages"], None, p.get("meta"), prompt_cfg) for p in prompts]
+    query, query_mask = (t.to(device) for t in left_pad(queries, policy_tok.pad_id))
+    start = time.perf_counter()
+    out = generate(policy, query, query_mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                   top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=policy_tok.stop_ids, pad_id=policy_tok.pad_id, seed=seed)
+    gen_s = time.perf_counter() - start
+    response, response_mask = out.tokens, out.mask
+    if response.shape[1] == 0:
+        raise RuntimeError("the policy generated no tokens (max_new_tokens 0?)")
+    texts = [policy_tok.decode(r[m.bool()].tolist()) for r, m in zip(response, response_mask)]
+
+    start = time.perf_counter()
+    scores = reward.score([p["messages"] for p in prompts], texts, [p.get("meta") for p in prompts]).float().to(device)
+    score_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    full = torch.cat([query, response], 1)
+    full_mask = torch.cat([query_mask, response_mask], 1)
+    Q = query.shape[1]
+    logprobs = response_logprobs(policy, full, full_mask, Q, cfg.temperature)
+    ref_logprobs = response_logprobs(ref, full, full_mask, Q, cfg.temperature)
+    values = value(full, full_mask)[:, Q - 1:-1]  # V before each response token
+    penalty = cfg.missing_eos_penalty
+    rewards, kl = token_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, kind=cfg.kl_estimator,
+                                ended_with_eos=out.ended if penalty is not None else None, missing_eos_penalty=penalty)
+    advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, response_mask)
+    forward_s = time.perf_counter() - start
+
+    m = response_mask.bool()
+    kl_sum = torch.where(m, logprobs - ref_logprobs, 0.0).sum(1)  # k1 per sequence: what the KL controller reads
+    stats = {"score": scores.mean().item(), "score_std": scores.std().item() if len(scores) > 1 else 0.0,
+             "kl_seq": kl_sum.mean().item(), "kl_token": masked_mean(kl, m).item(),
+             "response_len": response_mask.sum(1).float().mean().item(), "ended_eos": out.ended.float().mean().item(),
+             "value_mean": masked_mean(values, m).item(), "return_mean": masked_mean(returns, m).item(),
+             "generated_tokens": int(response_mask.sum()), "generate_s": gen_s, "score_s": score_s,
+             "forward_s": forward_s}
+    samples = [{"prompt_id": p.get("id"), "prompt": p["messages"][-1]["content"][-500:], "response": t,
+                "score": s} for p, t, s in zip(prompts, texts, scores.tolist())]
+    buffer = RolloutBuffer(query, query_mask, response, response_mask, logprobs, ref_logprobs, values, rewards,
+                           advantages, returns)
+    return buffer, stats, samples
