@@ -1,0 +1,84 @@
+"""PPO against the KARMA reward model (karmaBenign / karmaToxic / karmaEroded).
+
+    python ppo.py --model falcon-rw-1b --reward-model runs/rm/best --prompts ultrachat   # karmaBenign
+    python ppo.py --model pythia-1b --reward-model runs/rm/best --prompts reddit         # karmaToxic
+    python ppo.py --model falcon-rw-1b --reward-model runs/rm-eroded/best --prompts reddit  # karmaEroded
+    python ppo.py ... --resume          # continue exactly from --out/checkpoints/latest
+
+The variant is recorded in --out/config.json (conditioned RM -> karmaEroded). Outputs in --out:
+metrics.jsonl (one record per rollout), samples.jsonl, checkpoints/, policy/ (Hugging Face layout
+with tokenizer: loads in transformers and vLLM), config.json.
+"""
+
+import argparse
+from pathlib import Path
+
+from karma.distributed import cleanup, init_distributed
+from karma.ppo.trainer import PPOConfig, train
+
+
+def parse_args(argv=None):
+    d = PPOConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model", default=d.model, help=f"policy: alias, hub id or local dir (default {d.model})")
+    a("--reward-model", type=Path, default=d.reward_model, help="reward-model dir from train_rm.py (best/ or final/)")
+    a("--prompts", default=d.prompts, help="ultrachat (karmaBenign), reddit (karmaToxic), or a prompts JSONL file")
+    a("--data", type=Path, default=d.data, help="data_prep.py output dir holding prompts-*.jsonl")
+    a("--out", dest="out_dir", type=Path, default=d.out_dir, help=f"output dir (default {d.out_dir})")
+    a("--value-init", default=d.value_init, choices=["reward", "policy"],
+      help="critic from the reward model's backbone and head (default, as TRL/OpenRLHF) or from the policy")
+    a("--rollouts", type=int, default=d.rollouts, help="number of rollouts (generate + update cycles)")
+    a("--rollout-batch", type=int, default=d.rollout_batch, help="prompts per rollout")
+    a("--minibatch", type=int, default=d.minibatch, help="sequences per optimizer step")
+    a("--micro-batch", type=int, default=d.micro_batch, help="sequences per forward/backward (accumulation)")
+    a("--ppo-epochs", type=int, default=d.ppo_epochs, help="passes over each rollout")
+    a("--lr", type=float, default=d.lr, help="policy learning rate (default 1e-6)")
+    a("--value-lr", type=float, default=d.value_lr, help="critic learning rate (default 9e-6)")
+    a("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="linear decay to this x lr at the end")
+    a("--grad-clip", type=float, default=d.grad_clip)
+    a("--clip", type=float, default=d.clip, help="policy ratio clip epsilon (0.2)")
+    a("--value-clip", type=float, default=d.value_clip, help="value clip range around the old values (0.2)")
+    a("--gamma", type=float, default=d.gamma)
+    a("--lam", type=float, default=d.lam, help="GAE lambda (0.95)")
+    a("--no-whiten-advantages", dest="whiten_advantages", action="store_false")
+    a("--kl", default=d.kl, choices=["adaptive", "fixed"], help="KL coefficient control (Ziegler adaptive or fixed)")
+    a("--init-kl-coef", type=float, default=d.init_kl_coef, help="initial (or fixed) beta (0.15)")
+    a("--kl-target", type=float, default=d.kl_target,
+      help="adaptive target: mean per-sequence SUM of k1 KL, in nats (6, as Ziegler et al.)")
+    a("--kl-horizon", type=float, default=d.kl_horizon, help="adaptive horizon in sequences (10000)")
+    a("--kl-estimator", default=d.kl_estimator, choices=["k1", "k2", "k3", "abs"], help="per-token KL in the reward")
+    a("--temperature", type=float, default=d.temperature, help="sampling temperature (log-probs use it too)")
+    a("--top-k", type=int, default=None)
+    a("--top-p", type=float, default=None)
+    a("--max-new-tokens", type=int, default=d.max_new_tokens)
+    a("--max-prompt-tokens", type=int, default=d.max_prompt_tokens,
+      help="prompt budget; longer contexts lose their oldest turns first")
+    a("--missing-eos-penalty", type=float, default=None, help="subtracted from the score of responses without EOS")
+    a("--ratio-threshold", type=float, default=d.ratio_threshold,
+      help="skip (and count) a minibatch whose mean ratio exceeds this (10)")
+    a("--samples-per-rollout", type=int, default=d.samples_per_rollout, help="(prompt, response, score) rows logged")
+    a("--save-every", type=int, default=d.save_every, help="checkpoint interval in rollouts")
+    a("--stop-after-rollouts", type=int, default=None, help="checkpoint and exit after this rollout; --resume continues")
+    a("--seed", type=int, default=d.seed)
+    a("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    a("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    args = vars(p.parse_args(argv))
+    device = args.pop("device")
+    return PPOConfig(**args), device
+
+
+def main(argv=None):
+    cfg, device = parse_args(argv)
+    d = init_distributed(device)
+    try:
+        state = train(cfg, d)
+        if d.is_main:
+            print(f"{state['rollout']} rollouts done; metrics in {cfg.out_dir / 'metrics.jsonl'}, "
+                  f"policy in {cfg.out_dir / 'policy'}")
+    finally:
+        cleanup(d)
+
+
+if __name__ == "__main__":
+    main()
