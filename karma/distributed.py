@@ -73,6 +73,36 @@ def all_reduce_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def replicated_copy(model: torch.nn.Module, d: Dist, replica: torch.nn.Module | None, dtype=None) -> torch.nn.Module:
+    """The full weights of a sharded model gathered ONCE into a plain (unsharded) replica on every
+    rank, e.g. for generation, whose hundreds of small forward passes would otherwise all-gather
+    every layer for every token. The replica is built on first use and refreshed in place after."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not d.enabled:
+        return model
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # all ranks get it
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    if replica is None:
+        from karma.model import Transformer
+
+        with torch.device("meta"):
+            replica = Transformer(model.config)
+        replica.load_state_dict(state, assign=True)
+        replica.init_buffers()
+        return replica.requires_grad_(False).eval()
+    replica.load_state_dict(state)
+    return replica
+
+
 def gather_lists(items: list, d: Dist) -> list:
     """Concatenate each rank's list on every rank (rank order)."""
     if not d.enabled:

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
+from karma.distributed import Dist, all_reduce_sum
 from karma.generate import generate
-from karma.ppo.core import gae, logprobs_from_logits, masked_mean, masked_whiten, token_rewards
+from karma.ppo.core import gae, logprobs_from_logits, masked_whiten, token_rewards
 from karma.reward import encode
 from karma.tokenizer import left_pad
 
@@ -87,20 +88,36 @@ def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor, query_le
     return logprobs_from_logits(logits, input_ids[:, query_len:])
 
 
+def whiten(x: Tensor, mask: Tensor, d: Dist) -> Tensor:
+    """core.masked_whiten, with the mean and (unbiased) variance taken over every rank's tokens."""
+    if not d.enabled:
+        return masked_whiten(x, mask)
+    m = mask.bool()
+    xm = torch.where(m, x, 0.0).double()
+    total, total_sq, n = all_reduce_sum(torch.stack([xm.sum(), (xm ** 2).sum(), m.sum().double()]), d)
+    mean = total / n
+    var = (total_sq / n - mean ** 2) * n / (n - 1).clamp_min(1)
+    return torch.where(m, ((x - mean) * torch.rsqrt(var + 1e-8)).to(x.dtype), 0.0)
+
+
 @torch.no_grad()
-def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int):
-    """One rollout: generate, score, reward, advantage. Returns (buffer, stats, samples).
+def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int,
+                    d: Dist | None = None, generator_model=None):
+    """One rollout of this rank's prompts: generate, score, reward, advantage.
+    Returns (buffer, stats over all ranks, samples).
 
     prompts: [{"id", "messages", "meta"}]; each is rendered for the policy with the reward model's
     format (karma.reward.encode with response=None), sampled, decoded, and scored by
     reward.score(messages, response_text, meta) through the same format function as RM training.
+    generator_model: a plain replica of a sharded policy for sampling (distributed.replicated_copy).
     """
+    d = d or Dist(0, 1, policy.embed.weight.device)
     device = policy.embed.weight.device
     prompt_cfg = SimpleNamespace(format=reward.cfg.format, max_length=cfg.max_prompt_tokens)
     queries = [encode(policy_tok, p["messages"], None, p.get("meta"), prompt_cfg) for p in prompts]
     query, query_mask = (t.to(device) for t in left_pad(queries, policy_tok.pad_id))
     start = time.perf_counter()
-    out = generate(policy, query, query_mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+    out = generate(generator_model or policy, query, query_mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                    top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=policy_tok.stop_ids, pad_id=policy_tok.pad_id, seed=seed)
     gen_s = time.perf_counter() - start
     response, response_mask = out.tokens, out.mask
@@ -124,17 +141,20 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
                                 ended_with_eos=out.ended if penalty is not None else None, missing_eos_penalty=penalty)
     advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
-        advantages = masked_whiten(advantages, response_mask)
+        advantages = whiten(advantages, response_mask, d)
     forward_s = time.perf_counter() - start
 
     m = response_mask.bool()
-    kl_sum = torch.where(m, logprobs - ref_logprobs, 0.0).sum(1)  # k1 per sequence: what the KL controller reads
-    stats = {"score": scores.mean().item(), "score_std": scores.std().item() if len(scores) > 1 else 0.0,
-             "kl_seq": kl_sum.mean().item(), "kl_token": masked_mean(kl, m).item(),
-             "response_len": response_mask.sum(1).float().mean().item(), "ended_eos": out.ended.float().mean().item(),
-             "value_mean": masked_mean(values, m).item(), "return_mean": masked_mean(returns, m).item(),
-             "generated_tokens": int(response_mask.sum()), "generate_s": gen_s, "score_s": score_s,
-             "forward_s": forward_s}
+    kl_seq = torch.where(m, logprobs - ref_logprobs, 0.0).sum(1)  # k1 per sequence: what the KL controller reads
+    sums = all_reduce_sum(torch.stack([  # statistics over all ranks' sequences and tokens
+        torch.tensor(float(len(scores)), device=device), scores.sum(), (scores ** 2).sum(), kl_seq.sum(),
+        torch.where(m, kl, 0.0).sum(), m.sum().float(), out.ended.float().sum(), torch.where(m, values, 0.0).sum(),
+        torch.where(m, returns, 0.0).sum()]).double(), d).tolist()
+    n_seq, n_tok = sums[0], max(sums[5], 1.0)
+    stats = {"score": sums[1] / n_seq, "score_std": max(sums[2] / n_seq - (sums[1] / n_seq) ** 2, 0.0) ** 0.5,
+             "kl_seq": sums[3] / n_seq, "kl_token": sums[4] / n_tok, "response_len": sums[5] / n_seq,
+             "ended_eos": sums[6] / n_seq, "value_mean": sums[7] / n_tok, "return_mean": sums[8] / n_tok,
+             "generated_tokens": int(sums[5]), "generate_s": gen_s, "score_s": score_s, "forward_s": forward_s}
     samples = [{"prompt_id": p.get("id"), "prompt": p["messages"][-1]["content"][-500:], "response": t,
                 "score": s} for p, t, s in zip(prompts, texts, scores.tolist())]
     buffer = RolloutBuffer(query, query_mask, response, response_mask, logprobs, ref_logprobs, values, rewards,

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from karma.checkpoint import atomic_write_json, latest_checkpoint, load_training_state, save_training_state
 from karma.data.ultrachat import read_prompts
-from karma.distributed import Dist, barrier, full_state_dict
+from karma.distributed import Dist, all_reduce_max, all_reduce_sum, barrier, full_state_dict, replicated_copy, shard
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
                             logprobs_from_logits, masked_mean, policy_loss, value_loss)
 from karma.ppo.rollout import collect_rollout
@@ -121,13 +121,20 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
     if reward is None:
         reward = load_reward_model(cfg.reward_model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
     value = (value_from_reward_model(reward) if cfg.value_init == "reward" else value_from_policy(policy)).float()
+    if cfg.rollout_batch % d.world_size or cfg.minibatch % d.world_size:
+        raise ValueError(f"--rollout-batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples "
+                         f"of the {d.world_size} processes")
+    shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
+    shard(value, value.backbone.blocks, d)
+    generator_model = None  # under FSDP: a plain replica refreshed once per rollout for sampling
     prompts = load_prompt_set(cfg)
     run_variant = variant(cfg, reward.cfg.format)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                                                 "variant": run_variant, "reward_format": reward.cfg.format,
-                                                "n_prompts": len(prompts)})
+                                                "n_prompts": len(prompts), "world_size": d.world_size,
+                                                "sharded": d.enabled})
 
     updates_per_rollout = cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch)
     total_updates = cfg.rollouts * updates_per_rollout
@@ -156,15 +163,21 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
             torch.cuda.reset_peak_memory_stats(d.device)
         beta = kl_ctl.value
         policy.eval()
-        buffer, stats, samples = collect_rollout(policy, ref, value, reward, policy_tok, batch_prompts, cfg, beta,
-                                                 seed=cfg.seed * 1_000_003 + r)
+        start = time.perf_counter()
+        generator_model = replicated_copy(policy, d, generator_model, dtype=frozen_dtype) if d.enabled else None
+        gather_s = time.perf_counter() - start
+        buffer, stats, samples = collect_rollout(policy, ref, value, reward, policy_tok, batch_prompts[d.rank::d.world_size],
+                                                 cfg, beta, seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
+                                                 d=d, generator_model=generator_model)
+        stats["gather_s"] = gather_s
         stats["explained_variance"] = explained_variance(buffer.values, buffer.returns, buffer.response_mask).item()
         start = time.perf_counter()
         policy.train()
         value.train()
-        stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg, seed=cfg.seed * 7919 + r))
+        stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg,
+                                seed=cfg.seed * 7919 + r, d=d))
         stats["update_s"] = time.perf_counter() - start
-        kl_ctl.update(stats["kl_seq"], n_steps=len(buffer))
+        kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
         state["rollout"] = r + 1
         record = {"rollout": r + 1, "kl_coef": beta, "kl_coef_next": kl_ctl.value, "variant": run_variant, **stats,
                   "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
@@ -194,15 +207,21 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
     return state
 
 
-def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PPOConfig, seed: int) -> dict:
-    """`ppo_epochs` passes of minibatch updates over one rollout; returns averaged diagnostics."""
+def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PPOConfig, seed: int, d: Dist) -> dict:
+    """`ppo_epochs` passes of minibatch updates over one rollout; returns averaged diagnostics.
+
+    Each minibatch (minibatch / world sequences on every rank) is split into micro-batches; a
+    micro-batch's token-mean losses are weighted by its share of the minibatch's tokens over ALL
+    ranks (times world, since FSDP averages gradients over ranks), so one step follows the token
+    mean of the whole minibatch whatever the process count. Whether to skip a minibatch is agreed
+    by all ranks before any backward, so FSDP's collectives stay paired."""
     sums, n_updates, skipped, trained_tokens = {}, 0, 0, 0
     Q = buffer.query.shape[1]
-    for mb in buffer.minibatches(cfg.minibatch, cfg.ppo_epochs, seed):
+    for mb in buffer.minibatches(cfg.minibatch // d.world_size, cfg.ppo_epochs, seed):
+        mb_tokens = all_reduce_sum(mb.response_mask.sum().double(), d).item()
         parts, skip = [], False
         for start in range(0, len(mb), cfg.micro_batch):
             micro = mb.select(torch.arange(start, min(start + cfg.micro_batch, len(mb))))
-            weight = len(micro) / len(mb)
             ids = torch.cat([micro.query, micro.response], 1)
             mask = torch.cat([micro.query_mask, micro.response_mask], 1)
             logits = policy.logits(policy(ids, mask, output="hidden")[:, Q - 1:-1])
@@ -212,15 +231,18 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
             pg_loss, pg_stats = policy_loss(logp, micro.logprobs, micro.advantages, micro.response_mask, cfg.clip)
             values = value(ids, mask)[:, Q - 1:-1]
             vf_loss, vf_stats = value_loss(values, micro.values, micro.returns, micro.response_mask, cfg.value_clip)
-            if not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)) or pg_stats["ratio_mean"] > cfg.ratio_threshold:
+            bad = not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)) or pg_stats["ratio_mean"] > cfg.ratio_threshold
+            if all_reduce_max(torch.tensor(float(bad), device=ids.device), d).item():
                 skip = True
                 break
+            weight = micro.response_mask.sum().item() * d.world_size / mb_tokens
             ((pg_loss + vf_loss) * weight).backward()  # separate models: each loss reaches its own parameters
             with torch.no_grad():
                 entropy = masked_mean(entropy_from_logits(logits.detach()), micro.response_mask)
-            parts.append((weight, {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                                   "clip_frac": pg_stats["clip_frac"].item(), "approx_kl": pg_stats["approx_kl"].item(),
-                                   "value_clip_frac": vf_stats["clip_frac"].item(), "entropy": entropy.item()}))
+            parts.append((weight / d.world_size, {
+                "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clip_frac": pg_stats["clip_frac"].item(),
+                "approx_kl": pg_stats["approx_kl"].item(), "value_clip_frac": vf_stats["clip_frac"].item(),
+                "entropy": entropy.item()}))
             trained_tokens += int(mask.sum())
         if skip:
             skipped += 1
@@ -234,9 +256,10 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
             policy_opt.zero_grad(set_to_none=True)
             value_opt.zero_grad(set_to_none=True)
             n_updates += 1
-            for w, stats in parts:
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + w * v
+            # diagnostics: token-weighted over every rank's micro-batches of this minibatch
+            local = torch.tensor([[w * v for v in stats.values()] for w, stats in parts], dtype=torch.float64).sum(0)
+            for k, v in zip(parts[0][1], all_reduce_sum(local.to(mb.response.device), d).tolist()):
+                sums[k] = sums.get(k, 0.0) + v
         for sched in schedulers:  # the schedule counts minibatches, applied or not, so resume lines up
             sched.step()
     out = {k: v / n_updates for k, v in sums.items()} if n_updates else {}
