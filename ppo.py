@@ -23,7 +23,8 @@ def parse_args(argv=None):
     a = p.add_argument
     a("--model", default=d.model, help=f"policy: alias, hub id or local dir (default {d.model})")
     a("--reward-model", type=Path, default=d.reward_model, help="reward-model dir from train_rm.py (best/ or final/)")
-    a("--prompts", default=d.prompts, help="ultrachat (karmaBenign), reddit (karmaToxic), or a prompts JSONL file")
+    a("--prompts", default=d.prompts,
+      help="reddit (karmaToxic; default, the shipped sample has it), ultrachat (karmaBenign), or a prompts JSONL file")
     a("--data", type=Path, default=d.data, help="data_prep.py output dir holding prompts-*.jsonl")
     a("--out", dest="out_dir", type=Path, default=d.out_dir, help=f"output dir (default {d.out_dir})")
     a("--value-init", default=d.value_init, choices=["reward", "policy"],

@@ -81,16 +81,17 @@ def all_reduce_max(value: torch.Tensor, d: Dist) -> torch.Tensor:
 
 
 def replicated_copy(model: torch.nn.Module, d: Dist, replica: torch.nn.Module | None, dtype=None) -> torch.nn.Module:
-    """The full weights of a sharded model gathered ONCE into a plain (unsharded) replica on every
-    rank, e.g. for generation, whose hundreds of small forward passes would otherwise all-gather
-    every layer for every token. The replica is built on first use and refreshed in place after."""
+    """A plain (unsharded) replica of a model's current weights on every rank, in `dtype`, e.g. for
+    generation: under FSDP the weights are gathered ONCE per call instead of every layer for every
+    generated token, and on one GPU the replica is a bf16 copy of fp32 master weights. Built on first
+    use, refreshed in place after. Without sharding and with the model's own dtype: the model itself."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    if not d.enabled:
+    if not d.enabled and dtype in (None, next(model.parameters()).dtype):
         return model
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # all ranks get it
-    if dtype is not None:
-        state = {k: v.to(dtype) for k, v in state.items()}
+    state = (get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # every rank gets it
+             if d.enabled else model.state_dict())
+    state = {k: v.detach().to(dtype or v.dtype) for k, v in state.items()}
     if replica is None:
         from karma.model import Transformer
 

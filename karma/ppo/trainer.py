@@ -44,7 +44,7 @@ PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultracha
 class PPOConfig:
     model: str = "smollm2-135m"
     reward_model: Path = Path("runs/rm/best")
-    prompts: str = "ultrachat"  # ultrachat (karmaBenign) | reddit (karmaToxic) | a prompts JSONL file
+    prompts: str = "reddit"  # reddit (karmaToxic) | ultrachat (karmaBenign) | a prompts JSONL file
     data: Path = Path("runs/data")  # where data_prep.py wrote prompts-*.jsonl
     out_dir: Path = Path("runs/ppo")
     value_init: str = "reward"  # reward (the RM's backbone + head) | policy (the policy decoder, zero head)
@@ -126,7 +126,7 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
                          f"of the {d.world_size} processes")
     shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
     shard(value, value.backbone.blocks, d)
-    generator_model = None  # under FSDP: a plain replica refreshed once per rollout for sampling
+    generator_model = None  # sampling copy: FSDP -> gathered once per rollout; one GPU -> bf16 copy
     prompts = load_prompt_set(cfg)
     run_variant = variant(cfg, reward.cfg.format)
     if d.is_main:
@@ -164,18 +164,21 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
         beta = kl_ctl.value
         policy.eval()
         start = time.perf_counter()
-        generator_model = replicated_copy(policy, d, generator_model, dtype=frozen_dtype) if d.enabled else None
+        generator_model = replicated_copy(policy, d, generator_model, dtype=frozen_dtype)
         gather_s = time.perf_counter() - start
-        buffer, stats, samples = collect_rollout(policy, ref, value, reward, policy_tok, batch_prompts[d.rank::d.world_size],
-                                                 cfg, beta, seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
-                                                 d=d, generator_model=generator_model)
+        with autocast(d):
+            buffer, stats, samples = collect_rollout(policy, ref, value, reward, policy_tok,
+                                                     batch_prompts[d.rank::d.world_size], cfg, beta,
+                                                     seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
+                                                     d=d, generator_model=generator_model)
         stats["gather_s"] = gather_s
         stats["explained_variance"] = explained_variance(buffer.values, buffer.returns, buffer.response_mask).item()
         start = time.perf_counter()
         policy.train()
         value.train()
-        stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg,
-                                seed=cfg.seed * 7919 + r, d=d))
+        with autocast(d):
+            stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg,
+                                    seed=cfg.seed * 7919 + r, d=d))
         stats["update_s"] = time.perf_counter() - start
         kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
         state["rollout"] = r + 1
@@ -190,7 +193,10 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
                 samples_log.write(orjson.dumps({"rollout": r + 1, **s}) + b"\n")
             samples_log.flush()
         bar.update(1)
-        bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl_seq']:.2f}", beta=f"{beta:.3f}")
+        if d.is_main:
+            bar.write(f"rollout {r + 1:4d}  score {stats['score']:.4f}  kl {stats['kl_seq']:7.3f}  beta {beta:.4f}  "
+                      f"entropy {stats.get('entropy', float('nan')):.3f}  len {stats['response_len']:5.1f}  "
+                      f"gen {stats['generate_s']:.1f}s score {stats['score_s']:.1f}s update {stats['update_s']:.1f}s")
         stopping = cfg.stop_after_rollouts is not None and state["rollout"] >= cfg.stop_after_rollouts
         if state["rollout"] % cfg.save_every == 0 or state["rollout"] == cfg.rollouts or stopping:
             save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", trained,
@@ -265,6 +271,12 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
     out = {k: v / n_updates for k, v in sums.items()} if n_updates else {}
     return {**out, "updates": n_updates, "skipped_minibatches": skipped, "trained_tokens": trained_tokens,
             "lr": schedulers[0].get_last_lr()[0]}
+
+
+def autocast(d: Dist):
+    """bf16 compute over fp32 master weights on one GPU (FSDP's mixed-precision policy does it under
+    torchrun); a no-op on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=d.device.type == "cuda" and not d.enabled)
 
 
 def export_policy(policy, tokenizer, directory: Path, d: Dist):
