@@ -4,9 +4,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow test-gpu bench
+.PHONY: demo generate test test-slow test-gpu bench
 
-demo: $(VENV)/.demo  ## the main job on the built-in default (offline, CPU)
+DEMO := runs/demo
+# toy scale so the chain finishes in minutes on 2 CPU cores; real runs: see the README
+DEMO_PPO ?= --rollouts 6 --rollout-batch 16 --minibatch 8 --micro-batch 8 --ppo-epochs 1 --max-new-tokens 24 \
+	--max-prompt-tokens 128 --lr 5e-5 --value-lr 1e-4 --init-kl-coef 0.02 --value-init policy
+
+demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> reward model -> PPO (offline, CPU)
+	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts 16
+	$(BIN)/python train_rm.py --model smollm2-135m --data $(DEMO)/data --out $(DEMO)/rm \
+		--max-length 192 --max-steps 12 --lr 3e-5 --eval-every 12 --save-every 12 --max-eval-examples 96
+	$(BIN)/python ppo.py --model smollm2-135m --reward-model $(DEMO)/rm/best --data $(DEMO)/data \
+		--out $(DEMO)/ppo $(DEMO_PPO)
+	@echo "outputs: $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/)"
+
+generate: $(VENV)/.demo  ## one reply from the offline SmolLM2 model, through karma's decoder
 	$(BIN)/python -m karma smollm2-135m --chatml "Give me three tips for writing a good Reddit reply."
 
 test: $(VENV)/.test  ## the suite CI runs (fast tests; < 15 min on 2 cores)

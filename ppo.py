@@ -62,6 +62,7 @@ def parse_args(argv=None):
     a("--save-every", type=int, default=d.save_every, help="checkpoint interval in rollouts")
     a("--stop-after-rollouts", type=int, default=None, help="checkpoint and exit after this rollout; --resume continues")
     a("--seed", type=int, default=d.seed)
+    a("--activation-checkpointing", action="store_true", help="recompute block activations in backward (saves memory)")
     a("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     a("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = vars(p.parse_args(argv))

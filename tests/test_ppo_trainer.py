@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import karma
 import karma.ppo.trainer as trainer
-from karma.data.format import render
+from karma.reward import RewardConfig, build_reward_model, encode
 from karma.distributed import Dist
 from karma.ppo.trainer import PPOConfig, train
 
@@ -90,19 +90,31 @@ def test_reward_rises_kl_stays_finite_and_beta_follows_the_kl(setup, tmp_path):
 
 
 def test_the_reward_model_sees_its_training_format(setup, tmp_path):
-    """At PPO time the RM gets (context messages, decoded reply): exactly what render() turns into
-    the training text, the same function the training examples went through."""
+    """The token ids a real reward model receives at PPO time for (context, generated reply) are
+    exactly those train_rm feeds it for a training example with the same context and reply."""
     policy, prompts = setup
-    reward = LetterReward()
-    train(config(policy, prompts, tmp_path / "run", rollouts=1, rollout_batch=4), CPU, reward=reward)
-    tok = karma.load_tokenizer(policy)
-    prompt_rows = {r["messages"][0]["content"]: r for r in map(json.loads, prompts.read_text().splitlines())}
-    for context, response in reward.seen:
-        assert context == prompt_rows[context[0]["content"]]["messages"]
-        training_text = render(context, response)
-        assert training_text.startswith(f"User: {context[0]['content']}\n\nAssistant: ")
-        assert training_text.endswith(response.strip())
-    assert len(reward.seen) == 4 and tok is not None
+    rm = build_reward_model(policy, RewardConfig(max_length=96), device="cpu", seed=1)
+    received = []
+    real_forward = rm.forward
+
+    def recording_forward(ids, mask):
+        received.extend(row[m.bool()].tolist() for row, m in zip(ids, mask))
+        return real_forward(ids, mask)
+
+    rm.forward = recording_forward
+    scored = []
+    real_score = rm.score
+    rm.score = lambda contexts, responses, metas=None: scored.extend(zip(contexts, responses)) or real_score(
+        contexts, responses, metas)
+    train(config(policy, prompts, tmp_path / "run", rollouts=1, rollout_batch=4), CPU, reward=rm)
+    assert len(scored) == 4
+    # the training side: an example as data_prep writes it, encoded as train_rm does
+    examples = [{"messages": context, "response": reply, "label": 1} for context, reply in scored]
+    expected = [encode(rm.tokenizer, e["messages"], e["response"], None, rm.cfg) for e in examples]
+    assert sorted(received) == sorted(expected)
+    prompt_rows = [json.loads(line)["messages"] for line in prompts.read_text().splitlines()]
+    assert all(context in prompt_rows for context, _ in scored)
+    assert all(rm.tokenizer.decode(ids).startswith("User: say something") for ids in received)
 
 
 def test_killed_run_resumes_to_bitwise_equal_policy_and_value(setup, tmp_path, monkeypatch):

@@ -78,6 +78,7 @@ class PPOConfig:
     save_every: int = 10
     stop_after_rollouts: int | None = None
     seed: int = 0
+    activation_checkpointing: bool = False
     resume: bool = False
 
 
@@ -124,6 +125,7 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
     if cfg.rollout_batch % d.world_size or cfg.minibatch % d.world_size:
         raise ValueError(f"--rollout-batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples "
                          f"of the {d.world_size} processes")
+    policy.activation_checkpointing = value.backbone.activation_checkpointing = cfg.activation_checkpointing
     shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
     shard(value, value.backbone.blocks, d)
     generator_model = None  # sampling copy: FSDP -> gathered once per rollout; one GPU -> bf16 copy
