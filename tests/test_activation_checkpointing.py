@@ -16,8 +16,11 @@ def test_activation_checkpointing_gives_identical_gradients(checkpoint_factory):
     for checkpointing in (False, True):
         model = karma.load_model(path).train()
         model.activation_checkpointing = checkpointing
+        calls = []
+        model.blocks[0].register_forward_hook(lambda *_: calls.append(1))
         loss = model(ids, mask).logsumexp(-1).mean()
         loss.backward()
+        assert len(calls) == (2 if checkpointing else 1)  # checkpointing reruns the block in backward
         grads.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     (loss_a, a), (loss_b, b) = grads
     assert loss_a == loss_b
