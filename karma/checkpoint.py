@@ -95,3 +95,14 @@ def load_training_state(directory: Path, trained: dict) -> dict:
     trainer = read_json(Path(directory) / "trainer.json")
     torch.set_rng_state(torch.tensor(trainer.pop("torch_rng"), dtype=torch.uint8))
     return trainer
+
+
+def truncate_jsonl(path: Path, key: str, last: int) -> None:
+    """On resume: drop the log records a killed run wrote after its last checkpoint (those with
+    record[key] > last), so the resumed run's records follow on without duplicates."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get(key, -1) <= last]
+    atomic_write(path, lambda p: Path(p).write_text("".join(kept)))

@@ -28,7 +28,7 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import atomic_write_json, latest_checkpoint, load_training_state, save_training_state
+from karma.checkpoint import atomic_write_json, latest_checkpoint, load_training_state, save_training_state, truncate_jsonl
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
@@ -188,11 +188,15 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
 
-    state = {"step": 0, "best_auc": None, "best_step": None}
+    # log_loss / log_steps: the losses since the last train record (checkpointed, so a resumed run
+    # logs the same averages as an uninterrupted one); throughput counters restart with the process
+    state = {"step": 0, "best_auc": None, "best_step": None, "log_loss": 0.0, "log_steps": 0}
     latest = latest_checkpoint(out / "checkpoints")
     if cfg.resume and latest is not None:
         state = load_training_state(latest, {"model": (rm, optimizer)})
         scheduler.load_state_dict(state.pop("scheduler"))
+        if d.is_main:
+            truncate_jsonl(out / "metrics.jsonl", "step", state["step"])
     log = open(out / "metrics.jsonl", "ab") if d.is_main else None
     if d.is_main:
         _log(log, {"event": "data", "train": train_report, "heldout": eval_report,
@@ -202,7 +206,7 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not d.enabled else torch.autocast("cpu", enabled=False)
     bar = tqdm(total=total_steps, initial=state["step"], desc="train_rm", disable=not d.is_main, unit="step")
     cached_epoch, batches = None, None
-    window = {"loss": 0.0, "examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
+    window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
     while state["step"] < total_steps:
         step = state["step"]
         epoch, index = divmod(step, steps_per_epoch)
@@ -236,20 +240,22 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
         bar.update(1)
 
         batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)
-        window["loss"] += batch_loss
+        state["log_loss"] += batch_loss
+        state["log_steps"] += 1
         window["examples"] += len(batch)
         window["tokens"] += int(lengths[batch].sum())
         window["steps"] += 1
         if step % cfg.log_every == 0 or step == total_steps:
             seconds = time.perf_counter() - window["start"]
-            record = {"event": "train", "step": step, "epoch": epoch, "loss": window["loss"] / window["steps"],
+            record = {"event": "train", "step": step, "epoch": epoch, "loss": state["log_loss"] / state["log_steps"],
                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                       "examples_per_s": window["examples"] / seconds, "tokens_per_s": window["tokens"] / seconds,
                       "steps_per_s": window["steps"] / seconds, "peak_mem_gib": _peak_memory_gib(d)}
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             if d.is_main:
                 _log(log, record)
-            window = {"loss": 0.0, "examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
+            window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
+            state["log_loss"], state["log_steps"] = 0.0, 0
 
         if step % cfg.eval_every == 0 or step == total_steps:
             metrics = evaluate(rm, eval_ids, eval_labels, cfg.eval_batch_size, d)

@@ -107,8 +107,8 @@ def test_killed_run_resumes_to_bitwise_equal_weights(tmp_path, base_model, monke
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = load_file(full / "final" / "reward_head.safetensors"), load_file(killed / "final" / "reward_head.safetensors")
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
-    train_losses = lambda out: {e["step"]: e["loss"] for e in read_log(out) if e["event"] == "train"}
-    assert train_losses(full)[10] == train_losses(killed)[10]
+    train_losses = lambda out: [(e["step"], e["loss"]) for e in read_log(out) if e["event"] == "train"]
+    assert train_losses(full) == train_losses(killed)  # the killed run's extra records were dropped on resume
 
 
 def test_two_process_fsdp_matches_one_process(tmp_path, base_model):

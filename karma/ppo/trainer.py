@@ -25,7 +25,8 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import atomic_write_json, latest_checkpoint, load_training_state, save_training_state
+from karma.checkpoint import (atomic_write_json, latest_checkpoint, load_training_state, save_training_state,
+                              truncate_jsonl)
 from karma.data.ultrachat import read_prompts
 from karma.distributed import Dist, all_reduce_max, all_reduce_sum, barrier, full_state_dict, replicated_copy, shard
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
@@ -155,6 +156,9 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
         for sched, sd in zip(schedulers, state.pop("schedulers")):
             sched.load_state_dict(sd)
         kl_ctl.load_state_dict(state.pop("kl_controller"))
+        if d.is_main:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                truncate_jsonl(out / name, "rollout", state["rollout"])
     metrics_log = open(out / "metrics.jsonl", "ab") if d.is_main else None
     samples_log = open(out / "samples.jsonl", "ab") if d.is_main else None
     bar = tqdm(total=cfg.rollouts, initial=state["rollout"], desc="ppo", unit="rollout", disable=not d.is_main)
