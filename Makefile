@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 .PHONY: demo generate test test-slow test-gpu bench
 
 DEMO := runs/demo
-# toy scale so the chain finishes in minutes on 2 CPU cores; real runs: see the README
-DEMO_PPO ?= --rollouts 6 --rollout-batch 16 --minibatch 8 --micro-batch 8 --ppo-epochs 1 --max-new-tokens 24 \
-	--max-prompt-tokens 128 --lr 5e-5 --value-lr 1e-4 --init-kl-coef 0.02 --value-init policy
+# toy scale so the chain finishes in minutes on 2 CPU cores (16 samples of ONE Reddit prompt per
+# rollout, so replies are compared with replies to the same prompt); real runs: see the README
+DEMO_PPO ?= --rollouts 8 --rollout-batch 16 --minibatch 8 --micro-batch 8 --ppo-epochs 2 --max-new-tokens 16 \
+	--max-prompt-tokens 128 --lr 3e-5 --value-lr 1e-4 --init-kl-coef 0.01 --value-init policy
 
 demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> reward model -> PPO (offline, CPU)
-	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts 16
+	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts 1
 	$(BIN)/python train_rm.py --model smollm2-135m --data $(DEMO)/data --out $(DEMO)/rm \
 		--max-length 192 --max-steps 12 --lr 3e-5 --eval-every 12 --save-every 12 --max-eval-examples 96
 	$(BIN)/python ppo.py --model smollm2-135m --reward-model $(DEMO)/rm/best --data $(DEMO)/data \

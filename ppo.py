@@ -11,6 +11,7 @@ with tokenizer: loads in transformers and vLLM), config.json.
 """
 
 import argparse
+import json
 from pathlib import Path
 
 from karma.distributed import cleanup, init_distributed
@@ -76,10 +77,19 @@ def main(argv=None):
     try:
         state = train(cfg, d)
         if d.is_main:
-            print(f"{state['rollout']} rollouts done; metrics in {cfg.out_dir / 'metrics.jsonl'}, "
-                  f"policy in {cfg.out_dir / 'policy'}")
+            print(summary(cfg.out_dir / "metrics.jsonl"))
+            print(f"{state['rollout']} rollouts done; metrics in {cfg.out_dir / 'metrics.jsonl'}, samples in "
+                  f"{cfg.out_dir / 'samples.jsonl'}, policy in {cfg.out_dir / 'policy'}")
     finally:
         cleanup(d)
+
+
+def summary(metrics: Path) -> str:
+    """Mean RM score of the first and last rollouts of the run (thirds), from metrics.jsonl."""
+    scores = [json.loads(line)["score"] for line in metrics.read_text().splitlines()]
+    k = max(1, len(scores) // 3)
+    first, last = sum(scores[:k]) / k, sum(scores[-k:]) / k
+    return f"RM score: first {k} rollouts {first:.4f} -> last {k} rollouts {last:.4f} ({last - first:+.4f})"
 
 
 if __name__ == "__main__":
