@@ -28,8 +28,9 @@ def parse_args(argv=None):
       help="reddit (karmaToxic; default, the shipped sample has it), ultrachat (karmaBenign), or a prompts JSONL file")
     a("--data", type=Path, default=d.data, help="data_prep.py output dir holding prompts-*.jsonl")
     a("--out", dest="out_dir", type=Path, default=d.out_dir, help=f"output dir (default {d.out_dir})")
-    a("--value-init", default=d.value_init, choices=["reward", "policy"],
-      help="critic from the reward model's backbone and head (default, as TRL/OpenRLHF) or from the policy")
+    a("--value-init", default=d.value_init, choices=["policy", "reward"],
+      help="critic from the policy's decoder with a zero head (default), or from the reward model's backbone "
+           "and head as TRL/OpenRLHF do (only when the RM and the policy share a tokenizer)")
     a("--rollouts", type=int, default=d.rollouts, help="number of rollouts (generate + update cycles)")
     a("--rollout-batch", type=int, default=d.rollout_batch, help="prompts per rollout")
     a("--minibatch", type=int, default=d.minibatch, help="sequences per optimizer step")

@@ -84,23 +84,25 @@ def replicated_copy(model: torch.nn.Module, d: Dist, replica: torch.nn.Module | 
     """A plain (unsharded) replica of a model's current weights on every rank, in `dtype`, e.g. for
     generation: under FSDP the weights are gathered ONCE per call instead of every layer for every
     generated token, and on one GPU the replica is a bf16 copy of fp32 master weights. Built on first
-    use, refreshed in place after. Without sharding and with the model's own dtype: the model itself."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if not d.enabled and dtype in (None, next(model.parameters()).dtype):
+    use, refreshed in place after; tensors are gathered and cast one at a time, so the extra memory
+    is one full tensor, not a second copy of the model. Without sharding and in the model's own
+    dtype: the model itself."""
+    params = model.state_dict()
+    dtype = dtype or next(model.parameters()).dtype
+    if not d.enabled and dtype == next(model.parameters()).dtype:
         return model
-    state = (get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # every rank gets it
-             if d.enabled else model.state_dict())
-    state = {k: v.detach().to(dtype or v.dtype) for k, v in state.items()}
     if replica is None:
         from karma.model import Transformer
 
         with torch.device("meta"):
-            replica = Transformer(model.config)
-        replica.load_state_dict(state, assign=True)
-        replica.init_buffers()
-        return replica.requires_grad_(False).eval()
-    replica.load_state_dict(state)
+            replica = Transformer(model.config).to(dtype)
+        replica.to_empty(device=d.device).init_buffers()
+        replica.requires_grad_(False).eval()
+    target = replica.state_dict()
+    with torch.no_grad():
+        for name, tensor in params.items():  # same order on every rank: the all-gathers pair up
+            full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+            target[name].copy_(full)
     return replica
 
 

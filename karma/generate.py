@@ -60,8 +60,13 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     uses its own torch.Generator (reproducible, global RNG untouched); without, the global RNG.
     cuda_graph (default: on for CUDA tensors) replays the decode step as a CUDA graph; the eager
     path gives the same tokens (bench/gpu_decoder.py checks it on an H100)."""
+    if max_new_tokens < 0 or (top_k is not None and top_k < 0) or (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError(f"need max_new_tokens >= 0, top_k >= 0 and 0 < top_p <= 1; got {max_new_tokens}, {top_k}, {top_p}")
     B, T = input_ids.shape
     device = input_ids.device
+    if max_new_tokens == 0:
+        empty = torch.zeros(B, 0, dtype=torch.long, device=device)
+        return Generation(empty, empty, torch.zeros(B, 0, device=device), torch.zeros(B, dtype=torch.bool, device=device))
     stop = torch.tensor(sorted(set(model.config.eos_token_ids if stop_ids is None else stop_ids)),
                         dtype=torch.long, device=device)
     pad_id = pad_id if pad_id is not None else (int(stop[0]) if len(stop) else 0)
@@ -72,6 +77,7 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     logits = model.logits(hidden[:, -1])  # [B, V]
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
+    cuda_graph = cuda_graph and max_new_tokens > 1  # one new token needs no decode step
     decode = graphed_decode_step(model, cache, B) if cuda_graph else eager_decode_step(model, cache)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logprobs, masks = [], [], []
@@ -85,13 +91,8 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
         if step == max_new_tokens - 1 or bool(done.all()):
             break
         logits = decode(token)
-    mask = torch.stack(masks, 1) if masks else torch.zeros(B, 0, dtype=torch.bool, device=device)
-    return Generation(
-        tokens=torch.stack(tokens, 1) if tokens else torch.zeros(B, 0, dtype=torch.long, device=device),
-        mask=mask.long(),
-        logprobs=torch.stack(logprobs, 1) if logprobs else torch.zeros(B, 0, device=device),
-        ended=done,
-    )
+    return Generation(tokens=torch.stack(tokens, 1), mask=torch.stack(masks, 1).long(),
+                      logprobs=torch.stack(logprobs, 1), ended=done)
 
 
 def eager_decode_step(model: Transformer, cache: KVCache):

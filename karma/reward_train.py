@@ -197,10 +197,10 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
         scheduler.load_state_dict(state.pop("scheduler"))
         if d.is_main:
             truncate_jsonl(out / "metrics.jsonl", "step", state["step"])
-    log = open(out / "metrics.jsonl", "ab") if d.is_main else None
+    log = open(out / "metrics.jsonl", "ab" if cfg.resume else "wb") if d.is_main else None
     if d.is_main:
         _log(log, {"event": "data", "train": train_report, "heldout": eval_report,
-                   "train_tokens_mean": float(lengths.mean()), "truncated_to_max_length": int((lengths >= cfg.max_length).sum()),
+                   "train_tokens_mean": float(lengths.mean()), "at_max_length": int((lengths >= cfg.max_length).sum()),  # filled the budget: mostly truncated
                    "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not d.enabled else torch.autocast("cpu", enabled=False)

@@ -34,19 +34,23 @@ ROLE_LABELS = {"user": "User", "assistant": "Assistant"}
 
 _SUBREDDIT_MENTION = re.compile(r"(?<![\w/])/?r/[A-Za-z0-9_]{2,21}\b")
 _USER_MENTION = re.compile(r"(?<![\w/])/?u/[A-Za-z0-9_-]{2,20}\b")
+# a username that cannot pass for an ordinary word: has a digit, _ or -, an inner capital, or 8+ chars
+_HANDLE = re.compile(r"[A-Za-z0-9_-]*([0-9_-]|[a-z][A-Z])[A-Za-z0-9_-]*|[A-Za-z0-9_-]{8,}")
 
 
 def scrub(text: str, usernames=()) -> str:
     """Remove what names the community or the people: r/<name> -> r/[subreddit], u/<name> ->
-    u/[user], and the thread participants' usernames as whole words -> [user]. (Bare subreddit
-    names are left alone: many are ordinary words, such as 'funny' or 'news'.) Each pattern runs
-    only where a substring test finds something to replace, so clean text costs a few scans."""
+    u/[user], and the thread participants' usernames as whole words -> [user] when they look like
+    handles (a digit, '_' or '-', an inner capital, or 8+ characters). Bare names that could be
+    ordinary words ('the', 'yes', 'Help') and bare subreddit names ('funny', 'news') are left
+    alone rather than corrupt the text. Each pattern runs only where a substring test finds
+    something to replace, so clean text costs a few scans."""
     if "r/" in text:
         text = _SUBREDDIT_MENTION.sub("r/[subreddit]", text)
     if "u/" in text:
         text = _USER_MENTION.sub("u/[user]", text)
     lowered = text.lower()
-    for name in sorted({u for u in usernames if len(u) >= 3 and u not in ("[deleted]", "[removed]")}, key=len, reverse=True):
+    for name in sorted({u for u in usernames if _HANDLE.fullmatch(u)}, key=len, reverse=True):
         if name.lower() in lowered:
             text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "[user]", text, flags=re.IGNORECASE)
             lowered = text.lower()

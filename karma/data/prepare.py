@@ -102,21 +102,21 @@ def prepare(cfg: PrepConfig, progress=None) -> dict:
     posts, comments = {}, {}
     for path in [p for p in files if kinds[p] == "submission"] + [p for p in files if kinds[p] == "comment"]:
         kind = kinds[path]
-        for record in read_dump(path, kind, on_skip, on_truncated):
+        for line, record in read_dump(path, kind, on_skip, on_truncated):
             tally.read[kind] += 1
             if progress is not None:
                 progress.update(1)
             if kind == "submission":
                 reason = "duplicate" if record.name in posts else submission_skip_reason(record, cfg.filters)
                 if reason:
-                    tally.skip(kind, reason, path)
+                    tally.skip(kind, reason, path, line)
                 else:
                     posts[record.name] = record
             else:
                 reason = ("post_unavailable" if record.link_id not in posts else
                           "duplicate" if record.name in comments else comment_skip_reason(record, cfg.filters))
                 if reason:
-                    tally.skip(kind, reason, path)
+                    tally.skip(kind, reason, path, line)
                 else:
                     comments[record.name] = record
 

@@ -103,9 +103,12 @@ def read_lines(path: Path) -> Iterator[bytes]:
                 lines = (tail + chunk).split(b"\n")
                 tail = lines.pop()
                 yield from lines
-        finally:  # also when the file is cut off: its partial last line is still reported
+        except TruncatedInput:  # the cut-off file's partial last line is still reported
             if tail:
                 yield tail
+            raise
+        if tail:
+            yield tail
 
 
 def _zstd_chunks(raw) -> Iterator[bytes]:
@@ -159,8 +162,9 @@ def file_kind(path: Path, peek_lines: int = 100) -> str:
 
 
 def read_dump(path: Path, kind: str, on_skip: SkipFn, on_truncated: Callable[[Path, int], None]):
-    """Normalised records of one dump file holding `kind` records. Unusable lines go to on_skip;
-    a cut-off compressed file calls on_truncated(path, lines read) after its readable lines."""
+    """(line number, normalised record) of one dump file holding `kind` records. Unusable lines go
+    to on_skip; a cut-off compressed file calls on_truncated(path, lines read) after its readable
+    lines."""
     line_no = 0
     try:
         for line_no, line in enumerate(read_lines(path), start=1):
@@ -175,7 +179,7 @@ def read_dump(path: Path, kind: str, on_skip: SkipFn, on_truncated: Callable[[Pa
             if isinstance(record, str):
                 on_skip(kind, record, path, line_no)
             else:
-                yield record
+                yield line_no, record
     except TruncatedInput:
         on_truncated(path, line_no)
 

@@ -7,8 +7,8 @@ prompts:
        format function, per-token rewards -beta*KL + score at the last token, GAE, whitening;
     2. update: `ppo_epochs` passes over shuffled minibatches of `minibatch` sequences (each split
        into micro-batches of `micro_batch`): clipped policy loss, clipped value loss, gradient
-       clipping, AdamW, linear LR decay. A minibatch with a non-finite loss or a mean ratio above
-       `ratio_threshold` is skipped (counted) and never applied;
+       clipping, AdamW, linear LR decay. A minibatch in which any micro-batch has a non-finite loss
+       or a mean ratio above `ratio_threshold` is skipped (counted) and never applied;
     3. the KL coefficient is updated once (adaptive, Ziegler: current = mean per-sequence k1 sum,
        n_steps = sequences in the rollout; or fixed).
 Everything random is seeded per rollout (generation, minibatch order), so a checkpoint (models,
@@ -48,7 +48,7 @@ class PPOConfig:
     prompts: str = "reddit"  # reddit (karmaToxic) | ultrachat (karmaBenign) | a prompts JSONL file
     data: Path = Path("runs/data")  # where data_prep.py wrote prompts-*.jsonl
     out_dir: Path = Path("runs/ppo")
-    value_init: str = "reward"  # reward (the RM's backbone + head) | policy (the policy decoder, zero head)
+    value_init: str = "policy"  # policy (its decoder, zero head) | reward (the RM's; needs the same tokenizer)
     rollouts: int = 100
     rollout_batch: int = 16
     minibatch: int = 8
@@ -122,7 +122,8 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
     ref = load_model(cfg.model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
     if reward is None:
         reward = load_reward_model(cfg.reward_model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
-    value = (value_from_reward_model(reward) if cfg.value_init == "reward" else value_from_policy(policy)).float()
+    value = (value_from_reward_model(reward, policy_tok) if cfg.value_init == "reward"
+             else value_from_policy(policy)).float()
     if cfg.rollout_batch % d.world_size or cfg.minibatch % d.world_size:
         raise ValueError(f"--rollout-batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples "
                          f"of the {d.world_size} processes")
@@ -159,8 +160,9 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
         if d.is_main:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_jsonl(out / name, "rollout", state["rollout"])
-    metrics_log = open(out / "metrics.jsonl", "ab") if d.is_main else None
-    samples_log = open(out / "samples.jsonl", "ab") if d.is_main else None
+    mode = "ab" if cfg.resume else "wb"  # a fresh run does not append to an earlier run's logs
+    metrics_log = open(out / "metrics.jsonl", mode) if d.is_main else None
+    samples_log = open(out / "samples.jsonl", mode) if d.is_main else None
     bar = tqdm(total=cfg.rollouts, initial=state["rollout"], desc="ppo", unit="rollout", disable=not d.is_main)
     while state["rollout"] < cfg.rollouts:
         r = state["rollout"]
@@ -255,7 +257,7 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
                 "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clip_frac": pg_stats["clip_frac"].item(),
                 "approx_kl": pg_stats["approx_kl"].item(), "value_clip_frac": vf_stats["clip_frac"].item(),
                 "entropy": entropy.item()}))
-            trained_tokens += int(mask.sum())
+            trained_tokens += int(mask.sum())  # prompt + response tokens through forward/backward
         if skip:
             skipped += 1
             policy_opt.zero_grad(set_to_none=True)
@@ -275,6 +277,7 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
         for sched in schedulers:  # the schedule counts minibatches, applied or not, so resume lines up
             sched.step()
     out = {k: v / n_updates for k, v in sums.items()} if n_updates else {}
+    trained_tokens = int(all_reduce_sum(torch.tensor(float(trained_tokens), device=buffer.response.device), d).item())
     return {**out, "updates": n_updates, "skipped_minibatches": skipped, "trained_tokens": trained_tokens,
             "lr": schedulers[0].get_last_lr()[0]}
 

@@ -1,10 +1,12 @@
 """The critic: a decoder with a scalar head at every position, V(s_t) for each response token.
 
-KARMA's default, as TRL and OpenRLHF do, is a separate critic initialised from the reward model:
-its backbone and its MLP head, so the first value estimates already speak the reward's language.
-The option `init="policy"` (closer to lm-human-preferences, which puts the value head on the
-policy trunk) starts from the policy's decoder with a fresh head whose last layer is zero, so
-V = 0 at first. Values are computed in float32.
+A separate critic (its own weights and optimizer). KARMA's default starts it from the POLICY's
+decoder with a fresh MLP head whose last layer is zero (V = 0 at first): the critic must read the
+policy's token ids, and KARMA's reward model (Llama-3.2-1B) does not share a vocabulary with the
+Falcon and Pythia policies. When the tokenizers are identical (e.g. a Llama-3.1-8B policy),
+`--value-init reward` starts from the reward model's backbone and head instead, as TRL and
+OpenRLHF do; its last layer is zeroed too, because the RM head outputs a logit while the returns
+are probabilities minus KL. Values are computed in float32.
 """
 
 import copy
@@ -26,9 +28,16 @@ class ValueModel(nn.Module):
         return self.head(hidden).squeeze(-1).float()
 
 
-def value_from_reward_model(reward_model) -> ValueModel:
-    """A trainable copy of the reward model's backbone and head."""
-    return ValueModel(copy.deepcopy(reward_model.backbone), copy.deepcopy(reward_model.head)).requires_grad_(True)
+def value_from_reward_model(reward_model, policy_tokenizer) -> ValueModel:
+    """A trainable copy of the reward model's backbone and head (last layer zeroed). Refused unless
+    the reward model's tokenizer is the policy's: the critic reads the policy's token ids."""
+    if reward_model.tokenizer.tok.get_vocab(with_added_tokens=True) != policy_tokenizer.tok.get_vocab(with_added_tokens=True):
+        raise ValueError(f"--value-init reward needs the policy's tokenizer, but the reward model's "
+                         f"({reward_model.tokenizer.directory}) differs from the policy's ({policy_tokenizer.directory}); "
+                         f"use --value-init policy")
+    head = copy.deepcopy(reward_model.head)
+    _zero_last_layer(head)
+    return ValueModel(copy.deepcopy(reward_model.backbone), head).requires_grad_(True)
 
 
 def value_from_policy(policy: Transformer) -> ValueModel:
@@ -36,6 +45,11 @@ def value_from_policy(policy: Transformer) -> ValueModel:
     hidden = policy.config.hidden_size
     w = policy.embed.weight
     head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1)).to(w.device, w.dtype)
-    nn.init.zeros_(head[2].weight)
-    nn.init.zeros_(head[2].bias)
+    _zero_last_layer(head)
     return ValueModel(copy.deepcopy(policy), head).requires_grad_(True)
+
+
+def _zero_last_layer(head: nn.Sequential) -> None:
+    with torch.no_grad():
+        head[-1].weight.zero_()
+        head[-1].bias.zero_()
