@@ -64,3 +64,30 @@ def test_reward_model_trains_on_gpu_with_bf16_autocast(tmp_path, checkpoint_fact
     data = make_examples(tmp_path / "data")
     state = train(config(checkpoint_factory("llama_tied").path, data, tmp_path / "rm"), Dist(0, 1, torch.device("cuda")))
     assert state["best_auc"] > 0.9
+
+
+def test_generation_edge_cases_on_cuda(checkpoint_factory):
+    model = karma.load_model(checkpoint_factory("neox").path, dtype=torch.float32, device="cuda")
+    ids = torch.randint(0, 300, (2, 5), device="cuda")
+    assert karma.generate(model, ids, max_new_tokens=0).tokens.shape == (2, 0)
+    assert karma.generate(model, ids, max_new_tokens=1, temperature=0).tokens.shape == (2, 1)
+    assert karma.generate(model, ids, max_new_tokens=4, temperature=0).tokens.shape == (2, 4)  # context still sound
+
+
+def test_ppo_rollouts_on_gpu_with_a_bf16_sampling_replica(tmp_path, checkpoint_factory):
+    import json
+
+    from test_ppo_trainer import LetterReward, config
+
+    from karma.distributed import Dist
+    from karma.ppo.trainer import train
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": f"hi {i}"}]}) + "\n"
+                               for i in range(8)))
+    out = tmp_path / "run"
+    train(config(checkpoint_factory("llama_tied").path, prompts, out, rollouts=3, rollout_batch=8), Dist(0, 1, torch.device("cuda")),
+          reward=LetterReward())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["updates"] > 0 and r["peak_mem_gib"] > 0 for r in rows)
+    assert karma.load_model(out / "policy", device="cpu").embed.weight.dtype == torch.float32
