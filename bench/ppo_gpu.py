@@ -73,7 +73,7 @@ def main():
     cfg = PPOConfig(model=str(policy_dir), reward_model=rm_dir, prompts=str(prompts), out_dir=root / "run",
                     rollouts=args.rollouts, rollout_batch=args.rollout_batch, minibatch=args.minibatch,
                     micro_batch=args.micro_batch, max_new_tokens=args.max_new_tokens, max_prompt_tokens=256,
-                    save_every=10**6)
+                    value_init="reward", save_every=10**6)  # one tokenizer for both here: RM-initialised critic
     train(cfg, Dist(0, 1, torch.device("cuda")))
     rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     steady = rows[1:] or rows  # the first rollout includes warm-up (kernel selection, allocator growth)
