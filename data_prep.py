@@ -9,15 +9,19 @@ prompts-ultrachat.jsonl (with --ultrachat), stats.json. Schema and pipeline: kar
 """
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from karma.checkpoint import atomic_write_json
+from karma.cli import add_debug_flag, run_main
 from karma.data.filters import FilterConfig
 from karma.data.prepare import PrepConfig, prepare
 from karma.data.threads import ThreadConfig
 from karma.data.ultrachat import read_ultrachat, write_prompts
+from karma.run import RunLock
 
 
 def parse_args(argv=None):
@@ -53,11 +57,34 @@ def parse_args(argv=None):
                    help="UltraChat-200k parquet shards or JSONL files (or directories); parquet needs pyarrow")
     g.add_argument("--ultrachat-split", default="train_sft", help="parquet split to read (default train_sft)")
     g.add_argument("--ultrachat-limit", type=int, default=None, help="cap on UltraChat prompts (after dedup)")
-    return p.parse_args(argv)
+    add_debug_flag(p)
+    args = p.parse_args(argv)
+    for flag in ("min_chars", "min_responses", "shard_size", "max_prompts", "ultrachat_limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    for flag, low, high in (("min_english_prob", 0, 1), ("reward_ratio", 0, None), ("heldout_percent", 0, 100),
+                            ("min_score_age_hours", 0, None)):
+        value = getattr(args, flag)
+        if not (low <= value and (high is None or value <= high)) or value != value:
+            p.error(f"--{flag.replace('_', '-')} {value}: must be in [{low}, {high if high is not None else 'inf'}]")
+    if args.max_siblings < 0:
+        p.error(f"--max-siblings {args.max_siblings}: must be >= 0")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    created = not args.out.exists()
+    try:
+        with RunLock(args.out):
+            run(args)
+    except BaseException:
+        if created and args.out.is_dir() and not any(p.name != ".lock" for p in args.out.iterdir()):
+            shutil.rmtree(args.out)  # a failed run leaves no empty --out behind
+        raise
+
+
+def run(args):
     cfg = PrepConfig(
         inputs=args.input, out_dir=args.out, heldout_percent=args.heldout_percent,
         shard_size=args.shard_size, max_prompts=args.max_prompts,
@@ -95,4 +122,4 @@ def summary(stats: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

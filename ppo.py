@@ -12,8 +12,10 @@ with tokenizer: loads in transformers and vLLM), config.json.
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from karma.cli import add_debug_flag, run_main
 from karma.distributed import cleanup, init_distributed
 from karma.ppo.trainer import PPOConfig, train
 
@@ -60,15 +62,27 @@ def parse_args(argv=None):
     a("--missing-eos-penalty", type=float, default=None, help="subtracted from the score of responses without EOS")
     a("--ratio-threshold", type=float, default=d.ratio_threshold,
       help="skip (and count) a minibatch whose mean ratio exceeds this (10)")
+    a("--max-approx-kl", type=float, default=d.max_approx_kl,
+      help="skip (and count) a minibatch whose approx KL to the rollout policy exceeds this, in nats per token (1.0; "
+           "the clip range 0.2 corresponds to about 0.016)")
+    a("--divergence-patience", type=int, default=d.divergence_patience,
+      help="stop after this many consecutive diverged rollouts: half or more of their minibatches skipped, or no "
+           "finite reward (2); diverged rollouts are never checkpointed")
     a("--samples-per-rollout", type=int, default=d.samples_per_rollout, help="(prompt, response, score) rows logged")
     a("--save-every", type=int, default=d.save_every, help="checkpoint interval in rollouts")
+    a("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+      help=f"checkpoints kept on disk, newest first (default {d.keep_checkpoints})")
     a("--stop-after-rollouts", type=int, default=None, help="checkpoint and exit after this rollout; --resume continues")
     a("--seed", type=int, default=d.seed)
     a("--activation-checkpointing", action="store_true", help="recompute block activations in backward (saves memory)")
-    a("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    a("--resume", action="store_true",
+      help="continue from the latest checkpoint in --out, with the same settings (a changed setting other than "
+           "logging and checkpointing is refused)")
     a("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_debug_flag(p)
     args = vars(p.parse_args(argv))
     device = args.pop("device")
+    args.pop("debug")
     return PPOConfig(**args), device
 
 
@@ -79,19 +93,24 @@ def main(argv=None):
         state = train(cfg, d)
         if d.is_main:
             print(summary(cfg.out_dir / "metrics.jsonl"))
-            print(f"{state['rollout']} rollouts done; metrics in {cfg.out_dir / 'metrics.jsonl'}, samples in "
-                  f"{cfg.out_dir / 'samples.jsonl'}, policy in {cfg.out_dir / 'policy'}")
+            where = (f"policy in {cfg.out_dir / 'policy'}" if state["rollout"] >= cfg.rollouts else
+                     f"stopped early: continue with --resume (the policy is exported at the end)")
+            print(f"{state['rollout']} of {cfg.rollouts} rollouts done; metrics in {cfg.out_dir / 'metrics.jsonl'}, "
+                  f"samples in {cfg.out_dir / 'samples.jsonl'}; {where}")
     finally:
         cleanup(d)
 
 
 def summary(metrics: Path) -> str:
-    """Mean RM score of the first and last rollouts of the run (thirds), from metrics.jsonl."""
-    scores = [json.loads(line)["score"] for line in metrics.read_text().splitlines()]
+    """Mean RM score of the first and last rollouts of the run (thirds), from metrics.jsonl
+    (rollouts without a finite score are left out)."""
+    scores = [s for line in metrics.read_text().splitlines() if (s := json.loads(line)["score"]) is not None]
+    if not scores:
+        return "RM score: no rollout had a finite score"
     k = max(1, len(scores) // 3)
     first, last = sum(scores[:k]) / k, sum(scores[-k:]) / k
-    return f"RM score: first {k} rollouts {first:.4f} -> last {k} rollouts {last:.4f} ({last - first:+.4f})"
+    return f"RM score: first {k} scored rollouts {first:.4f} -> last {k} {last:.4f} ({last - first:+.4f})"
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -11,8 +11,10 @@ tokenizer + reward_config.json), checkpoints/ (exact-resume state), config.json.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
+from karma.cli import add_debug_flag, run_main
 from karma.distributed import cleanup, init_distributed
 from karma.reward_train import TrainRMConfig, train
 
@@ -47,13 +49,22 @@ def parse_args(argv=None) -> TrainRMConfig:
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--max-eval-examples", type=int, default=None, help="cap on held-out examples per evaluation")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval in steps")
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help=f"checkpoints kept on disk, newest first (default {d.keep_checkpoints})")
     p.add_argument("--log-every", type=int, default=d.log_every, help="metrics.jsonl interval in steps")
+    p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
+                   help=f"stop after this many consecutive steps skipped for a non-finite loss or gradient "
+                        f"(default {d.max_bad_steps})")
     p.add_argument("--seed", type=int, default=d.seed, help="data order and head initialisation")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations in backward")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out, with the same settings (a changed "
+                        "setting other than logging, evaluation and checkpoint intervals is refused)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_debug_flag(p)
     args = vars(p.parse_args(argv))
     device = args.pop("device")
+    args.pop("debug")
     return TrainRMConfig(**args), device
 
 
@@ -63,11 +74,13 @@ def main(argv=None):
     try:
         state = train(cfg, d)
         if d.is_main:
-            print(f"step {state['step']}: best held-out AUC {state['best_auc']} at step {state['best_step']}; "
-                  f"outputs in {cfg.out_dir}")
+            best = "none (no evaluation had a defined AUC)" if state["best_auc"] is None else \
+                f"{state['best_auc']:.4f} at step {state['best_step']}"
+            print(f"step {state['step']}: best held-out AUC {best}; {state['skipped_steps']} steps skipped "
+                  f"(non-finite); outputs in {cfg.out_dir}")
     finally:
         cleanup(d)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

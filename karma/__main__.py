@@ -1,8 +1,10 @@
 """python -m karma MODEL PROMPT: sample a continuation with karma's decoder (see --help)."""
 
 import argparse
+import sys
 import time
 
+from karma.cli import add_debug_flag, run_main
 from karma.generate import generate
 from karma.tokenizer import load_tokenizer
 from karma.weights import load_model
@@ -22,7 +24,10 @@ def main(argv=None):
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.temperature < 0 or args.max_new_tokens < 0:
+        parser.error(f"--temperature {args.temperature} and --max-new-tokens {args.max_new_tokens} must be >= 0")
 
     start = time.perf_counter()
     model = load_model(args.model, device=args.device)
@@ -44,4 +49,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, prog="python -m karma"))

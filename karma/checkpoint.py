@@ -1,16 +1,21 @@
-"""File I/O shared by checkpoints and runs: atomic writes, JSON reads that name the file, and
-training checkpoints for exact resume.
+"""File I/O shared by checkpoints and runs: atomic writes of files and directories, JSON that is
+always valid, reads that name the file, and training checkpoints for exact resume.
 
 Atomic: write to a temporary file in the same directory, flush it to disk, then rename over the
 target (os.replace is atomic within one filesystem), so a reader or a resumed run sees the old
-file or the new one, never half of it. Training checkpoints apply the same idea to a directory.
+file or the new one, never half of it. Directories (exports, checkpoints) are written whole into a
+temporary sibling and swapped in with two renames (`<dir>` -> `.<dir>.old`, temporary -> `<dir>`);
+if a process dies between the two, `recover_directory` puts the old one back.
 """
 
+import errno
 import json
+import math
 import os
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,8 +39,31 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             os.unlink(tmp)
 
 
+def finite_json(obj):
+    """`obj` with every non-finite float (NaN, +-inf) replaced by None, so it is valid JSON (the
+    standard has no NaN); returns (clean object, sorted list of the dotted keys that were replaced)."""
+    replaced = []
+
+    def clean(x, where):
+        if isinstance(x, float) and not math.isfinite(x):
+            replaced.append(where)
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(x)]
+        return x
+
+    return clean(obj, ""), sorted(replaced)
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"))
+    """Write JSON atomically; non-finite numbers become null and are listed under "nonfinite"."""
+    obj, replaced = finite_json(obj)
+    if replaced and isinstance(obj, dict):
+        obj["nonfinite"] = replaced
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    atomic_write(path, lambda p: Path(p).write_text(text))
 
 
 def read_json(path: str | os.PathLike):
@@ -49,11 +77,57 @@ def read_json(path: str | os.PathLike):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def save_training_state(directory: Path, trained: dict, trainer_state: dict, d) -> None:
+# ------------------------------------------------------------------------------ atomic directories
+
+def _old(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_directory(target: str | os.PathLike) -> None:
+    """Undo a swap that a killed process left half done: `<dir>` gone, `.<dir>.old` still there."""
+    target = Path(target)
+    if not target.exists() and _old(target).exists():
+        os.rename(_old(target), target)
+
+
+def replace_directory(tmp: Path, target: Path) -> None:
+    """Move the complete directory `tmp` to `target`, replacing what was there."""
+    recover_directory(target)
+    if target.exists():
+        if _old(target).exists():
+            shutil.rmtree(_old(target))
+        os.rename(target, _old(target))
+    os.rename(tmp, target)
+    if _old(target).exists():
+        shutil.rmtree(_old(target))
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike):
+    """`with atomic_directory(d) as tmp:` write the files into `tmp`; on success `tmp` replaces `d`
+    as a whole (readers see the old directory or the new one, never a mix), on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_directory(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# -------------------------------------------------------------------------- training checkpoints
+
+def save_training_state(directory: Path, trained: dict, trainer_state: dict, d, keep: int | None = None) -> None:
     """Exact-resume checkpoint: trained = {name: (model, optimizer)} through
     torch.distributed.checkpoint (each rank writes its shards under FSDP), plus trainer.json
     (step counters, schedulers, controllers, RNG) from rank 0; written to `<dir>.tmp`, renamed to
-    `<dir>` when complete, and recorded in `latest` beside it."""
+    `<dir>` when complete, and recorded in `latest` beside it. Then all but the newest `keep`
+    checkpoints are deleted."""
     from karma.distributed import barrier
 
     directory = Path(directory)
@@ -64,21 +138,65 @@ def save_training_state(directory: Path, trained: dict, trainer_state: dict, d) 
     state = {}
     for name, (model, optimizer) in trained.items():
         state[name], state[name + "_optim"] = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():  # one process without a group saves alone: intended
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(state, checkpoint_id=str(tmp))
+    try:
+        with warnings.catch_warnings():  # one process without a group saves alone: intended
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(state, checkpoint_id=str(tmp))
+        if d.is_main:
+            atomic_write_json(tmp / "trainer.json", {**trainer_state, "torch_rng": torch.get_rng_state().tolist()})
+    except (OSError, RuntimeError) as e:
+        error = _disk_error(tmp, e)
+        if error is e:
+            raise
+        raise error from e
     if d.is_main:
-        atomic_write_json(tmp / "trainer.json", {**trainer_state, "torch_rng": torch.get_rng_state().tolist()})
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        replace_directory(tmp, directory)
         atomic_write(directory.parent / "latest", lambda p: Path(p).write_text(directory.name))
+        if keep is not None:
+            prune_checkpoints(directory.parent, keep)
     barrier(d)
+
+
+def _disk_error(where: Path, error: Exception) -> Exception:
+    """A full disk surfaces from torch's writers as e.g. 'unexpected pos 704 vs 598': name it."""
+    full = getattr(error, "errno", None) == errno.ENOSPC
+    try:
+        free = shutil.disk_usage(where.parent).free
+    except OSError:
+        free = None
+    if full or (free is not None and free < 64 * 2**20):
+        return OSError(errno.ENOSPC, f"{where}: no space left on device while writing the checkpoint "
+                                     f"({free if free is not None else '?'} bytes free; {error}); free some space "
+                                     f"and continue with --resume from the previous checkpoint")
+    return error
+
+
+def checkpoint_dirs(checkpoints: Path) -> list[Path]:
+    """Complete checkpoints under `checkpoints`, oldest first (their names sort by step)."""
+    checkpoints = Path(checkpoints)
+    if not checkpoints.is_dir():
+        return []
+    return sorted(p for p in checkpoints.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and not p.name.endswith(".tmp") and (p / "trainer.json").exists())
+
+
+def prune_checkpoints(checkpoints: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (never the one `latest` names)."""
+    latest = latest_checkpoint(checkpoints)
+    for old in checkpoint_dirs(checkpoints)[:-keep]:
+        if old != latest:
+            shutil.rmtree(old)
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     pointer = Path(checkpoints) / "latest"
-    return Path(checkpoints) / pointer.read_text().strip() if pointer.exists() else None
+    if not pointer.exists():
+        return None
+    directory = Path(checkpoints) / pointer.read_text().strip()
+    recover_directory(directory)
+    if not (directory / "trainer.json").exists():
+        raise FileNotFoundError(f"{pointer}: names {directory.name}, which is missing or incomplete")
+    return directory
 
 
 def load_training_state(directory: Path, trained: dict) -> dict:
@@ -99,10 +217,22 @@ def load_training_state(directory: Path, trained: dict) -> dict:
 
 def truncate_jsonl(path: Path, key: str, last: int) -> None:
     """On resume: drop the log records a killed run wrote after its last checkpoint (those with
-    record[key] > last), so the resumed run's records follow on without duplicates."""
+    record[key] > last), so the resumed run's records follow on without duplicates. A torn last
+    line (the process died while writing it) is dropped too; a bad line elsewhere is an error."""
     path = Path(path)
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line).get(key, -1) <= last]
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise ValueError(f"{path}:{n}: not valid JSON; cannot resume this run's log") from None
+        if record.get(key, -1) <= last:
+            kept.append(line if line.endswith("\n") else line + "\n")
     atomic_write(path, lambda p: Path(p).write_text("".join(kept)))

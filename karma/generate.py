@@ -14,6 +14,7 @@ as a CUDA graph and replays it per token, removing the per-kernel launch cost th
 batches. This works because the cache has static shapes and its write position is a device tensor.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -60,9 +61,15 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     uses its own torch.Generator (reproducible, global RNG untouched); without, the global RNG.
     cuda_graph (default: on for CUDA tensors) replays the decode step as a CUDA graph; the eager
     path gives the same tokens (bench/gpu_decoder.py checks it on an H100)."""
-    if max_new_tokens < 0 or (top_k is not None and top_k < 0) or (top_p is not None and not 0 < top_p <= 1):
-        raise ValueError(f"need max_new_tokens >= 0, top_k >= 0 and 0 < top_p <= 1; got {max_new_tokens}, {top_k}, {top_p}")
+    if max_new_tokens < 0 or (top_k is not None and top_k < 0) or (top_p is not None and not 0 < top_p <= 1) \
+            or not temperature >= 0:
+        raise ValueError(f"need max_new_tokens >= 0, temperature >= 0, top_k >= 0 and 0 < top_p <= 1; got "
+                         f"{max_new_tokens}, {temperature}, {top_k}, {top_p}")
     B, T = input_ids.shape
+    if T + max_new_tokens > model.config.max_position_embeddings:
+        warnings.warn(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                      f"max_position_embeddings ({model.config.max_position_embeddings}): positions beyond it "
+                      f"were never trained, expect degraded text", stacklevel=2)
     device = input_ids.device
     if max_new_tokens == 0:
         empty = torch.zeros(B, 0, dtype=torch.long, device=device)

@@ -16,7 +16,7 @@ A saved reward model is a directory that other tools can read:
     tokenizer.json, tokenizer_config.json, ...   copied from the base checkpoint
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from karma.checkpoint import atomic_write, atomic_write_json, read_json
+from karma.checkpoint import atomic_directory, atomic_write, atomic_write_json, read_json, recover_directory
 from karma.data.format import FORMATS, header, render, render_prompt
 from karma.model import Transformer
 from karma.tokenizer import Tokenizer, copy_tokenizer_files, left_pad, load_tokenizer
-from karma.weights import load_model, save_model
+from karma.weights import load_model, write_hf_checkpoint
 
 @dataclass
 class RewardConfig:
@@ -50,13 +50,16 @@ class RewardModel(nn.Module):
         width = cfg.head_hidden or hidden
         w = backbone.embed.weight
         self.head = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1)).to(w.device, w.dtype)
+        freeze_unused_lm_head(backbone)
 
     def forward(self, input_ids, attention_mask) -> torch.Tensor:
         """[B, T] ids and mask (any padding side) -> logits [B] (pre-sigmoid)."""
         hidden = self.backbone(input_ids, attention_mask, output="hidden")  # [B, T, H]
         cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = torch.where(attention_mask.bool(), cols, -1).amax(1)  # column of each row's last real token
-        return self.head(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1)
+        # a fresh tensor, not a squeeze view: FSDP2 warns on view outputs (an in-place op on one
+        # would skip its pre-backward all-gather)
+        return self.head(hidden[torch.arange(len(last), device=last.device), last])[:, 0].clone()
 
     @torch.no_grad()
     def score(self, contexts: list[list[dict]], responses: list[str], metas=None, batch_size: int = 16):
@@ -108,27 +111,63 @@ def build_reward_model(base: str, cfg: RewardConfig, dtype=None, device=None, se
     return RewardModel(backbone, cfg, load_tokenizer(base))
 
 
-def save_reward_model(rm: RewardModel, directory, state_dict: dict | None = None) -> Path:
-    """Write the directory described above. `state_dict`: the full RewardModel state dict when the
-    model is sharded (FSDP), gathered on the writing rank."""
+def freeze_unused_lm_head(backbone: Transformer) -> None:
+    """Reward and value models read hidden states, never the LM head: an untied head (Pythia,
+    Llama-3.1-8B) is frozen, so it gets no gradient and no optimizer state (which exact resume
+    would otherwise look for in the checkpoint). A tied head is the embedding: left trainable."""
+    if backbone.lm_head is not None:
+        backbone.lm_head.requires_grad_(False)
+
+
+def save_reward_model(rm: RewardModel, directory, state_dict: dict | None = None, info: dict | None = None) -> Path:
+    """Write the directory described above, whole (atomic_directory: a killed export leaves the
+    previous one intact, never a new backbone beside an old head). `state_dict`: the full
+    RewardModel state dict when the model is sharded (FSDP), gathered on the writing rank.
+    `info`: written as train_info.json."""
     directory = Path(directory)
     state = rm.state_dict() if state_dict is None else state_dict
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     head = {k.removeprefix("head."): v.detach().contiguous() for k, v in state.items() if k.startswith("head.")}
-    save_model(rm.backbone, directory, state_dict=backbone)
-    atomic_write(directory / "reward_head.safetensors", lambda p: save_file(head, p, metadata={"format": "pt"}))
-    copy_tokenizer_files(rm.tokenizer, directory)
-    atomic_write_json(directory / "reward_config.json", asdict(rm.cfg))
+    with atomic_directory(directory) as tmp:
+        write_hf_checkpoint(rm.backbone, tmp, state_dict=backbone)
+        atomic_write(tmp / "reward_head.safetensors", lambda p: save_file(head, p, metadata={"format": "pt"}))
+        copy_tokenizer_files(rm.tokenizer, tmp)
+        atomic_write_json(tmp / "reward_config.json", asdict(rm.cfg))
+        if info is not None:
+            atomic_write_json(tmp / "train_info.json", info)
     return directory
+
+
+def read_reward_config(directory) -> RewardConfig:
+    """reward_config.json of a saved reward model, checked key by key."""
+    recover_directory(directory)
+    path = Path(directory) / "reward_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory}: no reward_config.json (not a reward model saved by KARMA's train_rm.py)")
+    raw = read_json(path)
+    known = {f.name for f in fields(RewardConfig)}
+    if not isinstance(raw, dict) or set(raw) - known or "format" not in raw:
+        bad = sorted(set(raw) - known) if isinstance(raw, dict) else "not an object"
+        raise ValueError(f"{path}: expected the keys {sorted(known)} (format required); unexpected: {bad}")
+    if not isinstance(raw.get("max_length", 1), int) or raw.get("max_length", 1) < 1:
+        raise ValueError(f"{path}: max_length must be a positive integer, got {raw['max_length']!r}")
+    try:
+        return RewardConfig(**raw)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def load_reward_model(directory, dtype=None, device=None) -> RewardModel:
     directory = Path(directory)
-    if not (directory / "reward_config.json").exists():
-        raise FileNotFoundError(f"{directory}: no reward_config.json (not a reward model saved by KARMA)")
-    cfg = RewardConfig(**read_json(directory / "reward_config.json"))
+    cfg = read_reward_config(directory)
     rm = RewardModel(load_model(directory, dtype=dtype, device=device), cfg, load_tokenizer(directory))
-    head = load_file(directory / "reward_head.safetensors", device=str(rm.backbone.embed.weight.device))
+    path = directory / "reward_head.safetensors"
+    try:
+        head = load_file(path, device=str(rm.backbone.embed.weight.device))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (the reward model's head)") from None
+    except Exception as e:  # safetensors raises its own error type for truncated or corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     missing, unexpected = rm.head.load_state_dict(head, strict=False)
     if missing or unexpected:
         raise KeyError(f"{directory / 'reward_head.safetensors'}: missing {missing}, unexpected {unexpected}")

@@ -20,7 +20,7 @@ an uninterrupted run.
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,10 @@ from karma.checkpoint import atomic_write_json, latest_checkpoint, load_training
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
-from karma.tokenizer import left_pad
+from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
+                       check_flags, check_resumable, peak_memory_gib, write_config)
+from karma.tokenizer import left_pad, load_tokenizer
+from karma.weights import inspect_model
 
 BUCKET_BATCHES = 50  # batches per length-sorting window
 
@@ -59,10 +62,44 @@ class TrainRMConfig:
     eval_batch_size: int = 32
     max_eval_examples: int | None = None
     save_every: int = 500
+    keep_checkpoints: int = 2
     log_every: int = 10
+    max_bad_steps: int = 10
     seed: int = 0
     activation_checkpointing: bool = False
     resume: bool = False
+
+    def check(self) -> None:
+        """Flag values a run can use (ValueError naming the flag)."""
+        check_flags(self, max_length=(lambda v: v >= MIN_MAX_LENGTH, f"at least {MIN_MAX_LENGTH} tokens (a context "
+                                      f"turn, the chat template and a reply)"),
+                    head_hidden=AT_LEAST_1, batch_size=AT_LEAST_1, micro_batch_size=AT_LEAST_1, lr=POSITIVE,
+                    weight_decay=NON_NEGATIVE, warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"),
+                    min_lr_ratio=UNIT_INTERVAL, grad_clip=POSITIVE, epochs=AT_LEAST_1, max_steps=AT_LEAST_1,
+                    stop_after_steps=AT_LEAST_1, eval_every=AT_LEAST_1, eval_batch_size=AT_LEAST_1,
+                    max_eval_examples=AT_LEAST_1, save_every=AT_LEAST_1, keep_checkpoints=AT_LEAST_1,
+                    log_every=AT_LEAST_1, max_bad_steps=AT_LEAST_1)
+
+
+MIN_MAX_LENGTH = 32
+# settings a resumed run may change: they decide what is logged, evaluated and saved, not the weights
+RESUMABLE_CHANGES = {"stop_after_steps", "eval_every", "eval_batch_size", "max_eval_examples", "save_every",
+                     "keep_checkpoints", "log_every", "max_bad_steps", "activation_checkpointing", "resume"}
+
+
+def check_inputs(cfg: TrainRMConfig) -> None:
+    """Everything that can be checked before a model is loaded: flags, data files, the base
+    checkpoint (config and weight-file headers, tokenizer), --max-length against its context."""
+    cfg.check()
+    split_files(cfg.data, "train")
+    split_files(cfg.data, "heldout")
+    model_cfg = inspect_model(cfg.model)
+    load_tokenizer(cfg.model)
+    if cfg.max_length > model_cfg.max_position_embeddings:
+        raise ValueError(f"--max-length {cfg.max_length}: more than {cfg.model}'s max_position_embeddings "
+                         f"({model_cfg.max_position_embeddings})")
+    if cfg.resume and latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None:
+        check_resumable(cfg.out_dir, cfg, RESUMABLE_CHANGES)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -156,10 +193,17 @@ def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
 # ------------------------------------------------------------------------------------------ train
 
 def train(cfg: TrainRMConfig, d: Dist) -> dict:
+    """Check the inputs, take the lock on --out, then train (see the module doc)."""
+    check_inputs(cfg)
+    with RunLock(cfg.out_dir, enabled=d.is_main):
+        return _train(cfg, d)
+
+
+def _train(cfg: TrainRMConfig, d: Dist) -> dict:
     out = Path(cfg.out_dir)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
+        write_config(out, cfg)
     gpu = d.device.type == "cuda"
     rm_cfg = RewardConfig(format=cfg.format, max_length=cfg.max_length, head_hidden=cfg.head_hidden)
     torch.manual_seed(cfg.seed)
@@ -188,20 +232,22 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
 
-    # log_loss / log_steps: the losses since the last train record (checkpointed, so a resumed run
-    # logs the same averages as an uninterrupted one); throughput counters restart with the process
-    state = {"step": 0, "best_auc": None, "best_step": None, "log_loss": 0.0, "log_steps": 0}
-    latest = latest_checkpoint(out / "checkpoints")
-    if cfg.resume and latest is not None:
-        state = load_training_state(latest, {"model": (rm, optimizer)})
+    # log_loss / log_steps: the finite losses since the last train record (checkpointed, so a
+    # resumed run logs the same averages as an uninterrupted one); throughput counters restart with
+    # the process. skipped_steps / bad_streak: steps skipped for a non-finite loss or gradient.
+    state = {"step": 0, "best_auc": None, "best_step": None, "log_loss": 0.0, "log_steps": 0,
+             "skipped_steps": 0, "bad_streak": 0}
+    latest = latest_checkpoint(out / "checkpoints") if cfg.resume else None
+    if latest is not None:
+        state = {**state, **load_training_state(latest, {"model": (rm, optimizer)})}
         scheduler.load_state_dict(state.pop("scheduler"))
         if d.is_main:
             truncate_jsonl(out / "metrics.jsonl", "step", state["step"])
-    log = open(out / "metrics.jsonl", "ab" if cfg.resume else "wb") if d.is_main else None
-    if d.is_main:
-        _log(log, {"event": "data", "train": train_report, "heldout": eval_report,
-                   "train_tokens_mean": float(lengths.mean()), "at_max_length": int((lengths >= cfg.max_length).sum()),  # filled the budget: mostly truncated
-                   "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
+    log = MetricsLog(out / "metrics.jsonl", append=latest is not None, enabled=d.is_main)
+    log.write({"event": "data", "train": train_report, "heldout": eval_report,
+               "train_tokens_mean": float(lengths.mean()),
+               "at_max_length": int((lengths >= cfg.max_length).sum()),  # filled the budget: mostly truncated
+               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not d.enabled else torch.autocast("cpu", enabled=False)
     bar = tqdm(total=total_steps, initial=state["step"], desc="train_rm", disable=not d.is_main, unit="step")
@@ -232,58 +278,68 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
             (loss * weight).backward()
             loss_sum += loss.detach() * (weight > 0)
         grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
-        optimizer.step()
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: DTensor
+        batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)  # both global: every rank decides alike
+        if math.isfinite(batch_loss) and math.isfinite(grad_norm):
+            optimizer.step()
+            state["bad_streak"] = 0
+            state["log_loss"] += batch_loss
+            state["log_steps"] += 1
+        else:  # a non-finite loss or gradient: the step is skipped (counted), the weights stay finite
+            state["skipped_steps"] += 1
+            state["bad_streak"] += 1
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state["step"] = step = step + 1
         bar.update(1)
+        if state["bad_streak"] >= cfg.max_bad_steps:
+            raise TrainingDiverged(
+                f"{state['bad_streak']} consecutive steps (to step {step}) had a non-finite loss or gradient and "
+                f"were skipped: the weights or the data hold NaN/inf, or --lr {cfg.lr:g} is too high. The weights "
+                f"were never updated with them; last checkpoint: {latest_checkpoint(out / 'checkpoints')}")
 
-        batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)
-        state["log_loss"] += batch_loss
-        state["log_steps"] += 1
         window["examples"] += len(batch)
         window["tokens"] += int(lengths[batch].sum())
         window["steps"] += 1
         if step % cfg.log_every == 0 or step == total_steps:
             seconds = time.perf_counter() - window["start"]
-            record = {"event": "train", "step": step, "epoch": epoch, "loss": state["log_loss"] / state["log_steps"],
-                      "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+            record = {"event": "train", "step": step, "epoch": epoch,
+                      "loss": state["log_loss"] / state["log_steps"] if state["log_steps"] else None,
+                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": state["skipped_steps"],
                       "examples_per_s": window["examples"] / seconds, "tokens_per_s": window["tokens"] / seconds,
-                      "steps_per_s": window["steps"] / seconds, "peak_mem_gib": _peak_memory_gib(d)}
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            if d.is_main:
-                _log(log, record)
+                      "steps_per_s": window["steps"] / seconds, "peak_mem_gib": peak_memory_gib(d.device)}
+            bar.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            log.write(record)
             window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
             state["log_loss"], state["log_steps"] = 0.0, 0
 
         if step % cfg.eval_every == 0 or step == total_steps:
             metrics = evaluate(rm, eval_ids, eval_labels, cfg.eval_batch_size, d)
-            better = metrics["roc_auc"] is not None and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"])
-            if better:
+            usable = metrics["roc_auc"] is not None and not metrics["nonfinite_scores"]
+            if usable and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"]):
                 state["best_auc"], state["best_step"] = metrics["roc_auc"], step
                 export(rm, out / "best", d, {"step": step, **metrics})
+            log.write({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
             if d.is_main:
-                _log(log, {"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
                 atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
             rm.train()
         stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
         if step % cfg.save_every == 0 or step == total_steps or stopping:
             save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
-                                {**state, "scheduler": scheduler.state_dict()}, d)
+                                {**state, "scheduler": scheduler.state_dict()}, d, keep=cfg.keep_checkpoints)
         if stopping:
             break
     bar.close()
     if state["step"] >= total_steps:
         export(rm, out / "final", d, {"step": state["step"]})
-    if log:
-        log.close()
+    log.close()
     return state
 
 
 @torch.no_grad()
 def evaluate(rm: RewardModel, ids: list[list[int]], labels: np.ndarray, batch_size: int, d: Dist) -> dict:
-    """Held-out metrics (karma.metrics); the rows are split across ranks and gathered."""
+    """Held-out metrics (karma.metrics); the rows are split across ranks and gathered. Non-finite
+    scores are counted (`nonfinite_scores`) and left out of the metrics."""
     rm.eval()
     gpu = d.device.type == "cuda"
     mine = sorted(range(d.rank, len(ids), d.world_size), key=lambda i: len(ids[i]))
@@ -296,24 +352,16 @@ def evaluate(rm: RewardModel, ids: list[list[int]], labels: np.ndarray, batch_si
             p = torch.sigmoid(rm(x.to(d.device), mask.to(d.device)).float())
         probs += list(zip(rows, p.tolist()))  # nothing for a padding batch (rows empty)
     gathered = sorted(gather_lists(probs, d))
-    return binary_metrics(labels, np.array([p for _, p in gathered]))
+    p = np.array([p for _, p in gathered])
+    finite = np.isfinite(p)
+    if not finite.any():
+        return {"n": len(p), "nonfinite_scores": len(p), "roc_auc": None,
+                "note": "every held-out score is NaN/inf: the model's weights are not finite"}
+    return {**binary_metrics(labels[finite], p[finite]), "nonfinite_scores": int((~finite).sum())}
 
 
 def export(rm: RewardModel, directory: Path, d: Dist, info: dict):
     state = full_state_dict(rm, d)
     if d.is_main:
-        save_reward_model(rm, directory, state_dict=state)
-        atomic_write_json(directory / "train_info.json", info)
+        save_reward_model(rm, directory, state_dict=state, info=info)
     barrier(d)
-
-
-def _log(f, record: dict):
-    f.write(orjson.dumps({"time": time.time(), **record}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-    f.flush()
-
-
-def _peak_memory_gib(d: Dist) -> float:
-    if d.device.type == "cuda":
-        return torch.cuda.max_memory_allocated(d.device) / 2**30
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

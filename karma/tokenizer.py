@@ -25,7 +25,10 @@ class Tokenizer:
         if not path.exists():
             raise FileNotFoundError(f"{directory}: no tokenizer.json (KARMA reads the fast-tokenizer "
                                     f"file that Hugging Face checkpoints ship)")
-        self.tok = HFTokenizer.from_file(str(path))
+        try:
+            self.tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception on bad files
+            raise ValueError(f"{path}: not a readable tokenizer file ({e})") from None
         meta = {}
         for name in ("config.json", "generation_config.json", "special_tokens_map.json", "tokenizer_config.json"):
             if (directory / name).exists():

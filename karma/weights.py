@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from karma.checkpoint import atomic_write, atomic_write_json, read_json
+from karma.checkpoint import atomic_directory, atomic_write, atomic_write_json, read_json, recover_directory
 from karma.config import ModelConfig
 from karma.gguf_import import smollm2_checkpoint
 from karma.model import Transformer
@@ -51,6 +51,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     """A local checkpoint directory, or an alias/hub id fetched into (or found in) the HF cache.
     huggingface_hub honours HF_HUB_OFFLINE=1 (cache only) and HF_HOME/HF_HUB_CACHE."""
     path = Path(name_or_path).expanduser()
+    recover_directory(path)  # an export swapped in by a process killed between its two renames
     if path.is_dir():
         return path
     if str(name_or_path) in LOCAL_BUILDS:
@@ -190,8 +191,11 @@ class CheckpointFiles:
         if path not in self._open:
             if not path.exists():
                 raise FileNotFoundError(f"{path}: listed in the checkpoint index but missing")
-            self._open[path] = (safe_open(path, framework="pt") if path.suffix == ".safetensors"
-                                else torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            try:
+                self._open[path] = (safe_open(path, framework="pt") if path.suffix == ".safetensors"
+                                    else torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            except Exception as e:  # safetensors/torch raise their own types for truncated or corrupt files
+                raise ValueError(f"{path}: not a readable {path.suffix} checkpoint file ({e})") from None
         return self._open[path]
 
     def _keys(self, path: Path):
@@ -202,7 +206,21 @@ class CheckpointFiles:
 
     def get(self, key: str) -> torch.Tensor:
         f = self._file(self.where[key])
-        return f.get_tensor(key) if hasattr(f, "get_tensor") else f[key]
+        try:
+            return f.get_tensor(key) if hasattr(f, "get_tensor") else f[key]
+        except Exception as e:
+            raise ValueError(f"{self.where[key]}: cannot read tensor {key!r} ({e})") from None
+
+
+def inspect_model(name_or_path) -> ModelConfig:
+    """Check a checkpoint without loading its weights: it resolves, its config.json parses and its
+    weight files open (headers only). Scripts call this before loading anything large."""
+    directory = resolve(name_or_path)
+    cfg = ModelConfig.from_json(directory / "config.json")
+    files = CheckpointFiles(directory)
+    for path in sorted(set(files.where.values())):
+        files._file(path)
+    return cfg
 
 
 def load_model(name_or_path, dtype: torch.dtype | None = None, device=None) -> Transformer:
@@ -252,10 +270,17 @@ def load_state_dict(directory: Path, cfg: ModelConfig, expected: dict, dtype, de
 def save_model(model: Transformer, directory, max_shard_size: int | str = "5GB", state_dict: dict | None = None) -> Path:
     """Export in Hugging Face layout: config.json + model.safetensors, or numbered shards with
     model.safetensors.index.json above `max_shard_size` (bytes, or '500MB' / '5GB' / '2GiB').
-    Each file is written to a temporary name and renamed, so readers never see a partial file.
+    The directory is written whole into a temporary sibling and swapped in, so readers (and a
+    killed run) never see a partial or mixed export; it replaces what `directory` held.
     `state_dict`: the model's full state dict when it is sharded (FSDP: gathered on rank 0)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(directory) as tmp:
+        write_hf_checkpoint(model, tmp, max_shard_size, state_dict)
+    return Path(directory)
+
+
+def write_hf_checkpoint(model: Transformer, directory: Path, max_shard_size: int | str = "5GB",
+                        state_dict: dict | None = None) -> None:
+    """The files of save_model, written into an existing (fresh) directory."""
     cfg = model.config
     state = model.state_dict() if state_dict is None else state_dict
     layout = hf_layout(cfg, state)
@@ -274,8 +299,6 @@ def save_model(model: Transformer, directory, max_shard_size: int | str = "5GB",
         shards[-1].append(key)
         size += nbytes
 
-    for stale in list(directory.glob("model*.safetensors")) + [directory / "model.safetensors.index.json"]:
-        stale.unlink(missing_ok=True)  # a previous export with another sharding
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for fname, keys in zip(names, shards):
@@ -288,7 +311,6 @@ def save_model(model: Transformer, directory, max_shard_size: int | str = "5GB",
     hf_config = dict(cfg.hf_config)
     hf_config["torch_dtype"] = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")
     atomic_write_json(directory / "config.json", hf_config)
-    return directory
 
 
 def _parse_size(size: int | str) -> int:

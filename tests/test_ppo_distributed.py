@@ -46,4 +46,6 @@ def test_two_process_ppo_matches_one_process(tmp_path, checkpoint_factory):
         for key in ("score", "kl_seq", "response_len", "policy_loss", "value_loss", "approx_kl", "kl_coef_next"):
             assert abs(ra[key] - rb[key]) <= 1e-4 * max(1.0, abs(ra[key])), (key, ra[key], rb[key])
     wa, wb = load_file(one / "policy" / "model.safetensors"), load_file(two / "policy" / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # AdamW divides by sqrt(v) + eps, so an element whose gradient is ~eps amplifies reduction-order
+    # differences (1 vs 2 processes sum in another order): tolerance 10% of one step (lr 1e-3)
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4, rtol=0) for k in wa)

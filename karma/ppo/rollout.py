@@ -30,7 +30,7 @@ class RolloutBuffer:
     query: Tensor  # [B, Q] prompt token ids (left padded, as generation takes them)
     query_mask: Tensor  # [B, Q] 1 on prompt tokens
     response: Tensor  # [B, T] sampled token ids
-    response_mask: Tensor  # [B, T] 1 on response tokens up to and including EOS
+    response_mask: Tensor  # [B, T] 1 on response tokens up to and including EOS (all 0 on a dropped row)
     logprobs: Tensor  # [B, T] log pi_old(response_t) at sampling time
     ref_logprobs: Tensor  # [B, T] log pi_ref(response_t)
     values: Tensor  # [B, T] V_old(t)
@@ -100,6 +100,12 @@ def whiten(x: Tensor, mask: Tensor, d: Dist) -> Tensor:
     return torch.where(m, ((x - mean) * torch.rsqrt(var + 1e-8)).to(x.dtype), 0.0)
 
 
+def reduce_sums(d: Dist, device, named: dict) -> dict[str, float]:
+    """Sum each named number over all ranks (one all-reduce), as Python floats."""
+    values = torch.stack([torch.as_tensor(v, device=device).double() for v in named.values()])
+    return dict(zip(named, all_reduce_sum(values, d).tolist()))
+
+
 @torch.no_grad()
 def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int,
                     d: Dist | None = None, generator_model=None):
@@ -128,6 +134,10 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     start = time.perf_counter()
     scores = reward.score([p["messages"] for p in prompts], texts, [p.get("meta") for p in prompts]).float().to(device)
     score_s = time.perf_counter() - start
+    # a non-finite score (a reward model fault on some text) drops its row: masked out of the rewards,
+    # the whitening statistics and every loss, counted, instead of poisoning the whole rollout
+    scored = torch.isfinite(scores)
+    train_mask = response_mask * scored[:, None]  # [B, T]: the tokens PPO learns from
 
     start = time.perf_counter()
     full = torch.cat([query, response], 1)
@@ -137,26 +147,34 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     ref_logprobs = response_logprobs(ref, full, full_mask, Q, cfg.temperature)
     values = value(full, full_mask)[:, Q - 1:-1]  # V before each response token
     penalty = cfg.missing_eos_penalty
-    rewards, kl = token_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, kind=cfg.kl_estimator,
-                                ended_with_eos=out.ended if penalty is not None else None, missing_eos_penalty=penalty)
-    advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.lam)
+    rewards, kl = token_rewards(torch.where(scored, scores, 0.0), logprobs, ref_logprobs, train_mask, kl_coef,
+                                kind=cfg.kl_estimator, ended_with_eos=out.ended if penalty is not None else None,
+                                missing_eos_penalty=penalty)
+    advantages, returns = gae(rewards, values, train_mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
-        advantages = whiten(advantages, response_mask, d)
+        advantages = whiten(advantages, train_mask, d)
     forward_s = time.perf_counter() - start
 
-    m = response_mask.bool()
+    m = train_mask.bool()
     kl_seq = torch.where(m, logprobs - ref_logprobs, 0.0).sum(1)  # k1 per sequence: what the KL controller reads
-    sums = all_reduce_sum(torch.stack([  # statistics over all ranks' sequences and tokens
-        torch.tensor(float(len(scores)), device=device), scores.sum(), (scores ** 2).sum(), kl_seq.sum(),
-        torch.where(m, kl, 0.0).sum(), m.sum().float(), out.ended.float().sum(), torch.where(m, values, 0.0).sum(),
-        torch.where(m, returns, 0.0).sum()]).double(), d).tolist()
-    n_seq, n_tok = sums[0], max(sums[5], 1.0)
-    stats = {"score": sums[1] / n_seq, "score_std": max(sums[2] / n_seq - (sums[1] / n_seq) ** 2, 0.0) ** 0.5,
-             "kl_seq": sums[3] / n_seq, "kl_token": sums[4] / n_tok, "response_len": sums[5] / n_seq,
-             "ended_eos": sums[6] / n_seq, "value_mean": sums[7] / n_tok, "return_mean": sums[8] / n_tok,
-             "generated_tokens": int(sums[5]), "generate_s": gen_s, "score_s": score_s, "forward_s": forward_s}
+    total = reduce_sums(d, device, {  # over all ranks' sequences and tokens
+        "sequences": len(scores), "scored": scored.sum(), "score": torch.where(scored, scores, 0.0).sum(),
+        "score_sq": torch.where(scored, scores ** 2, 0.0).sum(), "kl_seq": kl_seq.sum(),
+        "kl_token": torch.where(m, kl, 0.0).sum(), "scored_tokens": m.sum(), "generated_tokens": response_mask.sum(),
+        "ended_eos": out.ended.sum(), "value": torch.where(m, values, 0.0).sum(),
+        "return": torch.where(m, returns, 0.0).sum()})
+    n_seq, n_scored, n_tok = total["sequences"], total["scored"], max(total["scored_tokens"], 1.0)
+    score = total["score"] / n_scored if n_scored else None
+    stats = {"score": score,
+             "score_std": max(total["score_sq"] / n_scored - score ** 2, 0.0) ** 0.5 if n_scored else None,
+             "dropped_nonfinite_scores": int(n_seq - n_scored),
+             "kl_seq": total["kl_seq"] / n_scored if n_scored else None, "kl_token": total["kl_token"] / n_tok,
+             "response_len": total["generated_tokens"] / n_seq, "ended_eos": total["ended_eos"] / n_seq,
+             "value_mean": total["value"] / n_tok, "return_mean": total["return"] / n_tok,
+             "generated_tokens": int(total["generated_tokens"]), "generate_s": gen_s, "score_s": score_s,
+             "forward_s": forward_s}
     samples = [{"prompt_id": p.get("id"), "prompt": p["messages"][-1]["content"][-500:], "response": t,
                 "score": s} for p, t, s in zip(prompts, texts, scores.tolist())]
-    buffer = RolloutBuffer(query, query_mask, response, response_mask, logprobs, ref_logprobs, values, rewards,
+    buffer = RolloutBuffer(query, query_mask, response, train_mask, logprobs, ref_logprobs, values, rewards,
                            advantages, returns)
     return buffer, stats, samples

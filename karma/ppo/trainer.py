@@ -17,26 +17,26 @@ optimizers, schedulers, KL controller, rollout counter) resumes exactly.
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import (atomic_write_json, latest_checkpoint, load_training_state, save_training_state,
-                              truncate_jsonl)
+from karma.checkpoint import atomic_directory, latest_checkpoint, load_training_state, save_training_state, truncate_jsonl
 from karma.data.ultrachat import read_prompts
 from karma.distributed import Dist, all_reduce_max, all_reduce_sum, barrier, full_state_dict, replicated_copy, shard
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
                             logprobs_from_logits, masked_mean, policy_loss, value_loss)
-from karma.ppo.rollout import collect_rollout
-from karma.ppo.value import value_from_policy, value_from_reward_model
-from karma.reward import load_reward_model
+from karma.ppo.rollout import collect_rollout, reduce_sums
+from karma.ppo.value import check_same_tokenizer, value_from_policy, value_from_reward_model
+from karma.reward import load_reward_model, read_reward_config
 from karma.reward_train import param_groups
 from karma.tokenizer import copy_tokenizer_files, load_tokenizer
-from karma.weights import load_model, save_model
+from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
+                       check_flags, check_resumable, peak_memory_gib, write_config)
+from karma.weights import inspect_model, load_model, write_hf_checkpoint
 
 PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultrachat.jsonl"}
 
@@ -75,12 +75,37 @@ class PPOConfig:
     max_prompt_tokens: int = 256
     missing_eos_penalty: float | None = None
     ratio_threshold: float = 10.0
+    max_approx_kl: float = 1.0
+    divergence_patience: int = 2
     samples_per_rollout: int = 4
     save_every: int = 10
+    keep_checkpoints: int = 2
     stop_after_rollouts: int | None = None
     seed: int = 0
     activation_checkpointing: bool = False
     resume: bool = False
+
+    def check(self) -> None:
+        """Flag values a run can use (ValueError naming the flag)."""
+        check_flags(self, rollouts=AT_LEAST_1, rollout_batch=AT_LEAST_1, micro_batch=AT_LEAST_1,
+                    minibatch=AT_LEAST_1,
+                    ppo_epochs=AT_LEAST_1, lr=POSITIVE, value_lr=POSITIVE, min_lr_ratio=UNIT_INTERVAL,
+                    grad_clip=POSITIVE, clip=POSITIVE, value_clip=POSITIVE, gamma=UNIT_INTERVAL, lam=UNIT_INTERVAL,
+                    init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=POSITIVE,
+                    temperature=(lambda v: v >= 0, ">= 0 (0 = greedy)"), top_k=AT_LEAST_1,
+                    top_p=(lambda v: 0 < v <= 1, "in (0, 1]"), max_new_tokens=AT_LEAST_1, max_prompt_tokens=AT_LEAST_1,
+                    missing_eos_penalty=(lambda v: True, "a finite number"),
+                    ratio_threshold=(lambda v: v > 1, "> 1"), max_approx_kl=POSITIVE, divergence_patience=AT_LEAST_1,
+                    samples_per_rollout=NON_NEGATIVE, save_every=AT_LEAST_1, keep_checkpoints=AT_LEAST_1,
+                    stop_after_rollouts=AT_LEAST_1)
+
+
+# settings a resumed run may change: they decide what is logged and saved, not the weights
+RESUMABLE_CHANGES = {"samples_per_rollout", "save_every", "keep_checkpoints", "stop_after_rollouts",
+                     "activation_checkpointing", "resume"}
+# a minibatch whose value loss exceeds this many times that of a critic predicting 0 (0.5 E[G^2],
+# floored at 0.01) is skipped as diverging
+VALUE_LOSS_LIMIT = 100.0
 
 
 def variant(cfg: PPOConfig, rm_format: str) -> str:
@@ -109,10 +134,44 @@ def prompt_batch(n_prompts: int, batch: int, rollout: int, seed: int) -> list[in
     return [int(perms[k // n_prompts][k % n_prompts]) for k in ks]
 
 
+def check_inputs(cfg: PPOConfig, d: Dist, custom_reward: bool) -> list[dict]:
+    """Everything that can be checked before a model is loaded: flags, the prompt set, the reward
+    model directory (its config, head, backbone headers and tokenizer), the policy checkpoint and
+    its context length, the critic's tokenizer rule, and a resumed run's settings. Returns the prompts."""
+    cfg.check()
+    if cfg.rollout_batch % d.world_size or cfg.minibatch % d.world_size:
+        raise ValueError(f"--rollout-batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples "
+                         f"of the {d.world_size} processes")
+    prompts = load_prompt_set(cfg)
+    policy_cfg, policy_tok = inspect_model(cfg.model), load_tokenizer(cfg.model)
+    if cfg.max_prompt_tokens + cfg.max_new_tokens > policy_cfg.max_position_embeddings:
+        raise ValueError(f"--max-prompt-tokens {cfg.max_prompt_tokens} + --max-new-tokens {cfg.max_new_tokens}: more "
+                         f"than {cfg.model}'s max_position_embeddings ({policy_cfg.max_position_embeddings})")
+    if not custom_reward:
+        read_reward_config(cfg.reward_model)
+        if not (Path(cfg.reward_model) / "reward_head.safetensors").exists():
+            raise FileNotFoundError(f"{cfg.reward_model}: no reward_head.safetensors (not a complete reward model)")
+        inspect_model(cfg.reward_model)
+        rm_tok = load_tokenizer(cfg.reward_model)
+        if cfg.value_init == "reward":
+            check_same_tokenizer(rm_tok, policy_tok)
+    elif cfg.value_init == "reward":
+        raise ValueError("--value-init reward needs a reward model with a backbone; use --value-init policy")
+    if cfg.resume and latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None:
+        check_resumable(cfg.out_dir, cfg, RESUMABLE_CHANGES)
+    return prompts
+
+
 def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
     """Run PPO. `reward`: any object with .score(contexts, responses, metas) -> probabilities and
     .cfg.format, used instead of loading cfg.reward_model (tests use rewards with a known optimum;
     such a reward has no backbone, so it needs value_init="policy")."""
+    prompts = check_inputs(cfg, d, custom_reward=reward is not None)
+    with RunLock(cfg.out_dir, enabled=d.is_main):
+        return _train(cfg, d, reward, prompts)
+
+
+def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
     out = Path(cfg.out_dir)
     gpu = d.device.type == "cuda"
     frozen_dtype = torch.bfloat16 if gpu else torch.float32
@@ -124,21 +183,15 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
         reward = load_reward_model(cfg.reward_model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
     value = (value_from_reward_model(reward, policy_tok) if cfg.value_init == "reward"
              else value_from_policy(policy)).float()
-    if cfg.rollout_batch % d.world_size or cfg.minibatch % d.world_size:
-        raise ValueError(f"--rollout-batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples "
-                         f"of the {d.world_size} processes")
     policy.activation_checkpointing = value.backbone.activation_checkpointing = cfg.activation_checkpointing
     shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
     shard(value, value.backbone.blocks, d)
     generator_model = None  # sampling copy: FSDP -> gathered once per rollout; one GPU -> bf16 copy
-    prompts = load_prompt_set(cfg)
     run_variant = variant(cfg, reward.cfg.format)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-                                                "variant": run_variant, "reward_format": reward.cfg.format,
-                                                "n_prompts": len(prompts), "world_size": d.world_size,
-                                                "sharded": d.enabled})
+        write_config(out, cfg, variant=run_variant, reward_format=reward.cfg.format, n_prompts=len(prompts),
+                     world_size=d.world_size, sharded=d.enabled)
 
     updates_per_rollout = cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch)
     total_updates = cfg.rollouts * updates_per_rollout
@@ -150,19 +203,20 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
               else FixedKLController(cfg.init_kl_coef))
     trained = {"policy": (policy, policy_opt), "value": (value, value_opt)}
 
-    state = {"rollout": 0}
-    latest = latest_checkpoint(out / "checkpoints")
-    if cfg.resume and latest is not None:
-        state = load_training_state(latest, trained)
+    # divergent_streak: consecutive rollouts whose update diverged (see ppo_update / _diverged)
+    state = {"rollout": 0, "divergent_streak": 0}
+    latest = latest_checkpoint(out / "checkpoints") if cfg.resume else None
+    if latest is not None:
+        state = {**state, **load_training_state(latest, trained)}
         for sched, sd in zip(schedulers, state.pop("schedulers")):
             sched.load_state_dict(sd)
         kl_ctl.load_state_dict(state.pop("kl_controller"))
         if d.is_main:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_jsonl(out / name, "rollout", state["rollout"])
-    mode = "ab" if cfg.resume else "wb"  # a fresh run does not append to an earlier run's logs
-    metrics_log = open(out / "metrics.jsonl", mode) if d.is_main else None
-    samples_log = open(out / "samples.jsonl", mode) if d.is_main else None
+    # a fresh run does not append to an earlier run's logs
+    metrics_log = MetricsLog(out / "metrics.jsonl", append=latest is not None, enabled=d.is_main)
+    samples_log = MetricsLog(out / "samples.jsonl", append=latest is not None, enabled=d.is_main)
     bar = tqdm(total=cfg.rollouts, initial=state["rollout"], desc="ppo", unit="rollout", disable=not d.is_main)
     while state["rollout"] < cfg.rollouts:
         r = state["rollout"]
@@ -184,41 +238,73 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
         start = time.perf_counter()
         policy.train()
         value.train()
-        with autocast(d):
-            stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg,
-                                    seed=cfg.seed * 7919 + r, d=d))
+        if stats["score"] is not None:  # no finite score at all: nothing to learn from this rollout
+            with autocast(d):
+                stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg,
+                                        seed=cfg.seed * 7919 + r, d=d))
+            kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
+        else:
+            stats.update(updates=0, skipped_minibatches=0, trained_tokens=0, lr=schedulers[0].get_last_lr()[0])
+            for sched in schedulers:  # as if every minibatch were skipped, so the schedule lines up
+                for _ in range(updates_per_rollout):
+                    sched.step()
         stats["update_s"] = time.perf_counter() - start
-        kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
+        diverged = _diverged(stats, updates_per_rollout, cfg)
+        state["divergent_streak"] = state["divergent_streak"] + 1 if diverged else 0
         state["rollout"] = r + 1
         record = {"rollout": r + 1, "kl_coef": beta, "kl_coef_next": kl_ctl.value, "variant": run_variant, **stats,
-                  "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
+                  "diverged": diverged, "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
                   "train_tok_s": stats["trained_tokens"] / max(stats["update_s"], 1e-9),
-                  "peak_mem_gib": torch.cuda.max_memory_allocated(d.device) / 2**30 if gpu else _rss_gib()}
-        if d.is_main:
-            metrics_log.write(orjson.dumps({"time": time.time(), **record}) + b"\n")
-            metrics_log.flush()
-            for s in samples[:cfg.samples_per_rollout]:
-                samples_log.write(orjson.dumps({"rollout": r + 1, **s}) + b"\n")
-            samples_log.flush()
+                  "peak_mem_gib": peak_memory_gib(d.device)}
+        metrics_log.write(record)
+        for sample in samples[:cfg.samples_per_rollout]:
+            samples_log.write({"rollout": r + 1, **sample})
         bar.update(1)
         if d.is_main:
-            bar.write(f"rollout {r + 1:4d}  score {stats['score']:.4f}  kl {stats['kl_seq']:7.3f}  beta {beta:.4f}  "
-                      f"entropy {stats.get('entropy', float('nan')):.3f}  len {stats['response_len']:5.1f}  "
-                      f"gen {stats['generate_s']:.1f}s score {stats['score_s']:.1f}s update {stats['update_s']:.1f}s")
+            bar.write(progress_line(record))
+        if state["divergent_streak"] >= cfg.divergence_patience:
+            raise TrainingDiverged(
+                f"rollouts {r + 2 - state['divergent_streak']}-{r + 1} diverged ({diverged}); these rollouts were not "
+                f"checkpointed: the last checkpoint, from before them, is "
+                f"{latest_checkpoint(out / 'checkpoints') or 'none (the run diverged before its first save)'}. "
+                f"Start again with a lower --lr / --value-lr; metrics in {out / 'metrics.jsonl'}")
         stopping = cfg.stop_after_rollouts is not None and state["rollout"] >= cfg.stop_after_rollouts
-        if state["rollout"] % cfg.save_every == 0 or state["rollout"] == cfg.rollouts or stopping:
+        due = state["rollout"] % cfg.save_every == 0 or state["rollout"] == cfg.rollouts or stopping
+        if due and not diverged:
             save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", trained,
                                 {**state, "schedulers": [s.state_dict() for s in schedulers],
-                                 "kl_controller": kl_ctl.state_dict()}, d)
+                                 "kl_controller": kl_ctl.state_dict()}, d, keep=cfg.keep_checkpoints)
         if stopping:
             break
     bar.close()
     if state["rollout"] >= cfg.rollouts:
         export_policy(policy, policy_tok, out / "policy", d)
-    for f in (metrics_log, samples_log):
-        if f:
-            f.close()
+    metrics_log.close()
+    samples_log.close()
     return state
+
+
+def _diverged(stats: dict, updates_per_rollout: int, cfg: PPOConfig) -> str:
+    """Why this rollout counts as diverged ("" if it does not): no finite reward-model score, or at
+    least half of its minibatches skipped for a non-finite loss, a mean ratio above
+    --ratio-threshold, an approx KL above --max-approx-kl or an exploding value loss."""
+    if stats["score"] is None:
+        return f"no finite reward-model score among {stats['dropped_nonfinite_scores']} responses"
+    if stats["skipped_minibatches"] and stats["skipped_minibatches"] >= 0.5 * updates_per_rollout:
+        reasons = ", ".join(f"{k} {v}" for k, v in stats["skip_reasons"].items())
+        return f"{stats['skipped_minibatches']} of {updates_per_rollout} minibatches skipped: {reasons}"
+    return ""
+
+
+def progress_line(record: dict) -> str:
+    """One line per rollout for the console."""
+    fmt = lambda key, spec: "-" if record.get(key) is None else format(record[key], spec)
+    return (f"rollout {record['rollout']:4d}  score {fmt('score', '.4f')}  kl {fmt('kl_seq', '7.3f')}  "
+            f"beta {record['kl_coef']:.4f}  entropy {fmt('entropy', '.3f')}  len {record['response_len']:5.1f}  "
+            f"gen {record['generate_s']:.1f}s score {record['score_s']:.1f}s update {record['update_s']:.1f}s"
+            + (f"  DIVERGED: {record['diverged']}" if record["diverged"] else "")
+            + (f"  ({record['dropped_nonfinite_scores']} non-finite scores dropped)"
+               if record["dropped_nonfinite_scores"] else ""))
 
 
 def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PPOConfig, seed: int, d: Dist) -> dict:
@@ -228,13 +314,17 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
     micro-batch's token-mean losses are weighted by its share of the minibatch's tokens over ALL
     ranks (times world, since FSDP averages gradients over ranks), so one step follows the token
     mean of the whole minibatch whatever the process count. Whether to skip a minibatch is agreed
-    by all ranks before any backward, so FSDP's collectives stay paired."""
-    sums, n_updates, skipped, trained_tokens = {}, 0, 0, 0
+    by all ranks before any backward, so FSDP's collectives stay paired. A minibatch is skipped
+    (counted by reason, never applied) when a micro-batch has a non-finite loss, a mean ratio
+    above --ratio-threshold, an approx KL above --max-approx-kl, or a value loss above
+    VALUE_LOSS_LIMIT times that of a critic predicting 0; one without scored tokens is passed over."""
+    sums, n_updates, trained_tokens = {}, 0, 0
+    skip_reasons = {"nonfinite": 0, "ratio": 0, "approx_kl": 0, "value_loss": 0}
     Q = buffer.query.shape[1]
     for mb in buffer.minibatches(cfg.minibatch // d.world_size, cfg.ppo_epochs, seed):
         mb_tokens = all_reduce_sum(mb.response_mask.sum().double(), d).item()
-        parts, skip = [], False
-        for start in range(0, len(mb), cfg.micro_batch):
+        parts, skip = [], None
+        for start in range(0, len(mb), cfg.micro_batch) if mb_tokens else ():
             micro = mb.select(torch.arange(start, min(start + cfg.micro_batch, len(mb))))
             ids = torch.cat([micro.query, micro.response], 1)
             mask = torch.cat([micro.query_mask, micro.response_mask], 1)
@@ -245,9 +335,13 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
             pg_loss, pg_stats = policy_loss(logp, micro.logprobs, micro.advantages, micro.response_mask, cfg.clip)
             values = value(ids, mask)[:, Q - 1:-1]
             vf_loss, vf_stats = value_loss(values, micro.values, micro.returns, micro.response_mask, cfg.value_clip)
-            bad = not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)) or pg_stats["ratio_mean"] > cfg.ratio_threshold
-            if all_reduce_max(torch.tensor(float(bad), device=ids.device), d).item():
-                skip = True
+            trivial_vf_loss = 0.5 * masked_mean(micro.returns ** 2, micro.response_mask).clamp_min(0.01)
+            bad = torch.tensor([not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)),
+                                pg_stats["ratio_mean"] > cfg.ratio_threshold, pg_stats["approx_kl"] > cfg.max_approx_kl,
+                                vf_loss > VALUE_LOSS_LIMIT * trivial_vf_loss], dtype=torch.float32, device=ids.device)
+            bad = all_reduce_max(bad, d)  # all ranks agree
+            if bad.any():
+                skip = list(skip_reasons)[int(bad.nonzero()[0])]
                 break
             weight = micro.response_mask.sum().item() * d.world_size / mb_tokens
             ((pg_loss + vf_loss) * weight).backward()  # separate models: each loss reaches its own parameters
@@ -259,26 +353,25 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
                 "entropy": entropy.item()}))
             trained_tokens += int(mask.sum())  # prompt + response tokens through forward/backward
         if skip:
-            skipped += 1
-            policy_opt.zero_grad(set_to_none=True)
-            value_opt.zero_grad(set_to_none=True)
-        else:
+            skip_reasons[skip] += 1
+        elif parts:
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.grad_clip)
             policy_opt.step()
             value_opt.step()
-            policy_opt.zero_grad(set_to_none=True)
-            value_opt.zero_grad(set_to_none=True)
             n_updates += 1
             # diagnostics: token-weighted over every rank's micro-batches of this minibatch
-            local = torch.tensor([[w * v for v in stats.values()] for w, stats in parts], dtype=torch.float64).sum(0)
-            for k, v in zip(parts[0][1], all_reduce_sum(local.to(mb.response.device), d).tolist()):
+            local = {k: sum(w * stats[k] for w, stats in parts) for k in parts[0][1]}
+            for k, v in reduce_sums(d, mb.response.device, local).items():
                 sums[k] = sums.get(k, 0.0) + v
+        policy_opt.zero_grad(set_to_none=True)
+        value_opt.zero_grad(set_to_none=True)
         for sched in schedulers:  # the schedule counts minibatches, applied or not, so resume lines up
             sched.step()
     out = {k: v / n_updates for k, v in sums.items()} if n_updates else {}
     trained_tokens = int(all_reduce_sum(torch.tensor(float(trained_tokens), device=buffer.response.device), d).item())
-    return {**out, "updates": n_updates, "skipped_minibatches": skipped, "trained_tokens": trained_tokens,
+    return {**out, "updates": n_updates, "skipped_minibatches": sum(skip_reasons.values()),
+            "skip_reasons": {k: v for k, v in skip_reasons.items() if v}, "trained_tokens": trained_tokens,
             "lr": schedulers[0].get_last_lr()[0]}
 
 
@@ -292,11 +385,8 @@ def export_policy(policy, tokenizer, directory: Path, d: Dist):
     """The trained policy in Hugging Face layout with its tokenizer: loads in transformers/vLLM."""
     state = full_state_dict(policy, d)
     if d.is_main:
-        save_model(policy, directory, state_dict=state)
-        copy_tokenizer_files(tokenizer, directory)
+        with atomic_directory(directory) as tmp:  # whole or not at all
+            write_hf_checkpoint(policy, tmp, state_dict=state)
+            copy_tokenizer_files(tokenizer, tmp)
     barrier(d)
 
-
-def _rss_gib() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

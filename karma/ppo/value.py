@@ -15,29 +15,36 @@ import torch
 from torch import nn
 
 from karma.model import Transformer
+from karma.reward import freeze_unused_lm_head
 
 
 class ValueModel(nn.Module):
     def __init__(self, backbone: Transformer, head: nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.requires_grad_(True)  # trained, even when copied from a frozen reward model
+        freeze_unused_lm_head(backbone)
 
     def forward(self, input_ids, attention_mask) -> torch.Tensor:
         """[B, T] -> values [B, T] (float32): V at position t estimates the return from token t+1 on."""
         hidden = self.backbone(input_ids, attention_mask, output="hidden")
-        return self.head(hidden).squeeze(-1).float()
+        return self.head(hidden)[..., 0].float().clone()  # a fresh tensor: FSDP2 warns on view outputs
 
 
 def value_from_reward_model(reward_model, policy_tokenizer) -> ValueModel:
     """A trainable copy of the reward model's backbone and head (last layer zeroed). Refused unless
     the reward model's tokenizer is the policy's: the critic reads the policy's token ids."""
-    if reward_model.tokenizer.tok.get_vocab(with_added_tokens=True) != policy_tokenizer.tok.get_vocab(with_added_tokens=True):
-        raise ValueError(f"--value-init reward needs the policy's tokenizer, but the reward model's "
-                         f"({reward_model.tokenizer.directory}) differs from the policy's ({policy_tokenizer.directory}); "
-                         f"use --value-init policy")
+    check_same_tokenizer(reward_model.tokenizer, policy_tokenizer)
     head = copy.deepcopy(reward_model.head)
     _zero_last_layer(head)
-    return ValueModel(copy.deepcopy(reward_model.backbone), head).requires_grad_(True)
+    return ValueModel(copy.deepcopy(reward_model.backbone), head)
+
+
+def check_same_tokenizer(reward_tokenizer, policy_tokenizer) -> None:
+    if reward_tokenizer.tok.get_vocab(with_added_tokens=True) != policy_tokenizer.tok.get_vocab(with_added_tokens=True):
+        raise ValueError(f"--value-init reward needs the policy's tokenizer, but the reward model's "
+                         f"({reward_tokenizer.directory}) differs from the policy's ({policy_tokenizer.directory}); "
+                         f"use --value-init policy")
 
 
 def value_from_policy(policy: Transformer) -> ValueModel:
@@ -46,7 +53,7 @@ def value_from_policy(policy: Transformer) -> ValueModel:
     w = policy.embed.weight
     head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1)).to(w.device, w.dtype)
     _zero_last_layer(head)
-    return ValueModel(copy.deepcopy(policy), head).requires_grad_(True)
+    return ValueModel(copy.deepcopy(policy), head)
 
 
 def _zero_last_layer(head: nn.Sequential) -> None:

@@ -1,0 +1,46 @@
+"""The scripts' one error path: expected errors become one line on stderr, not a traceback.
+
+Bad paths, checkpoints, data and flags raise OSError / ValueError / KeyError with a message that
+names the file, key or flag; a locked --out raises RunLocked. `run_main` prints such an error as
+`<script>: error: <message>` and exits 2 (argparse's code for bad usage); a run stopped by its
+divergence guard exits 1; Ctrl-C exits 130. `--debug` (or KARMA_DEBUG=1) shows the traceback.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from karma.run import RunLocked, TrainingDiverged
+
+EXPECTED = (OSError, ValueError, KeyError, RunLocked)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also: KARMA_DEBUG=1)")
+
+
+def run_main(main, argv=None, prog: str | None = None) -> int:
+    """Call main(argv); return the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("KARMA_DEBUG", "") not in ("", "0")
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        main(argv)
+        return 0
+    except TrainingDiverged as e:
+        if debug:
+            raise
+        print(f"{prog}: stopped: {e}", file=sys.stderr)
+        return 1
+    except EXPECTED as e:
+        if debug:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"{prog}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,162 @@
+"""What every training run shares: its output directory's lock, its config.json (and the check that
+a resumed run keeps the same settings), the JSONL metrics log, the divergence error, peak memory.
+
+Lock: `<out>/.lock` holds the owner's pid and host, created with O_EXCL (atomic), so a second run
+into the same --out is refused instead of interleaving logs and checkpoints. A lock whose process
+is gone (same host, pid not running) is stale: it is taken over with a message. A lock from another
+host cannot be checked and is refused with the path to delete.
+"""
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import orjson
+import torch
+
+from karma.checkpoint import atomic_write_json, finite_json, read_json
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped because its numbers left any sane range (the message says which and where
+    the last good checkpoint is)."""
+
+
+class RunLocked(RuntimeError):
+    """Another live run writes into the same output directory."""
+
+
+class RunLock:
+    """`with RunLock(out):` hold `<out>/.lock` for the duration of a run (see the module doc)."""
+
+    def __init__(self, directory: Path, enabled: bool = True):
+        self.path = Path(directory) / ".lock"
+        self.enabled = enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "argv": sys.argv}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise RunLocked(f"{self.path}: could not take the lock")
+
+    def _take_over_if_stale(self):
+        try:
+            holder = json.loads(self.path.read_text())
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            holder, pid, host = None, None, None  # unreadable: written by a process killed mid-write
+        if holder is not None:
+            if host != socket.gethostname():
+                raise RunLocked(f"{self.path}: another run (pid {pid} on {host}) writes into this directory; "
+                                f"if it is no longer running, delete {self.path}")
+            if _alive(pid):
+                raise RunLocked(f"{self.path}: another run (pid {pid}, started "
+                                f"{time.ctime(holder.get('started', 0))}) writes into this directory")
+        print(f"{self.path}: taking over a stale lock (pid {pid} is not running)", file=sys.stderr)
+        self.path.unlink(missing_ok=True)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------- run config
+
+def config_dict(cfg) -> dict:
+    """A run config dataclass as JSON-ready values (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+
+
+def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
+    """A resumed run must continue the run that wrote `out/config.json`: every setting outside
+    `may_change` (logging, checkpointing, stopping) must be the same, or the resumed run would not
+    be the run its checkpoint and logs describe. Refused with the differences listed."""
+    saved = read_json(Path(out) / "config.json")
+    now = config_dict(cfg)
+    changed = [f"--{k.replace('_', '-')}: {saved[k]!r} -> {now[k]!r}"
+               for k in (f.name for f in fields(cfg))
+               if k not in may_change and k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError(f"{out}: --resume continues the run exactly as it was configured, but these settings "
+                         f"differ from its config.json: {'; '.join(changed)}. Run with the original settings, or "
+                         f"start a new run in another --out")
+
+
+def write_config(out: Path, cfg, **extra) -> None:
+    atomic_write_json(Path(out) / "config.json", {**config_dict(cfg), **extra})
+
+
+# ---------------------------------------------------------------------------------- metrics log
+
+class MetricsLog:
+    """One JSON object per line, flushed per record; non-finite numbers are written as null and
+    their keys listed under "nonfinite" (JSON has no NaN). A fresh run truncates the file, a
+    resumed one appends. Only the main rank writes: elsewhere `write` does nothing."""
+
+    def __init__(self, path: Path, append: bool, enabled: bool = True):
+        self.file = open(path, "ab" if append else "wb") if enabled else None
+
+    def write(self, record: dict) -> None:
+        if self.file is None:
+            return
+        record, replaced = finite_json({"time": time.time(), **record})
+        if replaced:
+            record["nonfinite"] = replaced
+        self.file.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated GPU memory, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+# ---------------------------------------------------------------------------------------- flags
+
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+POSITIVE = (lambda v: v > 0, "> 0")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+UNIT_INTERVAL = (lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def check_flags(cfg, **rules) -> None:
+    """rules: field name -> (test, what the value must be). A value that fails its test, or a
+    non-finite float, is a ValueError naming the flag; None (an unset option) passes."""
+    for name, (test, must) in rules.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value) or not test(value):
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be {must}")
