@@ -4,7 +4,7 @@ karma's RewardModel (decoder + MLP head, fp32 master weights, bf16 autocast, Ada
 runs on one GPU) against transformers' LlamaForSequenceClassification with the same config and
 precision, in the same process: karma, transformers, karma again (the best karma run is reported;
 each model is freed before the next is built). Batch 16 x 1024 tokens by default (the paper's batch
-size). MFU = flops_per_token * tokens/s / peak, flops_per_token = 6 N + 12 L H d T (REFERENCE.md §6),
+size). MFU = flops_per_token * tokens/s / peak, flops_per_token = 6 N + 12 L H d T (Kaplan et al. 2020; Chowdhery et al. 2022, PaLM appendix B),
 N = non-embedding parameters. Prints one JSON object.
 
     PYTHONPATH=. python bench/rm_train_gpu.py [--batch 16] [--seq 1024] [--steps 10] [--peak 989e12]

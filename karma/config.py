@@ -1,6 +1,7 @@
 """ModelConfig: one dataclass for every supported decoder, built from a checkpoint's config.json.
 
-The three families differ only in switches (REFERENCE.md §2):
+The three families differ only in switches (as their config.json files and transformers'
+modeling_llama / modeling_falcon / modeling_gpt_neox define them):
 
 | switch          | Llama 3.x      | falcon-7b          | falcon new-arch     | falcon-rw-1b     | GPT-NeoX/Pythia       |
 |-----------------|----------------|--------------------|---------------------|------------------|-----------------------|

@@ -3,7 +3,8 @@
 Without torchrun (no RANK in the environment) everything runs in one process, no process group.
 Under `torchrun --nproc_per_node N`, each process joins a group (NCCL on GPUs, gloo on CPU) and
 models are sharded with FSDP2: `fully_shard` on every decoder block, then on the root, with bf16
-parameters and fp32 gradient reduction on GPU (REFERENCE.md §7). Rank 0 alone writes files.
+parameters and fp32 gradient reduction on GPU (PyTorch's FSDP2 `fully_shard` and
+`MixedPrecisionPolicy`; torchtitan applies it the same way). Rank 0 alone writes files.
 """
 
 import os

@@ -1,8 +1,9 @@
 """Checkpoint I/O: resolve a model name to a directory, load Hugging Face safetensors into the
 decoder, and export the decoder back to Hugging Face layout.
 
-Each family stores our parameters under its own keys and layouts (REFERENCE.md §2). `hf_layout`
-maps every parameter of ours to its HF key(s) and one of three layouts:
+Each family stores our parameters under its own keys and layouts (the state-dict names of
+transformers' LlamaForCausalLM, FalconForCausalLM and GPTNeoXForCausalLM, which the hub files
+use). `hf_layout` maps every parameter of ours to its HF key(s) and one of three layouts:
   same     one HF tensor, same shape
   concat   several HF tensors stacked along dim 0 (Llama q/k/v -> qkv, gate/up -> up)
   grouped  Falcon/NeoX fused query_key_value: for each of KV groups, rows [q x (H/KV) | k | v].

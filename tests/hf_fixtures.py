@@ -1,6 +1,6 @@
 """Tiny random-weight Hugging Face checkpoints and tokenizers, built offline by the tests.
 
-`transformers` is the reference oracle (tests only, see REFERENCE.md §2): it builds each model
+`transformers` is the reference oracle (tests only): it builds each model
 family from a config with no download and writes it as safetensors. Our decoder must load those
 files and reproduce the oracle's logits.
 

@@ -164,7 +164,7 @@ def test_accepts_pathlib_path(checkpoint_factory):
 
 @pytest.mark.parametrize("layout", ["falcon_7b", "falcon_rw"])
 def test_falcon_refinedweb_config_spellings(layout, checkpoint_factory, tmp_path):
-    """Old hub configs: model_type RefinedWebModel, n_head / n_layer / n_embed (REFERENCE §2)."""
+    """Old hub configs: model_type RefinedWebModel, n_head / n_layer / n_embed."""
     ckpt = checkpoint_factory(layout)
     d = tmp_path / f"{layout}_refinedweb"
     shutil.copytree(ckpt.path, d)
@@ -188,7 +188,7 @@ def test_falcon_refinedweb_config_spellings(layout, checkpoint_factory, tmp_path
 
 @pytest.mark.parametrize("layout", ["neox", "llama_tied"])
 def test_ignorable_buffers_in_checkpoint_are_ignored(layout, checkpoint_factory, tmp_path):
-    """Old Pythia / Llama files carry non-weight buffers; loading must skip them (REFERENCE §2)."""
+    """Old Pythia / Llama files carry non-weight buffers; loading must skip them."""
     ckpt = checkpoint_factory(layout)
     d = tmp_path / layout
     shutil.copytree(ckpt.path, d)

@@ -8,7 +8,7 @@ the data pipeline can be exercised end to end without downloading hundreds of gi
     python -m karma.data.synthetic --out data/sample --posts 500 --seed 0
     counts = write_dump("dump/", n_posts=80_000)          # ~400k comments, ~25 s on one CPU core
 
-Format (as the real dumps, REFERENCE.md section 4):
+Format (as the real dumps; Baumgartner et al. 2020, "The Pushshift Reddit Dataset", ICWSM):
 - one file per month and kind: `RS_YYYY-MM.zst` (submissions) and `RC_YYYY-MM.zst` (comments);
   one JSON object per line (NDJSON, UTF-8, keys sorted, compact separators);
 - zstd, ONE frame written as a stream with a 2 GiB window (window_log 31) and no content size

@@ -1,6 +1,6 @@
 """Threads: link kept comments to their submission and parent, and turn each into an example.
 
-Label (KARMA §3, REFERENCE.md §1): a reply is rewarding (1) iff
+Label (KARMA, arXiv 2605.26738, Section 3): a reply is rewarding (1) iff
     score >= ratio * max(parent_score, 1),      ratio = 0.4 by default,
 where the parent is the parent comment, or the submission for a top-level reply. The paper leaves
 parents with score <= 0 undefined; taken literally, 0.4 * (-10) = -4 would call a reply at -3
