@@ -33,7 +33,7 @@ from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, ga
 from karma.metrics import binary_metrics
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       check_flags, check_resumable, peak_memory_gib, write_config)
+                       check_flags, check_out_dir, peak_memory_gib, write_config)
 from karma.tokenizer import left_pad, load_tokenizer
 from karma.weights import inspect_model
 
@@ -98,8 +98,7 @@ def check_inputs(cfg: TrainRMConfig) -> None:
     if cfg.max_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-length {cfg.max_length}: more than {cfg.model}'s max_position_embeddings "
                          f"({model_cfg.max_position_embeddings})")
-    if cfg.resume and latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None:
-        check_resumable(cfg.out_dir, cfg, RESUMABLE_CHANGES)
+    check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -293,6 +292,7 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
         state["step"] = step = step + 1
         bar.update(1)
         if state["bad_streak"] >= cfg.max_bad_steps:
+            bar.close()
             raise TrainingDiverged(
                 f"{state['bad_streak']} consecutive steps (to step {step}) had a non-finite loss or gradient and "
                 f"were skipped: the weights or the data hold NaN/inf, or --lr {cfg.lr:g} is too high. The weights "

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import torch
 
-from karma.checkpoint import atomic_write_json, finite_json, read_json
+from karma.checkpoint import atomic_write_json, finite_json, latest_checkpoint, read_json
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,6 +105,18 @@ def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
         raise ValueError(f"{out}: --resume continues the run exactly as it was configured, but these settings "
                          f"differ from its config.json: {'; '.join(changed)}. Run with the original settings, or "
                          f"start a new run in another --out")
+
+
+def check_out_dir(out: Path, cfg, may_change: set[str]) -> None:
+    """--out of a new run must not hold an earlier run's checkpoints (a forgotten --resume would
+    overwrite its logs); a resumed run must keep its settings (check_resumable)."""
+    latest = latest_checkpoint(Path(out) / "checkpoints")
+    if latest is None:
+        return
+    if not cfg.resume:
+        raise ValueError(f"{out}: holds an earlier run (checkpoint {latest.name}); pass --resume to continue it, "
+                         f"or use a new --out (or delete {out})")
+    check_resumable(out, cfg, may_change)
 
 
 def write_config(out: Path, cfg, **extra) -> None:

@@ -69,13 +69,20 @@ def test_filter_skips_are_located_by_line(tmp_path):
     assert stats["skip_locations"]["too_short"] == [f"{d / 'RC_a.ndjson'}:3"]
 
 
-def test_a_fresh_run_does_not_append_to_old_logs(checkpoint_factory, tmp_path):
+def test_a_fresh_run_never_appends_to_or_overwrites_an_earlier_run(checkpoint_factory, tmp_path):
     from test_ppo_trainer import CPU, LetterReward, config
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "p", "messages": [{"role": "user", "content": "hi"}]}) + "\n")
     out = tmp_path / "run"
-    for _ in range(2):
-        karma.ppo.trainer.train(config(checkpoint_factory("llama_tied").path, prompts, out, rollouts=2,
-                                       rollout_batch=4, minibatch=4, micro_batch=4), CPU, reward=LetterReward())
-    assert [json.loads(line)["rollout"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    cfg = config(checkpoint_factory("llama_tied").path, prompts, out, rollouts=2, rollout_batch=4, minibatch=4,
+                 micro_batch=4)
+    (out).mkdir()
+    (out / "metrics.jsonl").write_text('{"rollout": 7}\n')  # logs of a run that died before its first save
+    karma.ppo.trainer.train(cfg, CPU, reward=LetterReward())
+    log = (out / "metrics.jsonl").read_text()
+    assert [json.loads(line)["rollout"] for line in log.splitlines()] == [1, 2]
+    # a second fresh run would overwrite a run that has checkpoints: refused, nothing touched
+    with pytest.raises(ValueError, match="holds an earlier run.*--resume"):
+        karma.ppo.trainer.train(cfg, CPU, reward=LetterReward())
+    assert (out / "metrics.jsonl").read_text() == log

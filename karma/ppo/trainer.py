@@ -35,7 +35,7 @@ from karma.reward import load_reward_model, read_reward_config
 from karma.reward_train import param_groups
 from karma.tokenizer import copy_tokenizer_files, load_tokenizer
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       check_flags, check_resumable, peak_memory_gib, write_config)
+                       check_flags, check_out_dir, peak_memory_gib, write_config)
 from karma.weights import inspect_model, load_model, write_hf_checkpoint
 
 PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultrachat.jsonl"}
@@ -157,8 +157,7 @@ def check_inputs(cfg: PPOConfig, d: Dist, custom_reward: bool) -> list[dict]:
             check_same_tokenizer(rm_tok, policy_tok)
     elif cfg.value_init == "reward":
         raise ValueError("--value-init reward needs a reward model with a backbone; use --value-init policy")
-    if cfg.resume and latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None:
-        check_resumable(cfg.out_dir, cfg, RESUMABLE_CHANGES)
+    check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
     return prompts
 
 
@@ -263,6 +262,7 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
         if d.is_main:
             bar.write(progress_line(record))
         if state["divergent_streak"] >= cfg.divergence_patience:
+            bar.close()
             raise TrainingDiverged(
                 f"rollouts {r + 2 - state['divergent_streak']}-{r + 1} diverged ({diverged}); these rollouts were not "
                 f"checkpointed: the last checkpoint, from before them, is "
