@@ -28,7 +28,8 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import atomic_write_json, latest_checkpoint, load_training_state, save_training_state, truncate_jsonl
+from karma.checkpoint import (atomic_write_json, latest_checkpoint, load_training_state, save_training_state,
+                              truncate_jsonl)
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
@@ -252,84 +253,87 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
     bar = tqdm(total=total_steps, initial=state["step"], desc="train_rm", disable=not d.is_main, unit="step")
     cached_epoch, batches = None, None
     window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
-    while state["step"] < total_steps:
-        step = state["step"]
-        epoch, index = divmod(step, steps_per_epoch)
-        if epoch != cached_epoch:
-            batches, cached_epoch = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch), epoch
-        batch = batches[index]
-        mine = batch[d.rank::d.world_size]
-        # every rank runs the same number of micro-batches (FSDP's collectives must pair up); a rank
-        # short of rows repeats one with weight 0
-        n_micro = math.ceil(math.ceil(len(batch) / d.world_size) / cfg.micro_batch_size)
-        loss_sum = torch.zeros((), device=d.device)
-        for micro in range(n_micro):
-            rows = mine[micro * cfg.micro_batch_size:(micro + 1) * cfg.micro_batch_size]
-            weight = d.world_size / len(batch) if len(rows) else 0.0
-            rows = rows if len(rows) else batch[:1]
-            ids, mask = left_pad([train_ids[i] for i in rows], tok.pad_id)
-            labels = torch.from_numpy(train_labels[rows]).to(d.device)
-            if d.enabled:  # reduce gradients once per step, after the last micro-batch
-                rm.set_requires_gradient_sync(micro == n_micro - 1)
-            with autocast:
-                logits = rm(ids.to(d.device), mask.to(d.device))
-            loss = bce_loss(logits, labels, reduction="sum")
-            (loss * weight).backward()
-            loss_sum += loss.detach() * (weight > 0)
-        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: DTensor
-        batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)  # both global: every rank decides alike
-        if math.isfinite(batch_loss) and math.isfinite(grad_norm):
-            optimizer.step()
-            state["bad_streak"] = 0
-            state["log_loss"] += batch_loss
-            state["log_steps"] += 1
-        else:  # a non-finite loss or gradient: the step is skipped (counted), the weights stay finite
-            state["skipped_steps"] += 1
-            state["bad_streak"] += 1
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] = step = step + 1
-        bar.update(1)
-        if state["bad_streak"] >= cfg.max_bad_steps:
-            bar.close()
-            raise TrainingDiverged(
-                f"{state['bad_streak']} consecutive steps (to step {step}) had a non-finite loss or gradient and "
-                f"were skipped: the weights or the data hold NaN/inf, or --lr {cfg.lr:g} is too high. The weights "
-                f"were never updated with them; last checkpoint: {latest_checkpoint(out / 'checkpoints')}")
+    try:
+        while state["step"] < total_steps:
+            step = state["step"]
+            epoch, index = divmod(step, steps_per_epoch)
+            if epoch != cached_epoch:
+                batches, cached_epoch = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch), epoch
+            batch = batches[index]
+            mine = batch[d.rank::d.world_size]
+            # every rank runs the same number of micro-batches (FSDP's collectives must pair up); a rank
+            # short of rows repeats one with weight 0
+            n_micro = math.ceil(math.ceil(len(batch) / d.world_size) / cfg.micro_batch_size)
+            loss_sum = torch.zeros((), device=d.device)
+            for micro in range(n_micro):
+                rows = mine[micro * cfg.micro_batch_size:(micro + 1) * cfg.micro_batch_size]
+                weight = d.world_size / len(batch) if len(rows) else 0.0
+                rows = rows if len(rows) else batch[:1]
+                ids, mask = left_pad([train_ids[i] for i in rows], tok.pad_id)
+                labels = torch.from_numpy(train_labels[rows]).to(d.device)
+                if d.enabled:  # reduce gradients once per step, after the last micro-batch
+                    rm.set_requires_gradient_sync(micro == n_micro - 1)
+                with autocast:
+                    logits = rm(ids.to(d.device), mask.to(d.device))
+                loss = bce_loss(logits, labels, reduction="sum")
+                (loss * weight).backward()
+                loss_sum += loss.detach() * (weight > 0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # DTensor
+            batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)  # both global: every rank decides alike
+            if math.isfinite(batch_loss) and math.isfinite(grad_norm):
+                optimizer.step()
+                state["bad_streak"] = 0
+                state["log_loss"] += batch_loss
+                state["log_steps"] += 1
+            else:  # a non-finite loss or gradient: the step is skipped (counted), the weights stay finite
+                state["skipped_steps"] += 1
+                state["bad_streak"] += 1
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step = step + 1
+            bar.update(1)
+            if state["bad_streak"] >= cfg.max_bad_steps:
+                raise TrainingDiverged(
+                    f"{state['bad_streak']} consecutive steps (to step {step}) had a non-finite loss or gradient and "
+                    f"were skipped: the weights or the data hold NaN/inf, or --lr {cfg.lr:g} is too high. The weights "
+                    f"were never updated with them; last checkpoint: {latest_checkpoint(out / 'checkpoints')}")
 
-        window["examples"] += len(batch)
-        window["tokens"] += int(lengths[batch].sum())
-        window["steps"] += 1
-        if step % cfg.log_every == 0 or step == total_steps:
-            seconds = time.perf_counter() - window["start"]
-            record = {"event": "train", "step": step, "epoch": epoch,
-                      "loss": state["log_loss"] / state["log_steps"] if state["log_steps"] else None,
-                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": state["skipped_steps"],
-                      "examples_per_s": window["examples"] / seconds, "tokens_per_s": window["tokens"] / seconds,
-                      "steps_per_s": window["steps"] / seconds, "peak_mem_gib": peak_memory_gib(d.device)}
-            bar.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            log.write(record)
-            window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
-            state["log_loss"], state["log_steps"] = 0.0, 0
+            window["examples"] += len(batch)
+            window["tokens"] += int(lengths[batch].sum())
+            window["steps"] += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                seconds = time.perf_counter() - window["start"]
+                record = {"event": "train", "step": step, "epoch": epoch,
+                          "loss": state["log_loss"] / state["log_steps"] if state["log_steps"] else None,
+                          "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                          "skipped_steps": state["skipped_steps"],
+                          "examples_per_s": window["examples"] / seconds, "tokens_per_s": window["tokens"] / seconds,
+                          "steps_per_s": window["steps"] / seconds, "peak_mem_gib": peak_memory_gib(d.device)}
+                loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
+                bar.set_postfix(loss=loss, lr=f"{record['lr']:.2e}")
+                log.write(record)
+                window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
+                state["log_loss"], state["log_steps"] = 0.0, 0
 
-        if step % cfg.eval_every == 0 or step == total_steps:
-            metrics = evaluate(rm, eval_ids, eval_labels, cfg.eval_batch_size, d)
-            usable = metrics["roc_auc"] is not None and not metrics["nonfinite_scores"]
-            if usable and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"]):
-                state["best_auc"], state["best_step"] = metrics["roc_auc"], step
-                export(rm, out / "best", d, {"step": step, **metrics})
-            log.write({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
-            if d.is_main:
-                atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
-            rm.train()
-        stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
-        if step % cfg.save_every == 0 or step == total_steps or stopping:
-            save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
-                                {**state, "scheduler": scheduler.state_dict()}, d, keep=cfg.keep_checkpoints)
-        if stopping:
-            break
-    bar.close()
+            if step % cfg.eval_every == 0 or step == total_steps:
+                metrics = evaluate(rm, eval_ids, eval_labels, cfg.eval_batch_size, d)
+                usable = metrics["roc_auc"] is not None and not metrics["nonfinite_scores"]
+                if usable and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"]):
+                    state["best_auc"], state["best_step"] = metrics["roc_auc"], step
+                    export(rm, out / "best", d, {"step": step, **metrics})
+                log.write({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
+                if d.is_main:
+                    atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
+                rm.train()
+            stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+            if step % cfg.save_every == 0 or step == total_steps or stopping:
+                save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
+                                    {**state, "scheduler": scheduler.state_dict()}, d, keep=cfg.keep_checkpoints)
+            if stopping:
+                break
+    finally:  # also on errors: an open bar would share its line with the error message
+        bar.close()
     if state["step"] >= total_steps:
         export(rm, out / "final", d, {"step": state["step"]})
     log.close()

@@ -147,9 +147,10 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     ref_logprobs = response_logprobs(ref, full, full_mask, Q, cfg.temperature)
     values = value(full, full_mask)[:, Q - 1:-1]  # V before each response token
     penalty = cfg.missing_eos_penalty
-    rewards, kl = token_rewards(torch.where(scored, scores, 0.0), logprobs, ref_logprobs, train_mask, kl_coef,
+    rewards, kl = token_rewards(torch.where(scored, scores, 0.0), logprobs, ref_logprobs, response_mask, kl_coef,
                                 kind=cfg.kl_estimator, ended_with_eos=out.ended if penalty is not None else None,
                                 missing_eos_penalty=penalty)
+    rewards = rewards * train_mask  # a dropped row earns nothing
     advantages, returns = gae(rewards, values, train_mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = whiten(advantages, train_mask, d)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import atomic_directory, latest_checkpoint, load_training_state, save_training_state, truncate_jsonl
+from karma.checkpoint import (atomic_directory, latest_checkpoint, load_training_state, save_training_state,
+                              truncate_jsonl)
 from karma.data.ultrachat import read_prompts
 from karma.distributed import Dist, all_reduce_max, all_reduce_sum, barrier, full_state_dict, replicated_copy, shard
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
@@ -217,66 +218,68 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
     metrics_log = MetricsLog(out / "metrics.jsonl", append=latest is not None, enabled=d.is_main)
     samples_log = MetricsLog(out / "samples.jsonl", append=latest is not None, enabled=d.is_main)
     bar = tqdm(total=cfg.rollouts, initial=state["rollout"], desc="ppo", unit="rollout", disable=not d.is_main)
-    while state["rollout"] < cfg.rollouts:
-        r = state["rollout"]
-        batch_prompts = [prompts[i] for i in prompt_batch(len(prompts), cfg.rollout_batch, r, cfg.seed)]
-        if gpu:
-            torch.cuda.reset_peak_memory_stats(d.device)
-        beta = kl_ctl.value
-        policy.eval()
-        start = time.perf_counter()
-        generator_model = replicated_copy(policy, d, generator_model, dtype=frozen_dtype)
-        gather_s = time.perf_counter() - start
-        with autocast(d):
-            buffer, stats, samples = collect_rollout(policy, ref, value, reward, policy_tok,
-                                                     batch_prompts[d.rank::d.world_size], cfg, beta,
-                                                     seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
-                                                     d=d, generator_model=generator_model)
-        stats["gather_s"] = gather_s
-        stats["explained_variance"] = explained_variance(buffer.values, buffer.returns, buffer.response_mask).item()
-        start = time.perf_counter()
-        policy.train()
-        value.train()
-        if stats["score"] is not None:  # no finite score at all: nothing to learn from this rollout
+    try:
+        while state["rollout"] < cfg.rollouts:
+            r = state["rollout"]
+            batch_prompts = [prompts[i] for i in prompt_batch(len(prompts), cfg.rollout_batch, r, cfg.seed)]
+            if gpu:
+                torch.cuda.reset_peak_memory_stats(d.device)
+            beta = kl_ctl.value
+            policy.eval()
+            start = time.perf_counter()
+            generator_model = replicated_copy(policy, d, generator_model, dtype=frozen_dtype)
+            gather_s = time.perf_counter() - start
             with autocast(d):
-                stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg,
-                                        seed=cfg.seed * 7919 + r, d=d))
-            kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
-        else:
-            stats.update(updates=0, skipped_minibatches=0, trained_tokens=0, lr=schedulers[0].get_last_lr()[0])
-            for sched in schedulers:  # as if every minibatch were skipped, so the schedule lines up
-                for _ in range(updates_per_rollout):
-                    sched.step()
-        stats["update_s"] = time.perf_counter() - start
-        diverged = _diverged(stats, updates_per_rollout, cfg)
-        state["divergent_streak"] = state["divergent_streak"] + 1 if diverged else 0
-        state["rollout"] = r + 1
-        record = {"rollout": r + 1, "kl_coef": beta, "kl_coef_next": kl_ctl.value, "variant": run_variant, **stats,
-                  "diverged": diverged, "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
-                  "train_tok_s": stats["trained_tokens"] / max(stats["update_s"], 1e-9),
-                  "peak_mem_gib": peak_memory_gib(d.device)}
-        metrics_log.write(record)
-        for sample in samples[:cfg.samples_per_rollout]:
-            samples_log.write({"rollout": r + 1, **sample})
-        bar.update(1)
-        if d.is_main:
-            bar.write(progress_line(record))
-        if state["divergent_streak"] >= cfg.divergence_patience:
-            bar.close()
-            raise TrainingDiverged(
-                f"rollouts {r + 2 - state['divergent_streak']}-{r + 1} diverged ({diverged}); these rollouts were not "
-                f"checkpointed: the last checkpoint, from before them, is "
-                f"{latest_checkpoint(out / 'checkpoints') or 'none (the run diverged before its first save)'}. "
-                f"Start again with a lower --lr / --value-lr; metrics in {out / 'metrics.jsonl'}")
-        stopping = cfg.stop_after_rollouts is not None and state["rollout"] >= cfg.stop_after_rollouts
-        due = state["rollout"] % cfg.save_every == 0 or state["rollout"] == cfg.rollouts or stopping
-        if due and not diverged:
-            save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", trained,
-                                {**state, "schedulers": [s.state_dict() for s in schedulers],
-                                 "kl_controller": kl_ctl.state_dict()}, d, keep=cfg.keep_checkpoints)
-        if stopping:
-            break
-    bar.close()
+                buffer, stats, samples = collect_rollout(policy, ref, value, reward, policy_tok,
+                                                         batch_prompts[d.rank::d.world_size], cfg, beta,
+                                                         seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
+                                                         d=d, generator_model=generator_model)
+            stats["gather_s"] = gather_s
+            stats["explained_variance"] = explained_variance(buffer.values, buffer.returns, buffer.response_mask).item()
+            start = time.perf_counter()
+            policy.train()
+            value.train()
+            if stats["score"] is not None:  # no finite score at all: nothing to learn from this rollout
+                with autocast(d):
+                    stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg,
+                                            seed=cfg.seed * 7919 + r, d=d))
+                kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
+            else:
+                stats.update(updates=0, skipped_minibatches=0, trained_tokens=0, lr=schedulers[0].get_last_lr()[0])
+                for sched in schedulers:  # as if every minibatch were skipped, so the schedule lines up
+                    for _ in range(updates_per_rollout):
+                        sched.step()
+            stats["update_s"] = time.perf_counter() - start
+            diverged = _diverged(stats, updates_per_rollout, cfg)
+            state["divergent_streak"] = state["divergent_streak"] + 1 if diverged else 0
+            state["rollout"] = r + 1
+            record = {"rollout": r + 1, "kl_coef": beta, "kl_coef_next": kl_ctl.value, "variant": run_variant, **stats,
+                      "diverged": diverged,
+                      "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
+                      "train_tok_s": stats["trained_tokens"] / max(stats["update_s"], 1e-9),
+                      "peak_mem_gib": peak_memory_gib(d.device)}
+            metrics_log.write(record)
+            for sample in samples[:cfg.samples_per_rollout]:
+                samples_log.write({"rollout": r + 1, **sample})
+            bar.update(1)
+            if d.is_main:
+                bar.write(progress_line(record))
+            if state["divergent_streak"] >= cfg.divergence_patience:
+                raise TrainingDiverged(
+                    f"rollouts {r + 2 - state['divergent_streak']}-{r + 1} diverged ({diverged}); these rollouts "
+                    f"were not checkpointed: the last checkpoint, from before them, is "
+                    f"{latest_checkpoint(out / 'checkpoints') or 'none (the run diverged before its first save)'}. "
+                    f"Start again with a lower --lr / --value-lr; metrics in {out / 'metrics.jsonl'}")
+            stopping = cfg.stop_after_rollouts is not None and state["rollout"] >= cfg.stop_after_rollouts
+            due = state["rollout"] % cfg.save_every == 0 or state["rollout"] == cfg.rollouts or stopping
+            if due and not diverged:
+                save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", trained,
+                                    {**state, "schedulers": [s.state_dict() for s in schedulers],
+                                     "kl_controller": kl_ctl.state_dict()}, d, keep=cfg.keep_checkpoints)
+            if stopping:
+                break
+    finally:  # also on errors: an open bar would share its line with the error message
+        bar.close()
     if state["rollout"] >= cfg.rollouts:
         export_policy(policy, policy_tok, out / "policy", d)
     metrics_log.close()
