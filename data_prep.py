@@ -36,8 +36,8 @@ def parse_args(argv=None):
                    help="drop records retrieved less than this long after creation: their score is not "
                         "final yet (default 24; records without a retrieval time pass)")
     g.add_argument("--min-english-prob", type=float, default=0.5,
-                   help="keep texts the language identifier calls English with at least this probability "
-                        "(default 0.5)")
+                   help="keep texts whose probability of English, after a 10:1 prior for English on Reddit, is at "
+                        "least this (default 0.5; fastText p(en) >= 1/11). See karma/data/filters.py")
     g.add_argument("--no-language-filter", action="store_true", help="keep all languages")
     g.add_argument("--bots", nargs="*", default=["AutoModerator"],
                    help="bot accounts to drop, besides names ending in 'bot' (default AutoModerator)")
@@ -111,6 +111,9 @@ def summary(stats: dict) -> str:
     for kind, s in stats["by_kind"].items():
         reasons = ", ".join(f"{r} {n:,}" for r, n in s["skipped"].items()) or "none"
         lines.append(f"  {kind}s: read {s['read']:,}, kept {s['kept']:,}; skipped: {reasons}")
+    if stats.get("ignored_files"):
+        lines.append(f"  ignored (not dumps): {', '.join(stats['ignored_files'][:10])}"
+                     + (f" and {len(stats['ignored_files']) - 10} more" if len(stats["ignored_files"]) > 10 else ""))
     for t in stats["truncated_files"]:
         lines.append(f"  TRUNCATED: {t['file']} (read {t['readable_lines']:,} lines)")
     for split, s in stats["splits"].items():

@@ -65,7 +65,7 @@ def test_every_filter_is_counted_under_its_reason(tmp_path):
     d = tmp_path / "dump"
     d.mkdir()
     posts = [post("ok"), post("nsfw", over_18=True), post("link", is_self=False, selftext=""),
-             post("gone", selftext="[removed]"), post("anon", author="[deleted]"), post("pin", stickied=True),
+             post("gone", selftext="[removed]"), post("pin", stickied=True),
              post("short", title="Hi?", selftext=""), post("young", retrieved_on=T0 + 30),
              post("de", title="Wie lernt man am besten zu Hause kochen?",
                   selftext="Ich habe schon einige Rezepte ausprobiert und hätte gern Ratschläge."),
@@ -73,7 +73,7 @@ def test_every_filter_is_counted_under_its_reason(tmp_path):
     link = "t3_ok"
     comments = [comment("c1", link, link), comment("c2", link, link),
                 comment("del", link, link, body="[deleted]"), comment("rm", link, link, body="[removed]"),
-                comment("ghost", link, link, author="[deleted]"), comment("auto", link, link, author="AutoModerator"),
+                comment("auto", link, link, author="AutoModerator"),
                 comment("bot", link, link, author="helpful_Bot"), comment("sticky", link, link, stickied=True),
                 comment("mod", link, link, distinguished="moderator"), comment("tiny", link, link, body="lol"),
                 comment("fresh", link, link, retrieved_on=T0 + 120),
@@ -83,10 +83,10 @@ def test_every_filter_is_counted_under_its_reason(tmp_path):
     stats = run(tmp_path, write(d / "RS_2015-01.ndjson", posts), write(d / "RC_2015-01.ndjson", comments))
     assert_accounted(stats)
     assert stats["by_kind"]["submission"]["skipped"] == {
-        "explicit": 1, "non_text": 1, "deleted_or_removed": 1, "deleted_author": 1, "stickied": 1,
+        "explicit": 1, "non_text": 1, "deleted_or_removed": 1, "stickied": 1,
         "too_short": 1, "score_not_mature": 1, "non_english": 1, "too_few_responses": 1}
     assert stats["by_kind"]["comment"]["skipped"] == {
-        "deleted_or_removed": 2, "deleted_author": 1, "bot": 2, "stickied": 1, "distinguished": 1,
+        "deleted_or_removed": 2, "bot": 2, "stickied": 1, "distinguished": 1,
         "too_short": 1, "score_not_mature": 1, "non_english": 1, "post_unavailable": 1,
         "parent_unavailable": 1, "thread_too_small": 1}
     assert set(examples(tmp_path)) == {"t1_c1", "t1_c2"}

@@ -270,7 +270,7 @@ def test_sample_exercises_the_pipeline_filters(sample, tmp_path):
     prepare = pytest.importorskip("karma.data.prepare")
     stats = prepare.prepare(prepare.PrepConfig(inputs=[SAMPLE], out_dir=tmp_path))
     reasons = set(stats["by_kind"]["submission"]["skipped"]) | set(stats["by_kind"]["comment"]["skipped"])
-    expected = {"explicit", "non_text", "deleted_or_removed", "deleted_author", "bot", "stickied",
+    expected = {"explicit", "non_text", "deleted_or_removed", "bot", "stickied",
                 "distinguished", "too_short", "score_not_mature", "non_english"}
     assert expected <= reasons, expected - reasons
     assert stats["records_read"] == len(sample["RS"]) + len(sample["RC"])

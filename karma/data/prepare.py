@@ -20,7 +20,7 @@ Output files in out_dir (JSONL, one object per line; each written atomically, st
   train-00000.jsonl ...     examples of the train split (shards of `shard_size`)
   heldout-00000.jsonl ...   examples of the held-out split
   prompts-reddit.jsonl      PPO prompts: {"id", "source": "reddit", "messages", "meta"}
-  stats.json                counts, skip reasons, label balance per split, config
+  stats.json                counts, skip reasons, label balance per split, files read and ignored, config
 Example schema: {"id": comment name, "split", "thread_id": submission name, "parent_id",
 "messages": [{"role", "content"}] (the context), "response", "label" (0/1), "score",
 "parent_score", "siblings": [{"id", "text", "score"}], "meta": {"subreddit", "created_utc"}}.
@@ -88,7 +88,8 @@ def prepare(cfg: PrepConfig, progress=None) -> dict:
     start = time.perf_counter()
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = find_dumps(cfg.inputs)
+    ignored = []  # files in input directories that do not look like dumps
+    files = find_dumps(cfg.inputs, on_ignored=ignored.append)
     kinds = {path: file_kind(path) for path in files}
     tally = Tally(cfg.max_locations)
 
@@ -151,6 +152,7 @@ def prepare(cfg: PrepConfig, progress=None) -> dict:
         "skip_locations": dict(tally.locations),
         "truncated_files": tally.truncated,
         "files": [{"path": str(p), "kind": kinds[p]} for p in files],
+        "ignored_files": [str(p) for p in ignored],
         "posts": tally.kept["submission"],
         "comments": tally.kept["comment"],
         "subreddits": len(subreddits),

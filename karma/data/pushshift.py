@@ -1,9 +1,20 @@
-"""Streaming readers for Pushshift Reddit dumps (REFERENCE.md §4).
+"""Streaming readers for Pushshift Reddit dumps (Baumgartner et al. 2020, "The Pushshift Reddit
+Dataset", ICWSM; the input of the KARMA paper, arXiv 2605.26738, Section 3).
 
 A dump is one NDJSON object per line: `RS_YYYY-MM` files hold submissions, `RC_YYYY-MM` comments,
-as `.zst` (zstd with a 2 GiB window: max_window_size = 2**31), `.gz`, or plain `.ndjson`/`.jsonl`.
-Files stream in 1 MiB chunks and split on newlines as bytes, so a UTF-8 character cut by a chunk
-boundary is rejoined before decoding; memory per file is one chunk plus one line.
+as zstd (with a 2 GiB window: max_window_size = 2**31), gzip, or plain NDJSON. The compression is
+told by the content (the zstd and gzip magic bytes), not by the name, so a renamed file reads the
+same. Files stream in 1 MiB chunks and split on newlines as bytes, so a UTF-8 character cut by a
+chunk boundary is rejoined before decoding; memory per file is one chunk plus one line.
+
+Input paths (`find_dumps`): a file named on the command line is read whatever its name; a directory
+is searched recursively for files that look like dumps (RS_*/RC_* names with a dump suffix or
+none, or any name with a .zst/.gz/.ndjson/.jsonl suffix) and the other files (stats.json,
+README.txt, hidden files) are passed to `on_ignored`. A dump that cannot be used is refused before
+any record is read, with a FileNotFoundError or a BadDump (a ValueError) whose message starts with
+its path: missing, unreadable, empty (also once decompressed, or blank lines only), a first line
+that is not a JSON object (a failed download saved as .zst, another format, bz2/xz compression),
+or records of no recognisable kind.
 
 `read_dump` yields normalised Submission / Comment records. Nothing is lost silently: every line
 is either yielded or reported to `on_skip(kind, reason, path, line_no)` (malformed JSON, invalid
@@ -28,7 +39,9 @@ import zstandard
 
 CHUNK_BYTES = 1 << 20
 ZSTD_WINDOW = 2**31  # Pushshift compresses with --long=31
-DUMP_SUFFIXES = (".zst", ".gz", ".ndjson", ".jsonl", ".json")
+ZSTD_MAGIC, GZIP_MAGIC = b"\x28\xb5\x2f\xfd", b"\x1f\x8b"
+DUMP_SUFFIXES = (".zst", ".gz", ".ndjson", ".jsonl")  # taken from a directory whatever the name
+NAMED_DUMP_SUFFIXES = DUMP_SUFFIXES + (".json", "")  # taken from a directory when named RS_*/RC_*
 
 
 @dataclass(slots=True)
@@ -66,49 +79,101 @@ class TruncatedInput(Exception):
     pass
 
 
+class BadDump(ValueError):
+    """A dump file that cannot be used; the message starts with its path."""
+
+
 def dump_kind(path: Path) -> str | None:
     """'submission' for RS_* files, 'comment' for RC_* files, None when the name does not say."""
     name = path.name.upper()
     return "submission" if name.startswith("RS_") else "comment" if name.startswith("RC_") else None
 
 
-def find_dumps(paths) -> list[Path]:
-    """Files and directories (searched recursively for dump suffixes) -> sorted list of files."""
+def looks_like_dump(path: Path) -> bool:
+    """Whether a file found in a directory is taken as a dump (see the module docstring)."""
+    suffix = path.suffix.lower()
+    if path.name.startswith("."):
+        return False
+    return suffix in NAMED_DUMP_SUFFIXES if dump_kind(path) else suffix in DUMP_SUFFIXES
+
+
+def find_dumps(paths, on_ignored: Callable[[Path], None] = lambda path: None) -> list[Path]:
+    """Files and directories (searched recursively) -> the dump files, each checked by check_dump.
+    Files in a directory that do not look like dumps go to on_ignored."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(DUMP_SUFFIXES))
-            if not found:
-                raise FileNotFoundError(f"{p}: no dump files ({', '.join(DUMP_SUFFIXES)}) in this directory")
-            files += found
+            dumps, ignored = [], []
+            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+                (dumps if looks_like_dump(f) else ignored).append(f)
+            if not dumps:
+                names = [str(f.relative_to(p)) for f in ignored]
+                listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+                raise FileNotFoundError(f"{p}: no dump files (RS_*/RC_* or {', '.join(DUMP_SUFFIXES)}) in this "
+                                        f"directory; ignored: {listed or 'nothing'}")
+            for f in ignored:
+                on_ignored(f)
+            files += dumps
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise FileNotFoundError(f"{p}: not a regular file or directory")
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")
+    for f in files:
+        check_dump(f)
     return files
+
+
+def check_dump(path: Path) -> None:
+    """Raise BadDump unless the file's first line with data (decompressed) is a JSON object: an
+    empty file, a failed download or a file of another format is refused before any record is read."""
+    try:
+        first = next((line for line in read_lines(path) if line.strip()), None)
+    except TruncatedInput:
+        return  # compressed data corrupt from the start: reported as truncated when read
+    if first is None:
+        detail = "" if path.stat().st_size == 0 else " (no data: only whitespace, or an empty compressed stream)"
+        raise BadDump(f"{path}: empty file{detail}")
+    try:
+        obj = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise BadDump(f"{path}: not a dump: its first line is not a JSON object ({first[:40]!r})")
 
 
 def read_lines(path: Path) -> Iterator[bytes]:
     """Raw lines of a dump file (bytes, newline stripped); raises TruncatedInput at a cut-off end."""
-    with open(path, "rb") as raw:
-        if path.suffix == ".zst":
-            chunks = _zstd_chunks(raw)
-        elif path.suffix == ".gz":
-            chunks = _gzip_chunks(raw)
-        else:
-            chunks = iter(lambda: raw.read(CHUNK_BYTES), b"")
-        tail = b""
-        try:
-            for chunk in chunks:
-                lines = (tail + chunk).split(b"\n")
-                tail = lines.pop()
-                yield from lines
-        except TruncatedInput:  # the cut-off file's partial last line is still reported
-            if tail:
-                yield tail
-            raise
+    tail = b""
+    try:
+        for chunk in _chunks(path):
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            yield from lines
+    except TruncatedInput:  # the cut-off file's partial last line is still reported
         if tail:
             yield tail
+        raise
+    if tail:
+        yield tail
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file's content in chunks, decompressed as its first bytes (not its name) say."""
+    try:
+        raw = open(path, "rb")
+    except OSError as e:
+        raise BadDump(f"{path}: cannot read ({e.strerror or e})") from None
+    with raw:
+        head = raw.read(4)
+        raw.seek(0)
+        if head.startswith(ZSTD_MAGIC):
+            yield from _zstd_chunks(raw)
+        elif head.startswith(GZIP_MAGIC):
+            yield from _gzip_chunks(raw)
+        else:
+            yield from iter(lambda: raw.read(CHUNK_BYTES), b"")
 
 
 def _zstd_chunks(raw) -> Iterator[bytes]:
@@ -157,8 +222,8 @@ def file_kind(path: Path, peek_lines: int = 100) -> str:
                 return "submission" if "title" in obj else "comment"
     except TruncatedInput:
         pass
-    raise ValueError(f"{path}: cannot tell whether it holds submissions or comments; name it RS_*/RC_* "
-                     f"(as Pushshift does) or put a record with 'title' or 'body' in its first lines")
+    raise BadDump(f"{path}: cannot tell whether it holds submissions or comments; name it RS_*/RC_* "
+                  f"(as Pushshift does) or put a record with 'title' or 'body' in its first lines")
 
 
 def read_dump(path: Path, kind: str, on_skip: SkipFn, on_truncated: Callable[[Path, int], None]):
