@@ -1,0 +1,105 @@
+"""The two scoring primitives every benchmark uses, through karma's decoder: the log-likelihood of a
+continuation given a context, and greedy or sampled generation.
+
+Log-likelihood follows lm-evaluation-harness (Gao et al., EleutherAI; `HFLM._encode_pair` and
+`_loglikelihood_tokens` in lm_eval/models/huggingface.py), so scores are comparable with its tables:
+  - trailing whitespace of the context moves to the front of the continuation;
+  - context tokens = encode(context); continuation tokens = encode(context + continuation) minus that
+    prefix (the token boundary is the whole string's, not two separate encodings);
+  - no special tokens are added (lm-eval's default for causal models: no BOS); an empty context
+    becomes the BOS token (EOS when the tokenizer has none);
+  - the score is the SUM of the continuation tokens' log-probabilities, and `is_greedy` says whether
+    every continuation token is the argmax; inputs longer than the model's context keep their last
+    max_positions + 1 tokens (the left is cut).
+Requests are batched longest first (lm-eval's order), with left padding (karma's decoder puts a
+token's position after the real tokens before it, so padding does not change a score).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from karma.generate import generate
+from karma.model import Transformer
+from karma.tokenizer import Tokenizer, left_pad
+
+
+@dataclass
+class Loglikelihood:
+    logprob: float  # sum of log p(continuation token | everything before it), nats
+    is_greedy: bool  # every continuation token was the model's argmax
+    n_tokens: int  # continuation tokens scored
+
+
+class EvalLM:
+    """A loaded model and its tokenizer, with the two primitives. `batch_size` is in sequences."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, batch_size: int = 16, progress: bool = True):
+        self.model, self.tokenizer, self.batch_size, self.progress = model.eval(), tokenizer, batch_size, progress
+        self.max_positions = model.config.max_position_embeddings
+        self.device = model.embed.weight.device
+        self.prefix_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context tokens, continuation tokens) by lm-eval's rules (module doc)."""
+        if context == "":
+            return [self.prefix_id], self.tokenizer.encode(continuation, add_special_tokens=False)
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole = self.tokenizer.encode(context + continuation, add_special_tokens=False)
+        n_context = len(self.tokenizer.encode(context, add_special_tokens=False))
+        return whole[:n_context], whole[n_context:]
+
+    @torch.no_grad()
+    def loglikelihood(self, requests: list[tuple[str, str]], desc: str = "loglikelihood") -> list[Loglikelihood]:
+        """[(context, continuation)] -> one Loglikelihood per request, in request order."""
+        pairs = [self.encode_pair(c, x) for c, x in requests]
+        for (context, continuation), (_, cont) in zip(requests, pairs):
+            if not cont:
+                raise ValueError(f"empty continuation for context {context[-60:]!r} + {continuation!r}")
+        # the model reads everything but the last token; keep at most max_positions of it
+        inputs = [(ctx + cont)[-(self.max_positions + 1):][:-1] for ctx, cont in pairs]
+        order = sorted(range(len(pairs)), key=lambda i: -len(inputs[i]))
+        results: list[Loglikelihood | None] = [None] * len(pairs)
+        for start in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False,
+                          disable=not self.progress):
+            rows = order[start:start + self.batch_size]
+            ids, mask = left_pad([inputs[i] for i in rows], self.tokenizer.pad_id)
+            hidden = self.model(ids.to(self.device), mask.to(self.device), output="hidden")  # [B, T, H]
+            width = max(len(pairs[i][1]) for i in rows)
+            logits = self.model.logits(hidden[:, -width:]).float()  # [B, width, V]: the last positions only
+            logprobs = F.log_softmax(logits, -1)
+            for b, i in enumerate(rows):
+                cont = torch.tensor(pairs[i][1], device=self.device)
+                lp = logprobs[b, width - len(cont):]  # [n, V]: the positions that predict the continuation
+                results[i] = Loglikelihood(float(lp.gather(-1, cont[:, None]).sum()),
+                                           bool((lp.argmax(-1) == cont).all()), len(cont))
+        return results
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float | None = None,
+                 stop: list[str] | None = None, seed: int = 0, desc: str = "generate") -> list[str]:
+        """Continuations of `prompts` (no special tokens added, as loglikelihood), each cut before the
+        first of the `stop` strings; greedy at temperature 0. Batched longest first; the sampling
+        seed of a batch is `seed` + its index, so a run is reproducible."""
+        encoded = [self.tokenizer.encode(p, add_special_tokens=False) or [self.prefix_id] for p in prompts]
+        budget = self.max_positions - max_new_tokens
+        encoded = [e[-budget:] for e in encoded]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        texts: list[str | None] = [None] * len(prompts)
+        for n, start in enumerate(tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False,
+                                       disable=not self.progress)):
+            rows = order[start:start + self.batch_size]
+            ids, mask = left_pad([encoded[i] for i in rows], self.tokenizer.pad_id)
+            out = generate(self.model, ids.to(self.device), mask.to(self.device), max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, stop_ids=self.tokenizer.stop_ids,
+                           pad_id=self.tokenizer.pad_id, seed=seed + n)
+            for b, i in enumerate(rows):
+                text = self.tokenizer.decode(out.tokens[b][out.mask[b].bool()].tolist())
+                for s in stop or ():
+                    text = text.split(s, 1)[0]
+                texts[i] = text
+        return texts
