@@ -49,17 +49,28 @@ class DataFile:
     source: str = ""  # where it is published, for the error message
 
 
+FILES_READ: dict[str, str] = {}  # path -> sha256 of every data file located or read in this process
+
+
+def record(path: str | os.PathLike) -> Path:
+    """Note a data file as read (with its sha256, for results.json); returns it as a Path."""
+    path = Path(path)
+    if str(path) not in FILES_READ:
+        FILES_READ[str(path)] = sha256(path)
+    return path
+
+
 def locate(data_dir: str | os.PathLike | None, f: DataFile) -> Path:
     """The local path of a data file: under data_dir, else the hub (cache or download)."""
     if data_dir is not None and (Path(data_dir) / f.path).exists():
-        return Path(data_dir) / f.path
+        return record(Path(data_dir) / f.path)
     where = f"{Path(data_dir) / f.path if data_dir is not None else '--data-dir/' + f.path}"
     if f.hub_repo is None:
         raise FileNotFoundError(f"{where}: not found; get it from {f.source} and put it there")
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(f.hub_repo, f.hub_filename, repo_type="dataset"))
+        return record(hf_hub_download(f.hub_repo, f.hub_filename, repo_type="dataset"))
     except Exception as e:  # offline, gated, missing
         raise FileNotFoundError(
             f"{where}: not found, and {f.hub_filename} of the hub dataset {f.hub_repo} could not be fetched "
@@ -77,7 +88,7 @@ def sha256(path: Path) -> str:
 def read_csv(path: Path, required: list[str]) -> list[tuple[int, dict]]:
     """Rows of a CSV file with a header as (line number, row dict); a missing column is an error
     naming the file and the columns it has. A UTF-8 BOM is ignored."""
-    text = Path(path).read_text(encoding="utf-8-sig")
+    text = record(path).read_text(encoding="utf-8-sig")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [c for c in required if c not in (reader.fieldnames or [])]
     if missing:
