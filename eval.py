@@ -166,7 +166,7 @@ def write_reports(args, models: dict[str, str], files: dict[str, dict]):
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "models": models, "data_files": files, "tables": tables, "results": results})
     atomic_write(args.out / "results.md", lambda p: Path(p).write_text(markdown))
-    charts = report.charts(results, args.out / "charts")
+    charts = report.charts(results, args.out / "charts", seed=args.seed)
     print(markdown)
     print(f"results in {args.out / 'results.json'}, {args.out / 'results.md'}; {len(charts)} charts in "
           f"{args.out / 'charts'}")

@@ -1,0 +1,116 @@
+"""Paired significance tests, multiple-comparison correction and bootstrap intervals for eval tables.
+
+Every comparison is a variant against its own base model on the same items (paired by item id; the
+caller aligns the arrays): exact McNemar for 0/1 scores, Wilcoxon signed-rank for continuous ones.
+The p-values of one table are Holm-corrected together (report.py); the across-models test asks
+whether a variant moves the per-model aggregates in a consistent direction over the base models.
+"""
+
+import numpy as np
+from scipy import stats
+
+
+def paired_test(base_scores, variant_scores, kind: str) -> dict:
+    """Two-sided paired test of variant vs base on aligned per-item scores.
+
+    kind "continuous": Wilcoxon signed-rank on d = variant - base (Wilcoxon 1945), as
+        scipy.stats.wilcoxon(variant, base, zero_method="wilcox", alternative="two-sided",
+        method="auto"). zero_method="wilcox" drops the zero differences before ranking, so n_nonzero
+        items carry the test; "pratt" (Pratt 1959) would rank them with the others and then drop
+        their ranks, which pushes the nonzero differences to higher ranks and changes p when many
+        items tie at zero. method="auto" (scipy >= 1.13): the exact null distribution when
+        n <= 50 and the |d| are distinct and nonzero; with ties or zeros, exhaustive sign flips
+        when n <= 13, else the normal approximation corrected for ties.
+        When every difference is zero there is no evidence either way: p = 1.0 (scipy returns
+        NaN with a warning there for n > 13).
+    kind "binary": exact McNemar (McNemar 1947): on the discordant pairs, b = #(base 1, variant 0)
+        and c = #(base 0, variant 1), under H0 b ~ Binomial(b + c, 1/2); p =
+        scipy.stats.binomtest(b, b + c, 0.5).pvalue (two-sided), and p = 1.0 when b + c = 0.
+
+    Returns {"test", "statistic", "p", "n", "n_nonzero", "mean_diff"}, plus "b" and "c" for binary:
+    n is the number of pairs, n_nonzero those that differ, mean_diff = mean(variant - base);
+    statistic is min(W+, W-) for Wilcoxon and b for McNemar.
+    """
+    base, variant = _pair(base_scores, variant_scores)
+    diff = variant - base
+    n_nonzero = int(np.count_nonzero(diff))
+    out = {"n": len(diff), "n_nonzero": n_nonzero, "mean_diff": float(diff.mean()) if len(diff) else 0.0}
+    if kind == "binary":
+        if not np.isin(np.concatenate([base, variant]), (0, 1)).all():
+            raise ValueError("binary scores must be 0 or 1")
+        b = int(((base == 1) & (variant == 0)).sum())
+        c = int(((base == 0) & (variant == 1)).sum())
+        p = stats.binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+        return {"test": "mcnemar_exact", "statistic": float(b), "p": float(p), **out, "b": b, "c": c}
+    if kind == "continuous":
+        if n_nonzero == 0:
+            return {"test": "wilcoxon", "statistic": 0.0, "p": 1.0, **out}
+        res = stats.wilcoxon(variant, base, zero_method="wilcox", alternative="two-sided", method="auto")
+        return {"test": "wilcoxon", "statistic": float(res.statistic), "p": float(res.pvalue), **out}
+    raise ValueError(f"kind must be 'binary' or 'continuous', got {kind!r}")
+
+
+def across_models_test(base_aggregates, variant_aggregates) -> dict:
+    """Does a variant shift the per-model aggregates? Two-sided Wilcoxon signed-rank over base models
+    on d_m = variant_m - base_m (one aggregate per model, aligned by the caller).
+
+    Exact for the few models a table has (scipy's "auto": the exact null distribution, or all 2^n
+    sign flips when aggregates tie, up to 13 models). With n models the smallest attainable p is
+    2 / 2^n, reached when all n differences have the same sign: 6 models -> 0.03125,
+    5 models -> 0.0625 (never < 0.05), 4 -> 0.125. Zero differences are dropped (zero_method="wilcox")
+    and all-zero gives p = 1.0, as in paired_test.
+
+    Returns {"test", "statistic", "p", "n", "n_nonzero", "mean_diff"} (n = number of models).
+    """
+    return paired_test(base_aggregates, variant_aggregates, "continuous")
+
+
+def holm(pvalues) -> list[float]:
+    """Holm (1979) step-down adjusted p-values, in the input order.
+
+    With the m p-values sorted ascending p_(1) <= ... <= p_(m):
+        adj_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j))
+    (the running max keeps them monotone). Rejecting adj < alpha controls the family-wise error rate
+    at alpha under any dependence. Not Benjamini-Hochberg (scipy.stats.false_discovery_control),
+    which controls the false discovery rate instead and is less strict.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted.tolist()
+
+
+def bootstrap_ci(values, statistic=np.mean, n_resamples: int = 1000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13) of statistic(values).
+
+    Draws n_resamples samples of len(values) with replacement (numpy default_rng(seed): the same seed
+    gives the same interval) and returns the (1 - confidence)/2 and (1 + confidence)/2 quantiles of the
+    statistic over them, as scipy.stats.bootstrap(method="percentile") does (its draws differ).
+    `statistic(sample, axis=-1)` must reduce the last axis, as numpy's reductions do.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError("bootstrap_ci needs a non-empty 1-D sequence of values")
+    rng = np.random.default_rng(seed)
+    batch = max(1, 2_000_000 // len(x))  # resamples per draw, so an index block stays ~16 MB
+    draws = []
+    for start in range(0, n_resamples, batch):
+        idx = rng.integers(0, len(x), size=(min(batch, n_resamples - start), len(x)))
+        draws.append(statistic(x[idx], axis=-1))
+    alpha = 1.0 - confidence
+    low, high = np.quantile(np.concatenate(draws), [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def _pair(base_scores, variant_scores) -> tuple[np.ndarray, np.ndarray]:
+    base = np.asarray(base_scores, dtype=float)
+    variant = np.asarray(variant_scores, dtype=float)
+    if base.shape != variant.shape or base.ndim != 1:
+        raise ValueError(f"paired scores must be two 1-D arrays of one length, got {base.shape} and {variant.shape}")
+    if not (np.isfinite(base).all() and np.isfinite(variant).all()):
+        raise ValueError("paired scores must be finite")
+    return base, variant
