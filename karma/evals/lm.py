@@ -41,6 +41,7 @@ class EvalLM:
         self.max_positions = model.config.max_position_embeddings
         self.device = model.embed.weight.device
         self.prefix_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        self._stop_ids: dict[tuple[str, ...], list[int]] = {}
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """(context tokens, continuation tokens) by lm-eval's rules (module doc)."""
@@ -79,15 +80,26 @@ class EvalLM:
                                            bool((lp.argmax(-1) == cont).all()), len(cont))
         return results
 
+    def stop_string_ids(self, stop: tuple[str, ...]) -> list[int]:
+        """Token ids whose text contains a stop string (e.g. a single "\n\n" token): generation ends
+        a row there instead of running to max_new_tokens; the text is still cut at the string."""
+        if stop not in self._stop_ids:
+            texts = [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.vocab_size)]
+            self._stop_ids[stop] = [i for i, t in enumerate(texts) if any(s in t for s in stop)]
+        return self._stop_ids[stop]
+
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float | None = None,
                  stop: list[str] | None = None, seed: int = 0, desc: str = "generate") -> list[str]:
         """Continuations of `prompts` (no special tokens added, as loglikelihood), each cut before the
         first of the `stop` strings; greedy at temperature 0. Batched longest first; the sampling
         seed of a batch is `seed` + its index, so a run is reproducible."""
-        encoded = [self.tokenizer.encode(p, add_special_tokens=False) or [self.prefix_id] for p in prompts]
         budget = self.max_positions - max_new_tokens
-        encoded = [e[-budget:] for e in encoded]
+        if budget < 1:
+            raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                             f"{self.max_positions} positions")
+        encoded = [(self.tokenizer.encode(p, add_special_tokens=False) or [self.prefix_id])[-budget:] for p in prompts]
+        stop_ids = self.tokenizer.stop_ids + self.stop_string_ids(tuple(stop or ()))
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         texts: list[str | None] = [None] * len(prompts)
         for n, start in enumerate(tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False,
@@ -95,7 +107,7 @@ class EvalLM:
             rows = order[start:start + self.batch_size]
             ids, mask = left_pad([encoded[i] for i in rows], self.tokenizer.pad_id)
             out = generate(self.model, ids.to(self.device), mask.to(self.device), max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_p=top_p, stop_ids=self.tokenizer.stop_ids,
+                           temperature=temperature, top_p=top_p, stop_ids=stop_ids,
                            pad_id=self.tokenizer.pad_id, seed=seed + n)
             for b, i in enumerate(rows):
                 text = self.tokenizer.decode(out.tokens[b][out.mask[b].bool()].tolist())
