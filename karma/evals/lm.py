@@ -12,7 +12,8 @@ Log-likelihood follows lm-evaluation-harness (Gao et al., EleutherAI; `HFLM._enc
     every continuation token is the argmax; inputs longer than the model's context keep their last
     max_positions + 1 tokens (the left is cut).
 Requests are batched longest first (lm-eval's order), with left padding (karma's decoder puts a
-token's position after the real tokens before it, so padding does not change a score).
+token's position after the real tokens before it, so padding does not change a score); requests
+whose model input is the same (a multiple-choice context with one-token answers) share one pass.
 """
 
 from dataclasses import dataclass
@@ -61,23 +62,29 @@ class EvalLM:
         for (context, continuation), (_, cont) in zip(requests, pairs):
             if not cont:
                 raise ValueError(f"empty continuation for context {context[-60:]!r} + {continuation!r}")
-        # the model reads everything but the last token; keep at most max_positions of it
-        inputs = [(ctx + cont)[-(self.max_positions + 1):][:-1] for ctx, cont in pairs]
-        order = sorted(range(len(pairs)), key=lambda i: -len(inputs[i]))
+        # the model reads everything but the last token; keep at most max_positions of it. Requests
+        # with the same input (e.g. one context, four one-token answers) share one forward pass.
+        inputs = [tuple((ctx + cont)[-(self.max_positions + 1):][:-1]) for ctx, cont in pairs]
+        sharing: dict[tuple, list[int]] = {}
+        for i, x in enumerate(inputs):
+            sharing.setdefault(x, []).append(i)
+        unique = sorted(sharing, key=len, reverse=True)  # longest first, as lm-eval
         results: list[Loglikelihood | None] = [None] * len(pairs)
-        for start in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False,
+        for start in tqdm(range(0, len(unique), self.batch_size), desc=desc, unit="batch", leave=False,
                           disable=not self.progress):
-            rows = order[start:start + self.batch_size]
-            ids, mask = left_pad([inputs[i] for i in rows], self.tokenizer.pad_id)
+            rows = unique[start:start + self.batch_size]
+            ids, mask = left_pad([list(x) for x in rows], self.tokenizer.pad_id)
             hidden = self.model(ids.to(self.device), mask.to(self.device), output="hidden")  # [B, T, H]
-            width = max(len(pairs[i][1]) for i in rows)
+            width = max(len(pairs[i][1]) for x in rows for i in sharing[x])
             logits = self.model.logits(hidden[:, -width:]).float()  # [B, width, V]: the last positions only
             logprobs = F.log_softmax(logits, -1)
-            for b, i in enumerate(rows):
-                cont = torch.tensor(pairs[i][1], device=self.device)
-                lp = logprobs[b, width - len(cont):]  # [n, V]: the positions that predict the continuation
-                results[i] = Loglikelihood(float(lp.gather(-1, cont[:, None]).sum()),
-                                           bool((lp.argmax(-1) == cont).all()), len(cont))
+            greedy = logprobs.argmax(-1)  # [B, width]
+            for b, x in enumerate(rows):
+                for i in sharing[x]:
+                    cont = torch.tensor(pairs[i][1], device=self.device)
+                    lp = logprobs[b, width - len(cont):]  # [n, V]: the positions that predict the continuation
+                    results[i] = Loglikelihood(float(lp.gather(-1, cont[:, None]).sum()),
+                                               bool((greedy[b, width - len(cont):] == cont).all()), len(cont))
         return results
 
     def stop_string_ids(self, stop: tuple[str, ...]) -> list[int]:
