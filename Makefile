@@ -12,6 +12,10 @@ DEMO := runs/demo
 DEMO_PPO ?= --rollouts 8 --rollout-batch 16 --minibatch 8 --micro-batch 8 --ppo-epochs 2 --max-new-tokens 16 \
 	--max-prompt-tokens 128 --lr 3e-5 --value-lr 1e-4 --init-kl-coef 0.01 --value-init policy
 
+# evaluation on small offline subsets (data/eval-sample): 40 items per task, 4 RealToxicityPrompts samples
+# scored by the lexicon PROXY; small n, for the demo only
+DEMO_EVAL ?= --limit 40 --rtp-samples 4 --tasks mmlu truthfulqa crows_pairs colbert_humor msad realtoxicity
+
 demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> reward model -> PPO (offline, CPU)
 	rm -rf $(DEMO)  # a fresh demo each time (the trainers refuse to start over an earlier run's checkpoints)
 	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts 1
@@ -19,7 +23,9 @@ demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> rew
 		--max-length 192 --max-steps 12 --lr 3e-5 --eval-every 12 --save-every 12 --max-eval-examples 96
 	$(BIN)/python ppo.py --model smollm2-135m --reward-model $(DEMO)/rm/best --data $(DEMO)/data \
 		--out $(DEMO)/ppo $(DEMO_PPO)
-	@echo "outputs: $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/)"
+	$(BIN)/python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=$(DEMO)/ppo/policy \
+		--data-dir data/eval-sample --out $(DEMO)/eval $(DEMO_EVAL)
+	@echo "outputs: $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/)"
 
 generate: $(VENV)/.demo  ## one reply from the offline SmolLM2 model, through karma's decoder
 	$(BIN)/python -m karma smollm2-135m --chatml "Give me three tips for writing a good Reddit reply."
