@@ -61,6 +61,9 @@ def parse_args(argv=None):
                    help="realtoxicity continuations per prompt (RTP protocol: 25 x 20 tokens, top-p 0.9)")
     p.add_argument("--rtp-greedy", action="store_true", help="realtoxicity: one greedy continuation per prompt")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="weights and compute (default: bfloat16 on cuda, float32 on cpu; bfloat16 on a CPU with "
+                        "AVX512-BF16 scores about 1.9x faster, with log-probs within bf16 rounding of float32)")
     add_debug_flag(p)
     args = p.parse_args(argv)
     for flag in ("limit", "batch_size", "rtp_samples"):
@@ -98,7 +101,7 @@ def fingerprint(model_path: str, task: str, args, files: dict[str, str]) -> str:
     the task, its items (limit, seed, data sha256) and options. A changed input is recomputed."""
     directory = resolve(model_path)
     weights = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in directory.iterdir() if f.is_file())
-    options = {"limit": args.limit, "seed": args.seed}
+    options = {"limit": args.limit, "seed": args.seed, "dtype": args.dtype, "device": args.device}
     if task == "realtoxicity":
         options.update(scorer=args.toxicity_scorer, samples=args.rtp_samples, greedy=args.rtp_greedy)
     blob = json.dumps([str(model_path), weights, task, options, sorted(files.items())], sort_keys=True)
@@ -135,7 +138,7 @@ def main(argv=None):
             if not todo:
                 print(f"{label}: all {len(args.tasks)} tasks already done (in {pairs})")
                 continue
-            model = load_model(path, device=device)
+            model = load_model(path, device=device, dtype=getattr(torch, args.dtype) if args.dtype else None)
             lm = EvalLM(model, load_tokenizer(path), batch_size=args.batch_size)
             for name, (done, key) in tqdm(todo.items(), desc=label, unit="task"):
                 start = time.perf_counter()

@@ -1,6 +1,7 @@
 """Log-likelihood scoring throughput: karma's EvalLM against lm-evaluation-harness's HF backend
-(lm_eval.models.huggingface.HFLM, transformers underneath) on the same model and the same MMLU
-requests (lm-eval's zero-shot template, 4 one-token answers per question), side by side in one job.
+(lm_eval.models.huggingface.HFLM, transformers underneath) on the same model and the same requests,
+side by side in one job: MMLU (lm-eval's zero-shot template, 4 one-token answers per question) or
+TruthfulQA MC (the 6-shot QA primer before every question, each distinct mc1/mc2 answer scored).
 
 lm-eval lives in its own environment (it needs transformers < 5 and datasets < 4; nothing is
 installed at run time). Make it once:
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from karma.evals.lm import EvalLM
-from karma.evals.tasks import mmlu
+from karma.evals.tasks import mmlu, truthfulqa
 from karma.tokenizer import load_tokenizer
 from karma.weights import load_model, resolve
 
@@ -35,10 +36,10 @@ LMEVAL_SCRIPT = r"""
 import json, sys, time, torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
-path, requests_file, batch_size, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+path, requests_file, batch_size, threads, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
 requests = json.load(open(requests_file))
-lm = HFLM(pretrained=path, batch_size=batch_size, device="cpu", dtype="float32")
+lm = HFLM(pretrained=path, batch_size=batch_size, device="cpu", dtype=dtype)
 instances = [Instance(request_type="loglikelihood", doc={}, arguments=(c, x), idx=i) for i, (c, x) in enumerate(requests)]
 start = time.perf_counter()
 out = lm.loglikelihood(instances, disable_tqdm=True)
@@ -51,18 +52,24 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="alias, hub id or local dir (default smollm2-135m)")
     p.add_argument("--data-dir", type=Path, default=Path("data/eval-sample"))
-    p.add_argument("--limit", type=int, default=None, help="MMLU questions (default: all in --data-dir)")
+    p.add_argument("--task", default="mmlu", choices=["mmlu", "truthfulqa"])
+    p.add_argument("--limit", type=int, default=None, help="questions (default: all in --data-dir)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2, help="alternating (karma, lm-eval) pairs")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both sides (default float32)")
     p.add_argument("--lmeval-python", default=os.environ.get("LMEVAL_PYTHON", "/work/lmeval-venv/bin/python"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    items = mmlu.load(args.data_dir, args.limit)
-    requests = [(mmlu.prompt(item), f" {letter}") for item in items for letter in mmlu.LETTERS]
+    if args.task == "mmlu":
+        items = mmlu.load(args.data_dir, args.limit)
+        requests = [(mmlu.prompt(item), f" {letter}") for item in items for letter in mmlu.LETTERS]
+    else:
+        items = truthfulqa.load_mc(args.data_dir, args.limit)
+        requests = [(truthfulqa.mc_prompt(item["question"]), f" {c}") for item in items for c in item["mc1"]]
     directory = resolve(args.model)
-    lm = EvalLM(load_model(directory, dtype=torch.float32, device="cpu"), load_tokenizer(directory),
+    lm = EvalLM(load_model(directory, dtype=getattr(torch, args.dtype), device="cpu"), load_tokenizer(directory),
                 batch_size=args.batch_size, progress=False)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(requests, f)
@@ -72,23 +79,26 @@ def main():
         ours = lm.loglikelihood(requests)
         karma_s.append(time.perf_counter() - start)
         run = subprocess.run([args.lmeval_python, "-c", LMEVAL_SCRIPT, str(directory), f.name, str(args.batch_size),
-                              str(args.threads)], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                              str(args.threads), args.dtype], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if run.returncode:
             sys.exit(f"lm-eval run failed:\n{run.stderr[-3000:]}")
         theirs = json.loads(run.stdout.strip().splitlines()[-1])
         lmeval_s.append(theirs["seconds"])
     os.unlink(f.name)
 
-    def accuracy(logprobs):
-        rows = [logprobs[4 * i:4 * i + 4] for i in range(len(items))]
-        return sum(max(range(4), key=r.__getitem__) == item["answer"] for r, item in zip(rows, items)) / len(items)
+    def accuracy(logprobs):  # mmlu acc, or truthfulqa mc1 (the true answer is the first mc1 choice)
+        scores, correct = iter(logprobs), 0
+        for item in items:
+            row = [next(scores) for _ in (mmlu.LETTERS if args.task == "mmlu" else item["mc1"])]
+            correct += row.index(max(row)) == (item["answer"] if args.task == "mmlu" else 0)
+        return correct / len(items)
 
     karma_lp, lmeval_lp = [r.logprob for r in ours], theirs["logprobs"]
     n = len(items)
     print(json.dumps({
-        "bench": "eval_loglikelihood", "model": args.model, "task": "mmlu (lm-eval zero-shot template)",
+        "bench": "eval_loglikelihood", "model": args.model, "task": args.task,
         "items": n, "requests": len(requests), "batch_size": args.batch_size, "threads": args.threads,
-        "device": "cpu", "dtype": "float32", "torch": torch.__version__,
+        "device": "cpu", "dtype": args.dtype, "torch": torch.__version__,
         "karma_items_per_s": n / statistics.median(karma_s), "lmeval_items_per_s": n / statistics.median(lmeval_s),
         "speedup": statistics.median(lmeval_s) / statistics.median(karma_s),
         "karma_seconds": karma_s, "lmeval_seconds": lmeval_s,

@@ -16,6 +16,7 @@ token's position after the real tokens before it, so padding does not change a s
 whose model input is the same (a multiple-choice context with one-token answers) share one pass.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from karma.generate import generate
-from karma.model import Transformer
+from karma.model import KVCache, Transformer
 from karma.tokenizer import Tokenizer, left_pad
 
 
@@ -32,6 +33,36 @@ class Loglikelihood:
     logprob: float  # sum of log p(continuation token | everything before it), nats
     is_greedy: bool  # every continuation token was the model's argmax
     n_tokens: int  # continuation tokens scored
+
+
+MIN_SHARED_PREFIX = 16  # tokens; below this a shared prefix is not worth a separate pass
+
+
+def shared_prefix_length(inputs: list[tuple], limits: list[int]) -> int:
+    """Length of the longest token prefix common to all `inputs`, at most each input's limit (the
+    prefix must end before the first position that predicts a continuation token)."""
+    common = os.path.commonprefix(inputs)  # works on any sequences, here tuples of token ids
+    return min([len(common), *limits])
+
+
+class PrefixCache:
+    """The keys and values of a shared prefix (one row), copied into a fresh cache per batch."""
+
+    def __init__(self, model: Transformer, prefix: tuple[int, ...]):
+        device = model.embed.weight.device
+        self.config, self.length = model.config, len(prefix)
+        self.cache = KVCache(model.config, 1, len(prefix), model.embed.weight.dtype, device)
+        model(torch.tensor([prefix], device=device), cache=self.cache, output="hidden")
+
+    def expand(self, batch: int, extra: int) -> KVCache:
+        """A cache of `batch` rows holding the prefix, with room for `extra` more tokens."""
+        P = self.length
+        out = KVCache(self.config, batch, P + extra, self.cache.k.dtype, self.cache.k.device)
+        out.k[:, :, :, :P] = self.cache.k  # [layers, 1, kv_heads, P, head_dim] broadcast over the batch
+        out.v[:, :, :, :P] = self.cache.v
+        out.mask[:, :P] = True
+        out.length.fill_(P)
+        return out
 
 
 class EvalLM:
@@ -69,12 +100,18 @@ class EvalLM:
         for i, x in enumerate(inputs):
             sharing.setdefault(x, []).append(i)
         unique = sorted(sharing, key=len, reverse=True)  # longest first, as lm-eval
+        # a token prefix every input starts with (a few-shot primer) is run once; each batch then
+        # reads its keys and values from the cache and computes only the rest
+        P = shared_prefix_length(unique, [min(len(inputs[i]) - len(pairs[i][1]) for i in sharing[x]) for x in unique])
+        prefix = PrefixCache(self.model, unique[0][:P]) if P >= MIN_SHARED_PREFIX else None
+        P = P if prefix is not None else 0
         results: list[Loglikelihood | None] = [None] * len(pairs)
         for start in tqdm(range(0, len(unique), self.batch_size), desc=desc, unit="batch", leave=False,
                           disable=not self.progress):
             rows = unique[start:start + self.batch_size]
-            ids, mask = left_pad([list(x) for x in rows], self.tokenizer.pad_id)
-            hidden = self.model(ids.to(self.device), mask.to(self.device), output="hidden")  # [B, T, H]
+            ids, mask = left_pad([list(x[P:]) for x in rows], self.tokenizer.pad_id)  # [B, T] after the prefix
+            cache = prefix.expand(len(rows), ids.shape[1]) if prefix is not None else None
+            hidden = self.model(ids.to(self.device), mask.to(self.device), cache=cache, output="hidden")  # [B, T, H]
             width = max(len(pairs[i][1]) for x in rows for i in sharing[x])
             logits = self.model.logits(hidden[:, -width:]).float()  # [B, width, V]: the last positions only
             logprobs = F.log_softmax(logits, -1)
