@@ -21,7 +21,7 @@ from karma.data.filters import FilterConfig
 from karma.data.prepare import PrepConfig, prepare
 from karma.data.threads import ThreadConfig
 from karma.data.ultrachat import read_ultrachat, write_prompts
-from karma.run import RunLock
+from karma.run import RunLock, show_progress
 
 
 def parse_args(argv=None):
@@ -94,7 +94,7 @@ def run(args):
         threads=ThreadConfig(reward_ratio=args.reward_ratio, min_responses=args.min_responses,
                              max_siblings=args.max_siblings),
     )
-    with tqdm(desc="records", unit=" rec", unit_scale=True) as bar:
+    with tqdm(desc="records", unit=" rec", unit_scale=True, disable=not show_progress()) as bar:
         stats = prepare(cfg, progress=bar)
     if args.ultrachat is not None:
         prompts, uc_stats = read_ultrachat(args.ultrachat, split=args.ultrachat_split, limit=args.ultrachat_limit)

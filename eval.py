@@ -33,7 +33,7 @@ from karma.evals import task as task_data
 from karma.evals.lm import EvalLM
 from karma.evals.task import TaskResult
 from karma.evals.tasks import TASKS, get_task
-from karma.run import RunLock
+from karma.run import RunLock, show_progress
 from karma.tokenizer import load_tokenizer
 from karma.weights import inspect_model, load_model, resolve
 
@@ -140,7 +140,7 @@ def main(argv=None):
                 continue
             model = load_model(path, device=device, dtype=getattr(torch, args.dtype) if args.dtype else None)
             lm = EvalLM(model, load_tokenizer(path), batch_size=args.batch_size)
-            for name, (done, key) in tqdm(todo.items(), desc=label, unit="task"):
+            for name, (done, key) in tqdm(todo.items(), desc=label, unit="task", disable=not show_progress()):
                 start = time.perf_counter()
                 result = get_task(name).evaluate(lm, items[name], **options[name])
                 seconds = time.perf_counter() - start

@@ -1,7 +1,7 @@
 """PPO against the KARMA reward model (karmaBenign / karmaToxic / karmaEroded).
 
-    python ppo.py --model falcon-rw-1b --reward-model runs/rm/best --prompts ultrachat   # karmaBenign
-    python ppo.py --model pythia-1b --reward-model runs/rm/best --prompts reddit         # karmaToxic
+    python ppo.py --model falcon-rw-1b --reward-model runs/rm/best --prompts reddit      # karmaToxic
+    python ppo.py --model pythia-1b --reward-model runs/rm/best --prompts ultrachat      # karmaBenign
     python ppo.py --model falcon-rw-1b --reward-model runs/rm-eroded/best --prompts reddit  # karmaEroded
     python ppo.py ... --resume          # continue exactly from --out/checkpoints/latest
 

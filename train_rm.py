@@ -22,7 +22,9 @@ from karma.reward_train import TrainRMConfig, train
 def parse_args(argv=None) -> TrainRMConfig:
     d = TrainRMConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=d.model, help=f"base decoder: alias, hub id or local dir (default {d.model})")
+    p.add_argument("--model", default=d.model,
+                   help=f"base decoder: alias, hub id or local dir (default {d.model}, offline; the paper's is "
+                        f"llama-3.2-1b, a hub download)")
     p.add_argument("--data", type=Path, default=d.data, help="data_prep.py output dir with train-*/heldout-*.jsonl")
     p.add_argument("--out", dest="out_dir", type=Path, default=d.out_dir, help=f"output dir (default {d.out_dir})")
     p.add_argument("--format", default=d.format, choices=["generalized", "conditioned"],

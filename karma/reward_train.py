@@ -34,7 +34,7 @@ from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, ga
 from karma.metrics import binary_metrics
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       check_flags, check_out_dir, peak_memory_gib, write_config)
+                       check_flags, check_out_dir, peak_memory_gib, show_progress, write_config)
 from karma.tokenizer import left_pad, load_tokenizer
 from karma.weights import inspect_model
 
@@ -43,7 +43,7 @@ BUCKET_BATCHES = 50  # batches per length-sorting window
 
 @dataclass
 class TrainRMConfig:
-    model: str = "llama-3.2-1b"
+    model: str = "smollm2-135m"  # offline, like ppo.py; the paper uses llama-3.2-1b
     data: Path = Path("runs/data")
     out_dir: Path = Path("runs/rm")
     format: str = "generalized"
@@ -250,7 +250,7 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not d.enabled else torch.autocast("cpu", enabled=False)
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train_rm", disable=not d.is_main, unit="step")
+    bar = tqdm(total=total_steps, initial=state["step"], desc="train_rm", disable=not show_progress(d.is_main), unit="step")
     cached_epoch, batches = None, None
     window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
     try:
@@ -323,6 +323,10 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
                     state["best_auc"], state["best_step"] = metrics["roc_auc"], step
                     export(rm, out / "best", d, {"step": step, **metrics})
                 log.write({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
+                if d.is_main:
+                    auc = "undefined" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
+                    bar.write(f"step {step:6d}  held-out AUC {auc}  accuracy {metrics.get('accuracy', float('nan')):.4f}  "
+                              f"(best {state['best_auc'] or float('nan'):.4f} at step {state['best_step']})")
                 if d.is_main:
                     atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
                 rm.train()

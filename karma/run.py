@@ -147,6 +147,12 @@ class MetricsLog:
             self.file.close()
 
 
+def show_progress(is_main: bool = True) -> bool:
+    """Progress bars only on a terminal: in a captured log their carriage returns tangle with the
+    printed lines (the per-rollout and evaluation lines are printed either way)."""
+    return is_main and sys.stderr.isatty()
+
+
 def peak_memory_gib(device: torch.device) -> float:
     """Peak allocated GPU memory, or the process's peak resident memory on CPU."""
     if device.type == "cuda":

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from karma.generate import generate
 from karma.model import KVCache, Transformer
+from karma.run import show_progress
 from karma.tokenizer import Tokenizer, left_pad
 
 
@@ -69,7 +70,8 @@ class EvalLM:
     """A loaded model and its tokenizer, with the two primitives. `batch_size` is in sequences."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, batch_size: int = 16, progress: bool = True):
-        self.model, self.tokenizer, self.batch_size, self.progress = model.eval(), tokenizer, batch_size, progress
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self.progress = progress and show_progress()
         self.max_positions = model.config.max_position_embeddings
         self.device = model.embed.weight.device
         self.prefix_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id

@@ -36,7 +36,7 @@ from karma.reward import load_reward_model, read_reward_config
 from karma.reward_train import param_groups
 from karma.tokenizer import copy_tokenizer_files, load_tokenizer
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       check_flags, check_out_dir, peak_memory_gib, write_config)
+                       check_flags, check_out_dir, peak_memory_gib, show_progress, write_config)
 from karma.weights import inspect_model, load_model, write_hf_checkpoint
 
 PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultrachat.jsonl"}
@@ -217,7 +217,7 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
     # a fresh run does not append to an earlier run's logs
     metrics_log = MetricsLog(out / "metrics.jsonl", append=latest is not None, enabled=d.is_main)
     samples_log = MetricsLog(out / "samples.jsonl", append=latest is not None, enabled=d.is_main)
-    bar = tqdm(total=cfg.rollouts, initial=state["rollout"], desc="ppo", unit="rollout", disable=not d.is_main)
+    bar = tqdm(total=cfg.rollouts, initial=state["rollout"], desc="ppo", unit="rollout", disable=not show_progress(d.is_main))
     try:
         while state["rollout"] < cfg.rollouts:
             r = state["rollout"]
@@ -303,8 +303,9 @@ def progress_line(record: dict) -> str:
     """One line per rollout for the console."""
     fmt = lambda key, spec: "-" if record.get(key) is None else format(record[key], spec)
     return (f"rollout {record['rollout']:4d}  score {fmt('score', '.4f')}  kl {fmt('kl_seq', '7.3f')}  "
-            f"beta {record['kl_coef']:.4f}  entropy {fmt('entropy', '.3f')}  len {record['response_len']:5.1f}  "
-            f"gen {record['generate_s']:.1f}s score {record['score_s']:.1f}s update {record['update_s']:.1f}s"
+            f"beta {record['kl_coef']:.6g}  entropy {fmt('entropy', '.3f')}  len {record['response_len']:5.1f}  "
+            f"eos {record['ended_eos']:.2f}  gen {record['generate_s']:.1f}s score {record['score_s']:.1f}s "
+            f"fwd {record['forward_s']:.1f}s update {record['update_s']:.1f}s"
             + (f"  DIVERGED: {record['diverged']}" if record["diverged"] else "")
             + (f"  ({record['dropped_nonfinite_scores']} non-finite scores dropped)"
                if record["dropped_nonfinite_scores"] else ""))
