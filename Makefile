@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo generate test test-slow test-gpu bench
+.PHONY: demo generate compare test test-slow test-gpu bench
 
 DEMO := runs/demo
 # toy scale so the chain finishes in minutes on 2 CPU cores (16 samples of ONE Reddit prompt per
@@ -23,12 +23,22 @@ demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> rew
 		--max-length 192 --max-steps 12 --lr 3e-5 --eval-every 12 --save-every 12 --max-eval-examples 96
 	$(BIN)/python ppo.py --model smollm2-135m --reward-model $(DEMO)/rm/best --data $(DEMO)/data \
 		--out $(DEMO)/ppo $(DEMO_PPO)
+	$(MAKE) --no-print-directory compare
 	$(BIN)/python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=$(DEMO)/ppo/policy \
 		--data-dir data/eval-sample --out $(DEMO)/eval $(DEMO_EVAL)
 	@echo "outputs: $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/)"
 
-generate: $(VENV)/.demo  ## one reply from the offline SmolLM2 model, through karma's decoder
-	$(BIN)/python -m karma smollm2-135m --chatml "Give me three tips for writing a good Reddit reply."
+MODEL ?= smollm2-135m
+PROMPT ?= Give me three tips for writing a good Reddit reply.
+
+generate: $(VENV)/.demo  ## one reply through karma's decoder (make generate MODEL=runs/demo/ppo/policy)
+	$(BIN)/python -m karma $(MODEL) --chatml "$(PROMPT)"
+
+# the policy was tuned on prompts rendered as "User: ...\n\nAssistant:" (the reward model's format), so
+# the comparison uses that rendering, not ChatML
+compare: $(VENV)/.demo  ## base SmolLM2 vs the demo's PPO policy: the same prompt, the same seed, side by side
+	$(BIN)/python -m karma smollm2-135m --compare $(DEMO)/ppo/policy \
+		--prompts $(DEMO)/data/prompts-reddit.jsonl --n 3 --temperature 0.7 --seed 0 --max-new-tokens 64
 
 test: $(VENV)/.test  ## the suite CI runs (fast tests; < 15 min on 2 cores)
 	$(BIN)/python -m pytest -q

@@ -32,6 +32,7 @@ from karma.checkpoint import (atomic_write_json, latest_checkpoint, load_trainin
                               truncate_jsonl)
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
+from karma.plot import plot_run
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
                        check_flags, check_out_dir, peak_memory_gib, show_progress, write_config)
@@ -341,6 +342,8 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
     if state["step"] >= total_steps:
         export(rm, out / "final", d, {"step": state["step"]})
     log.close()
+    if d.is_main:
+        plot_run(out)  # curves.png: loss, AUC, learning rate, calibration
     return state
 
 

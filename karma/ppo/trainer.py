@@ -28,6 +28,7 @@ from karma.checkpoint import (atomic_directory, latest_checkpoint, load_training
                               truncate_jsonl)
 from karma.data.ultrachat import read_prompts
 from karma.distributed import Dist, all_reduce_max, all_reduce_sum, barrier, full_state_dict, replicated_copy, shard
+from karma.plot import plot_run
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
                             logprobs_from_logits, masked_mean, policy_loss, value_loss)
 from karma.ppo.rollout import collect_rollout, reduce_sums
@@ -284,6 +285,8 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
         export_policy(policy, policy_tok, out / "policy", d)
     metrics_log.close()
     samples_log.close()
+    if d.is_main:
+        plot_run(out)  # curves.png: score, KL and beta, entropy, losses, clipping, lengths
     return state
 
 
