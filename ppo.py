@@ -94,7 +94,7 @@ def main(argv=None):
         if d.is_main:
             print(summary(cfg.out_dir / "metrics.jsonl"))
             where = (f"policy in {cfg.out_dir / 'policy'}" if state["rollout"] >= cfg.rollouts else
-                     f"stopped early: continue with --resume (the policy is exported at the end)")
+                     "stopped early: continue with --resume (the policy is exported at the end)")
             print(f"{state['rollout']} of {cfg.rollouts} rollouts done; metrics in {cfg.out_dir / 'metrics.jsonl'}, "
                   f"samples in {cfg.out_dir / 'samples.jsonl'}; {where}")
     finally:

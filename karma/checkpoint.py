@@ -215,24 +215,30 @@ def load_training_state(directory: Path, trained: dict) -> dict:
     return trainer
 
 
-def truncate_jsonl(path: Path, key: str, last: int) -> None:
-    """On resume: drop the log records a killed run wrote after its last checkpoint (those with
-    record[key] > last), so the resumed run's records follow on without duplicates. A torn last
-    line (the process died while writing it) is dropped too; a bad line elsewhere is an error."""
-    path = Path(path)
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = []
+def read_jsonl(path: Path) -> list[tuple[str, object]]:
+    """(raw line, parsed record) for every line of a JSONL log. A torn last line (a process killed
+    while writing it, or one still writing) is left out; a bad line elsewhere is an error naming
+    file:line."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            records.append((line if line.endswith("\n") else line + "\n", json.loads(line)))
         except json.JSONDecodeError:
             if n == len(lines):
                 break
-            raise ValueError(f"{path}:{n}: not valid JSON; cannot resume this run's log") from None
-        if record.get(key, -1) <= last:
-            kept.append(line if line.endswith("\n") else line + "\n")
+            raise ValueError(f"{path}:{n}: not valid JSON") from None
+    return records
+
+
+def truncate_jsonl(path: Path, key: str, last: int) -> None:
+    """On resume: drop the log records a killed run wrote after its last checkpoint (those with
+    record[key] > last) and a torn last line, so the resumed run's records follow on without
+    duplicates."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [line for line, record in read_jsonl(path) if record.get(key, -1) <= last]
     atomic_write(path, lambda p: Path(p).write_text("".join(kept)))

@@ -12,7 +12,6 @@ written atomically, so a reader never sees half a PNG.
 """
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from karma.checkpoint import atomic_write, read_json
+from karma.checkpoint import atomic_write, read_json, read_jsonl
 from karma.cli import add_debug_flag, run_main
 
 DPI = 110
@@ -50,26 +49,15 @@ def plot_run(run_dir, out=None) -> Path:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's records. A torn last line (a run killed mid-write, or one still writing) is
-    left out; a bad line elsewhere, or no record at all, is an error naming the file."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
+    """metrics.jsonl's records (karma.checkpoint.read_jsonl: a torn last line is left out); a bad
+    line, or no record at all, is an error naming the file."""
+    if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such file (RUN_DIR must be the --out directory of "
-                                f"ppo.py or train_rm.py)") from None
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                break
-            raise ValueError(f"{path}:{n}: not valid JSON") from None
+                                f"ppo.py or train_rm.py)")
+    records = [record for _, record in read_jsonl(path)]
+    for n, record in enumerate(records, 1):
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{n}: not a JSON object")
-        records.append(record)
+            raise ValueError(f"{path}: record {n} is not a JSON object")
     if not records:
         raise ValueError(f"{path}: no records (the run stopped before it logged anything)")
     return records
