@@ -19,6 +19,7 @@ an uninterrupted run.
 """
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +29,15 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import (atomic_write_json, latest_checkpoint, load_training_state, save_training_state,
-                              truncate_jsonl)
+from karma.checkpoint import (atomic_directory, atomic_write_json, latest_checkpoint, load_training_state,
+                              save_training_state, truncate_jsonl)
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       check_flags, check_out_dir, peak_memory_gib, show_progress, write_config)
+                       check_flags, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, show_progress,
+                       write_config)
 from karma.tokenizer import left_pad, load_tokenizer
 from karma.weights import inspect_model
 
@@ -79,7 +81,7 @@ class TrainRMConfig:
                     weight_decay=NON_NEGATIVE, warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"),
                     min_lr_ratio=UNIT_INTERVAL, grad_clip=POSITIVE, epochs=AT_LEAST_1, max_steps=AT_LEAST_1,
                     stop_after_steps=AT_LEAST_1, eval_every=AT_LEAST_1, eval_batch_size=AT_LEAST_1,
-                    max_eval_examples=AT_LEAST_1, save_every=AT_LEAST_1, keep_checkpoints=AT_LEAST_1,
+                    max_eval_examples=AT_LEAST_1, save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE,
                     log_every=AT_LEAST_1, max_bad_steps=AT_LEAST_1)
 
 
@@ -334,13 +336,15 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
             stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
             if step % cfg.save_every == 0 or step == total_steps or stopping:
                 save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
-                                    {**state, "scheduler": scheduler.state_dict()}, d, keep=cfg.keep_checkpoints)
+                                    {**state, "scheduler": scheduler.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
             if stopping:
                 break
     finally:  # also on errors: an open bar would share its line with the error message
         bar.close()
     if state["step"] >= total_steps:
-        export(rm, out / "final", d, {"step": state["step"]})
+        export(rm, out / "final", d, {"step": state["step"]},
+               same_as=out / "best" if state["best_step"] == state["step"] else None)
+        drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
     log.close()
     if d.is_main:
         plot_run(out)  # curves.png: loss, AUC, learning rate, calibration
@@ -371,7 +375,16 @@ def evaluate(rm: RewardModel, ids: list[list[int]], labels: np.ndarray, batch_si
     return {**binary_metrics(labels[finite], p[finite]), "nonfinite_scores": int((~finite).sum())}
 
 
-def export(rm: RewardModel, directory: Path, d: Dist, info: dict):
+def export(rm: RewardModel, directory: Path, d: Dist, info: dict, same_as: Path | None = None):
+    """Save the reward model to `directory`; when `same_as` holds an export of these very weights
+    (final = best at the last step), hard-link its files instead of writing a second copy."""
+    if same_as is not None and same_as.is_dir():
+        if d.is_main:
+            with atomic_directory(directory) as tmp:
+                for f in same_as.iterdir():
+                    os.link(f, tmp / f.name)
+        barrier(d)
+        return
     state = full_state_dict(rm, d)
     if d.is_main:
         save_reward_model(rm, directory, state_dict=state, info=info)

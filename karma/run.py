@@ -10,6 +10,7 @@ host cannot be checked and is refused with the path to delete.
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -117,6 +118,13 @@ def check_out_dir(out: Path, cfg, may_change: set[str]) -> None:
         raise ValueError(f"{out}: holds an earlier run (checkpoint {latest.name}); pass --resume to continue it, "
                          f"or use a new --out (or delete {out})")
     check_resumable(out, cfg, may_change)
+
+
+def drop_checkpoints_if_done(out: Path, keep: int, is_main: bool) -> None:
+    """--keep-checkpoints 0: once a run has finished and exported, delete its checkpoints (model
+    and optimizer state, several times the model's size). Such a run can no longer be resumed."""
+    if keep == 0 and is_main and (Path(out) / "checkpoints").exists():
+        shutil.rmtree(Path(out) / "checkpoints")
 
 
 def write_config(out: Path, cfg, **extra) -> None:

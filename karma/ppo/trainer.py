@@ -37,7 +37,8 @@ from karma.reward import load_reward_model, read_reward_config
 from karma.reward_train import param_groups
 from karma.tokenizer import copy_tokenizer_files, load_tokenizer
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       check_flags, check_out_dir, peak_memory_gib, show_progress, write_config)
+                       check_flags, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, show_progress,
+                       write_config)
 from karma.weights import inspect_model, load_model, write_hf_checkpoint
 
 PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultrachat.jsonl"}
@@ -98,7 +99,7 @@ class PPOConfig:
                     top_p=(lambda v: 0 < v <= 1, "in (0, 1]"), max_new_tokens=AT_LEAST_1, max_prompt_tokens=AT_LEAST_1,
                     missing_eos_penalty=(lambda v: True, "a finite number"),
                     ratio_threshold=(lambda v: v > 1, "> 1"), max_approx_kl=POSITIVE, divergence_patience=AT_LEAST_1,
-                    samples_per_rollout=NON_NEGATIVE, save_every=AT_LEAST_1, keep_checkpoints=AT_LEAST_1,
+                    samples_per_rollout=NON_NEGATIVE, save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE,
                     stop_after_rollouts=AT_LEAST_1)
 
 
@@ -276,13 +277,14 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
             if due and not diverged:
                 save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", trained,
                                     {**state, "schedulers": [s.state_dict() for s in schedulers],
-                                     "kl_controller": kl_ctl.state_dict()}, d, keep=cfg.keep_checkpoints)
+                                     "kl_controller": kl_ctl.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
             if stopping:
                 break
     finally:  # also on errors: an open bar would share its line with the error message
         bar.close()
     if state["rollout"] >= cfg.rollouts:
         export_policy(policy, policy_tok, out / "policy", d)
+        drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
     metrics_log.close()
     samples_log.close()
     if d.is_main:
