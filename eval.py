@@ -29,10 +29,12 @@ from tqdm import tqdm
 
 from karma.checkpoint import atomic_write, atomic_write_json, read_json
 from karma.cli import add_debug_flag, run_main
+from karma.evals import report
 from karma.evals import task as task_data
 from karma.evals.lm import EvalLM
 from karma.evals.task import TaskResult
 from karma.evals.tasks import TASKS, get_task
+from karma.evals.toxicity import make_scorer
 from karma.run import RunLock, show_progress
 from karma.tokenizer import load_tokenizer
 from karma.weights import inspect_model, load_model, resolve
@@ -89,8 +91,6 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 def task_options(name: str, args) -> dict:
     """The keyword arguments of a task's evaluate() that come from the command line."""
     if name == "realtoxicity":
-        from karma.evals.toxicity import make_scorer
-
         return {"scorer": make_scorer(args.toxicity_scorer, cache_dir=args.out / "cache"),
                 "samples": 1 if args.rtp_greedy else args.rtp_samples, "greedy": args.rtp_greedy, "seed": args.seed}
     return {}
@@ -155,8 +155,6 @@ def main(argv=None):
 
 def write_reports(args, models: dict[str, str], files: dict[str, dict]):
     """results.json, results.md and charts/ from the finished pairs."""
-    from karma.evals import report
-
     results = {}
     for label in models:
         for name in args.tasks:

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass
 class TaskResult:
@@ -106,8 +108,6 @@ def stratified_limit(items: list[dict], limit: int | None, key: str, seed: int) 
     seeded shuffle; the order of the chosen items is the original order."""
     if limit is None or limit >= len(items):
         return items
-    import numpy as np
-
     groups: dict = {}
     for i, item in enumerate(items):
         groups.setdefault(item[key], []).append(i)
