@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DEMO := runs/demo
 # toy scale so the chain finishes in minutes on 2 CPU cores (16 samples of ONE Reddit prompt per
 # rollout, so replies are compared with replies to the same prompt); real runs: see the README
-DEMO_PPO ?= --rollouts 8 --rollout-batch 16 --minibatch 8 --micro-batch 8 --ppo-epochs 2 --max-new-tokens 16 \
+DEMO_PPO ?= --rollouts 8 --rollout-batch 16 --minibatch 8 --micro-batch 4 --ppo-epochs 2 --max-new-tokens 16 \
 	--max-prompt-tokens 128 --lr 3e-5 --value-lr 1e-4 --init-kl-coef 0.01 --value-init policy --keep-checkpoints 0
 
 # evaluation on small offline subsets (data/eval-sample): 40 items per task, 4 RealToxicityPrompts samples
@@ -21,7 +21,7 @@ demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> rew
 	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts 1
 	$(BIN)/python train_rm.py --model smollm2-135m --data $(DEMO)/data --out $(DEMO)/rm \
 		--max-length 192 --max-steps 12 --lr 3e-5 --eval-every 12 --save-every 12 --max-eval-examples 96 \
-		--keep-checkpoints 0
+		--micro-batch-size 4 --eval-batch-size 8 --keep-checkpoints 0
 	$(BIN)/python ppo.py --model smollm2-135m --reward-model $(DEMO)/rm/best --data $(DEMO)/data \
 		--out $(DEMO)/ppo $(DEMO_PPO)
 	$(MAKE) --no-print-directory compare

@@ -71,8 +71,8 @@ def parse_args(argv=None):
     a("--samples-per-rollout", type=int, default=d.samples_per_rollout, help="(prompt, response, score) rows logged")
     a("--save-every", type=int, default=d.save_every, help="checkpoint interval in rollouts")
     a("--keep-checkpoints", type=int, default=d.keep_checkpoints,
-      help=f"checkpoints kept on disk, newest first (default {d.keep_checkpoints}); 0 keeps one while running and "
-                        f"deletes it once the run has finished and exported (it cannot be resumed then)")
+      help=f"checkpoints kept on disk, newest first (default {d.keep_checkpoints}); 0 keeps one while running, none "
+                        f"once the run has finished and exported (it cannot be resumed then)")
     a("--stop-after-rollouts", type=int, default=None, help="checkpoint and exit after this rollout; --resume continues")
     a("--seed", type=int, default=d.seed)
     a("--activation-checkpointing", action="store_true", help="recompute block activations in backward (saves memory)")

@@ -334,7 +334,10 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
                     atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
                 rm.train()
             stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
-            if step % cfg.save_every == 0 or step == total_steps or stopping:
+            due = step % cfg.save_every == 0 or step == total_steps or stopping
+            if step == total_steps and cfg.keep_checkpoints == 0:  # it would be deleted after the export anyway
+                due = False
+            if due:
                 save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
                                     {**state, "scheduler": scheduler.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
             if stopping:

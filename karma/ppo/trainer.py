@@ -273,7 +273,10 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
                     f"{latest_checkpoint(out / 'checkpoints') or 'none (the run diverged before its first save)'}. "
                     f"Start again with a lower --lr / --value-lr; metrics in {out / 'metrics.jsonl'}")
             stopping = cfg.stop_after_rollouts is not None and state["rollout"] >= cfg.stop_after_rollouts
-            due = state["rollout"] % cfg.save_every == 0 or state["rollout"] == cfg.rollouts or stopping
+            finished = state["rollout"] == cfg.rollouts
+            due = state["rollout"] % cfg.save_every == 0 or finished or stopping
+            if finished and cfg.keep_checkpoints == 0:  # it would be deleted after the export anyway
+                due = False
             if due and not diverged:
                 save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", trained,
                                     {**state, "schedulers": [s.state_dict() for s in schedulers],
