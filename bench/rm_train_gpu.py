@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from karma.reward import RewardConfig, RewardModel, bce_loss
-from karma.reward_train import param_groups
+from karma.run import adamw
 from karma.weights import load_model
 from timing import cuda_median_seconds
 
@@ -48,7 +48,7 @@ def main():
         """Build a model, time its training steps, free it (two 1B models with fp32 Adam state and
         16k-token activations do not fit in 80 GB together)."""
         model = build()
-        opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-5, betas=(0.9, 0.95), fused=True)
+        opt = adamw(model, 1e-5, 0.01)
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16):

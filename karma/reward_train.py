@@ -35,7 +35,7 @@ from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, ga
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
+from karma.run import (AT_LEAST_1, adamw, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
                        check_flags, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, show_progress,
                        write_config)
 from karma.tokenizer import left_pad, load_tokenizer
@@ -174,15 +174,6 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
 
 # ---------------------------------------------------------------------------------- optimisation
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    """AdamW groups: decay on matrices (linear weights, embeddings), none on norms and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
     """Linear warmup to the peak, then cosine decay to min_ratio * peak at total_steps."""
     def f(step):
@@ -231,7 +222,7 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
 
     steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(param_groups(rm, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = adamw(rm, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
 

@@ -1,5 +1,6 @@
 """What every training run shares: its output directory's lock, its config.json (and the check that
-a resumed run keeps the same settings), the JSONL metrics log, the divergence error, peak memory.
+a resumed run keeps the same settings), the JSONL metrics log, the divergence error, the optimizer,
+peak memory.
 
 Lock: `<out>/.lock` holds the owner's pid and host, created with O_EXCL (atomic), so a second run
 into the same --out is refused instead of interleaving logs and checkpoints. A lock whose process
@@ -186,3 +187,15 @@ def check_flags(cfg, **rules) -> None:
             continue
         if isinstance(value, float) and not math.isfinite(value) or not test(value):
             raise ValueError(f"--{name.replace('_', '-')} {value}: must be {must}")
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019) over the trainable parameters, betas (0.9, 0.95): decay on
+    matrices (linear weights, embeddings), none on norms and biases. Fused: one kernel over all
+    parameters (on 2 CPU cores 10x faster than the foreach form, and without its full-size temporaries)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True)

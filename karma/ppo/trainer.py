@@ -34,9 +34,8 @@ from karma.ppo.core import (AdaptiveKLController, FixedKLController, entropy_fro
 from karma.ppo.rollout import collect_rollout, reduce_sums
 from karma.ppo.value import check_same_tokenizer, value_from_policy, value_from_reward_model
 from karma.reward import load_reward_model, read_reward_config
-from karma.reward_train import param_groups
 from karma.tokenizer import copy_tokenizer_files, load_tokenizer
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
+from karma.run import (AT_LEAST_1, adamw, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
                        check_flags, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, show_progress,
                        write_config)
 from karma.weights import inspect_model, load_model, write_hf_checkpoint
@@ -198,8 +197,8 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
     updates_per_rollout = cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch)
     total_updates = cfg.rollouts * updates_per_rollout
     decay = lambda step: 1.0 - (1.0 - cfg.min_lr_ratio) * min(1.0, step / max(1, total_updates))  # linear
-    policy_opt = torch.optim.AdamW(param_groups(policy, 0.0), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-    value_opt = torch.optim.AdamW(param_groups(value, 0.0), lr=cfg.value_lr, betas=(0.9, 0.95), eps=1e-8)
+    policy_opt = adamw(policy, cfg.lr, 0.0)
+    value_opt = adamw(value, cfg.value_lr, 0.0)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (policy_opt, value_opt)]
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl == "adaptive"
               else FixedKLController(cfg.init_kl_coef))
