@@ -22,6 +22,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from karma.distributed import barrier
+
 
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call write(tmp_path) to produce the content, then move it to `path` atomically."""
@@ -128,8 +130,6 @@ def save_training_state(directory: Path, trained: dict, trainer_state: dict, d, 
     (step counters, schedulers, controllers, RNG) from rank 0; written to `<dir>.tmp`, renamed to
     `<dir>` when complete, and recorded in `latest` beside it. Then all but the newest `keep`
     checkpoints are deleted."""
-    from karma.distributed import barrier
-
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if d.is_main and tmp.exists():

@@ -79,106 +79,105 @@ class ModelConfig:
                 f"(supported: {', '.join(sorted(MODEL_TYPES))})"
             )
         family = MODEL_TYPES[model_type]
-
-        def get(*names, default=...):
-            """First present of several spellings of one field; a clear error when required."""
-            for name in names:
-                if raw.get(name) is not None:
-                    return raw[name]
-            if default is ...:
-                raise ValueError(f"{source}: missing required field {names[0]!r} (model_type {model_type!r})")
-            return default
-
+        get = _Fields(raw, source, model_type)
         rope = dict(raw.get("rope_parameters") or {})  # transformers >= 5 spelling
-        rope_scaling = raw.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-        if rope_scaling is not None:
-            rope_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
-            if rope_type != "llama3":
-                raise ValueError(f"{source}: unsupported rope scaling type {rope_type!r} (supported: llama3)")
-            keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-            missing = [k for k in keys if k not in rope_scaling]
-            if missing:
-                raise ValueError(f"{source}: llama3 rope scaling lacks {', '.join(missing)}")
-            rope_scaling = {k: rope_scaling[k] for k in keys}
-            rope_scaling["rope_type"] = "llama3"
-
         hidden = get("hidden_size", "n_embed", "d_model")
         n_heads = get("num_attention_heads", "n_head")
         common = dict(
+            family=family,
             vocab_size=get("vocab_size"),
             hidden_size=hidden,
             n_layers=get("num_hidden_layers", "n_layer"),
             n_heads=n_heads,
+            head_dim=get("head_dim", default=hidden // n_heads) if family == "llama" else hidden // n_heads,
+            rope_theta=get("rotary_emb_base", "rope_theta", default=rope.get("rope_theta", 10000.0)),
+            rope_scaling=_rope_scaling(raw, rope, source),
             max_position_embeddings=get("max_position_embeddings", default=2048),
             bos_token_id=get("bos_token_id", default=None),
             eos_token_ids=_as_list(get("eos_token_id", default=None)),
             pad_token_id=get("pad_token_id", default=None),
             hf_config=raw,
         )
+        return cls(**{**common, **FAMILY_FIELDS[family](get, common)})  # the family may override a common field
 
-        if family == "llama":
-            head_dim = get("head_dim", default=hidden // n_heads)
-            return cls(
-                family=family, **common,
-                n_kv_heads=get("num_key_value_heads", default=n_heads),
-                head_dim=head_dim,
+
+class _Fields:
+    """get(*names, default=...): the first present of several spellings of one config.json field;
+    a clear error naming the file when a required one is missing."""
+
+    def __init__(self, raw: dict, source: str, model_type: str):
+        self.raw, self.source, self.model_type = raw, source, model_type
+
+    def __call__(self, *names, default=...):
+        for name in names:
+            if self.raw.get(name) is not None:
+                return self.raw[name]
+        if default is ...:
+            raise ValueError(f"{self.source}: missing required field {names[0]!r} (model_type {self.model_type!r})")
+        return default
+
+
+def _rope_scaling(raw: dict, rope: dict, source: str) -> dict | None:
+    """Llama 3.x frequency scaling ({"rope_type": "llama3", "factor", ...}) or None."""
+    scaling = raw.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    if scaling is None:
+        return None
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type != "llama3":
+        raise ValueError(f"{source}: unsupported rope scaling type {rope_type!r} (supported: llama3)")
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    missing = [k for k in keys if k not in scaling]
+    if missing:
+        raise ValueError(f"{source}: llama3 rope scaling lacks {', '.join(missing)}")
+    return {**{k: scaling[k] for k in keys}, "rope_type": "llama3"}
+
+
+# The family-specific switches of the table in the module docstring, read from config.json.
+
+def _llama_fields(get: _Fields, common: dict) -> dict:
+    bias = get("attention_bias", default=False)
+    return dict(n_kv_heads=get("num_key_value_heads", default=common["n_heads"]),
                 intermediate_size=get("intermediate_size"),
                 norm="rmsnorm", norm_eps=get("rms_norm_eps", default=1e-6), mlp="swiglu",
                 parallel_block=False, shared_block_norm=False,
-                qkv_bias=get("attention_bias", default=False), out_bias=get("attention_bias", default=False),
-                mlp_bias=get("mlp_bias", default=False), alibi=False,
-                rope_theta=get("rope_theta", default=rope.get("rope_theta", 10000.0)),
-                rotary_dim=head_dim, rope_scaling=rope_scaling,
-                tie_word_embeddings=get("tie_word_embeddings", default=False),
-            )
+                qkv_bias=bias, out_bias=bias, mlp_bias=get("mlp_bias", default=False), alibi=False,
+                rotary_dim=common["head_dim"], tie_word_embeddings=get("tie_word_embeddings", default=False))
 
-        if family == "falcon":
-            # RefinedWeb (falcon-40b) is the new decoder architecture under its original name.
-            new_arch = get("new_decoder_architecture", default=model_type == "RefinedWeb")
-            multi_query = get("multi_query", default=model_type == "RefinedWebModel")
-            if new_arch:
-                n_kv = get("num_kv_heads", "n_head_kv")
-            else:
-                n_kv = 1 if multi_query else n_heads
-            alibi = get("alibi", default=False)
-            bias = get("bias", default=False)
-            activation = get("activation", default="gelu")
-            if activation != "gelu":
-                raise ValueError(f"{source}: unsupported Falcon activation {activation!r} (supported: gelu)")
-            n_ln_parallel = get("num_ln_in_parallel_attn", default=2 if new_arch else None)
-            parallel = bool(new_arch or get("parallel_attn", default=True))
-            head_dim = hidden // n_heads
-            return cls(
-                family=family, **common,
-                n_kv_heads=n_kv, head_dim=head_dim,
-                intermediate_size=get("ffn_hidden_size", default=4 * hidden),
+
+def _falcon_fields(get: _Fields, common: dict) -> dict:
+    # RefinedWeb (falcon-40b) is the new decoder architecture under its original name.
+    new_arch = get("new_decoder_architecture", default=get.model_type == "RefinedWeb")
+    multi_query = get("multi_query", default=get.model_type == "RefinedWebModel")
+    n_kv = get("num_kv_heads", "n_head_kv") if new_arch else 1 if multi_query else common["n_heads"]
+    activation = get("activation", default="gelu")
+    if activation != "gelu":
+        raise ValueError(f"{get.source}: unsupported Falcon activation {activation!r} (supported: gelu)")
+    n_ln_parallel = get("num_ln_in_parallel_attn", default=2 if new_arch else None)
+    parallel = bool(new_arch or get("parallel_attn", default=True))
+    alibi, bias = get("alibi", default=False), get("bias", default=False)
+    return dict(n_kv_heads=n_kv, intermediate_size=get("ffn_hidden_size", default=4 * common["hidden_size"]),
                 norm="layernorm", norm_eps=get("layer_norm_epsilon", default=1e-5), mlp="gelu",
-                parallel_block=parallel,
-                shared_block_norm=parallel and not (new_arch and n_ln_parallel == 2),
+                parallel_block=parallel, shared_block_norm=parallel and not (new_arch and n_ln_parallel == 2),
                 qkv_bias=bias, out_bias=bias, mlp_bias=bias, alibi=alibi,
-                rope_theta=get("rope_theta", default=rope.get("rope_theta", 10000.0)),
-                rotary_dim=0 if alibi else head_dim, rope_scaling=None if alibi else rope_scaling,
-                tie_word_embeddings=get("tie_word_embeddings", default=True),
-            )
+                rotary_dim=0 if alibi else common["head_dim"],
+                rope_scaling=None if alibi else common["rope_scaling"],
+                tie_word_embeddings=get("tie_word_embeddings", default=True))
 
-        # gpt_neox
-        activation = get("hidden_act", default="gelu")
-        if activation != "gelu":
-            raise ValueError(f"{source}: unsupported GPT-NeoX hidden_act {activation!r} (supported: gelu)")
-        head_dim = hidden // n_heads
-        rotary_pct = get("rotary_pct", default=rope.get("partial_rotary_factor", 1.0))
-        bias = get("attention_bias", default=True)
-        return cls(
-            family=family, **common,
-            n_kv_heads=n_heads, head_dim=head_dim,
-            intermediate_size=get("intermediate_size"),
-            norm="layernorm", norm_eps=get("layer_norm_eps", default=1e-5), mlp="gelu",
-            parallel_block=get("use_parallel_residual", default=True), shared_block_norm=False,
-            qkv_bias=bias, out_bias=bias, mlp_bias=True, alibi=False,
-            rope_theta=get("rotary_emb_base", "rope_theta", default=rope.get("rope_theta", 10000.0)),
-            rotary_dim=int(head_dim * rotary_pct), rope_scaling=rope_scaling,
-            tie_word_embeddings=get("tie_word_embeddings", default=False),
-        )
+
+def _gpt_neox_fields(get: _Fields, common: dict) -> dict:
+    activation = get("hidden_act", default="gelu")
+    if activation != "gelu":
+        raise ValueError(f"{get.source}: unsupported GPT-NeoX hidden_act {activation!r} (supported: gelu)")
+    rotary_pct = get("rotary_pct", default=(get.raw.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
+    bias = get("attention_bias", default=True)
+    return dict(n_kv_heads=common["n_heads"], intermediate_size=get("intermediate_size"),
+                norm="layernorm", norm_eps=get("layer_norm_eps", default=1e-5), mlp="gelu",
+                parallel_block=get("use_parallel_residual", default=True), shared_block_norm=False,
+                qkv_bias=bias, out_bias=bias, mlp_bias=True, alibi=False,
+                rotary_dim=int(common["head_dim"] * rotary_pct), tie_word_embeddings=get("tie_word_embeddings", default=False))
+
+
+FAMILY_FIELDS = {"llama": _llama_fields, "falcon": _falcon_fields, "gpt_neox": _gpt_neox_fields}
 
 
 def _as_list(x) -> list[int]:

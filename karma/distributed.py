@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 
 @dataclass
@@ -48,9 +50,6 @@ def shard(model: torch.nn.Module, blocks, d: Dist, mixed_precision: bool = True)
     bf16 with fp32 master weights and fp32 gradient reduction. A no-op for one process."""
     if not d.enabled:
         return model
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     mesh = init_device_mesh(d.device.type, (d.world_size,))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if mixed_precision and d.device.type == "cuda" else MixedPrecisionPolicy())
@@ -93,10 +92,8 @@ def replicated_copy(model: torch.nn.Module, d: Dist, replica: torch.nn.Module | 
     if not d.enabled and dtype == next(model.parameters()).dtype:
         return model
     if replica is None:
-        from karma.model import Transformer
-
         with torch.device("meta"):
-            replica = Transformer(model.config).to(dtype)
+            replica = type(model)(model.config).to(dtype)
         replica.to_empty(device=d.device).init_buffers()
         replica.requires_grad_(False).eval()
     target = replica.state_dict()

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import save_file
 
 from karma.checkpoint import atomic_write, atomic_write_json
 
@@ -94,9 +96,6 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     tokenizer, tokenizer_config = _tokenizer_files(meta)
     generation_config = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
                          "pad_token_id": config["pad_token_id"]}
-
-    from safetensors.torch import save_file
-    import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).unlink(missing_ok=True)  # incomplete until the end

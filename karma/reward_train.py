@@ -29,15 +29,14 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import (atomic_directory, atomic_write_json, latest_checkpoint, load_training_state,
-                              save_training_state, truncate_jsonl)
+from karma.checkpoint import atomic_directory, atomic_write_json, latest_checkpoint, save_training_state
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
-from karma.run import (AT_LEAST_1, adamw, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       check_flags, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, show_progress,
-                       write_config)
+from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
+                       adamw, autocast, check_flags, checkpoint_due, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, resume,
+                       show_progress, write_config)
 from karma.tokenizer import left_pad, load_tokenizer
 from karma.weights import inspect_model
 
@@ -194,141 +193,59 @@ def train(cfg: TrainRMConfig, d: Dist) -> dict:
 
 
 def _train(cfg: TrainRMConfig, d: Dist) -> dict:
+    """The loop: batch -> step (skipped if not finite) -> log -> evaluate (export best/) -> checkpoint."""
     out = Path(cfg.out_dir)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg)
-    gpu = d.device.type == "cuda"
-    rm_cfg = RewardConfig(format=cfg.format, max_length=cfg.max_length, head_hidden=cfg.head_hidden)
     torch.manual_seed(cfg.seed)
+    rm_cfg = RewardConfig(format=cfg.format, max_length=cfg.max_length, head_hidden=cfg.head_hidden)
     rm = build_reward_model(cfg.model, rm_cfg, dtype=torch.float32, device=d.device, seed=cfg.seed)
     rm.backbone.activation_checkpointing = cfg.activation_checkpointing
     rm.train()
     shard(rm, rm.backbone.blocks, d)
-
-    needs_meta = cfg.format == "conditioned"
-    train_ex, train_report = read_examples(split_files(cfg.data, "train"), needs_meta)
-    eval_ex, eval_report = read_examples(split_files(cfg.data, "heldout"), needs_meta)
-    if cfg.max_eval_examples:
-        eval_ex = eval_ex[:cfg.max_eval_examples]
-    if not train_ex or not eval_ex:
-        raise ValueError(f"{cfg.data}: no usable train or held-out examples ({train_report}, {eval_report})")
-    tok = rm.tokenizer
-    train_ids = [encode(tok, e["messages"], e["response"], e.get("meta"), rm_cfg) for e in train_ex]
-    train_labels = np.array([e["label"] for e in train_ex], dtype=np.float32)
-    eval_ids = [encode(tok, e["messages"], e["response"], e.get("meta"), rm_cfg) for e in eval_ex]
-    eval_labels = np.array([e["label"] for e in eval_ex])
-    lengths = np.array([len(s) for s in train_ids])
-
-    steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    data = Data.load(cfg, rm)
+    total_steps = cfg.max_steps or cfg.epochs * data.steps_per_epoch
     optimizer = adamw(rm, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
 
     # log_loss / log_steps: the finite losses since the last train record (checkpointed, so a
-    # resumed run logs the same averages as an uninterrupted one); throughput counters restart with
-    # the process. skipped_steps / bad_streak: steps skipped for a non-finite loss or gradient.
+    # resumed run logs the same averages as an uninterrupted one). skipped_steps / bad_streak:
+    # steps skipped for a non-finite loss or gradient.
     state = {"step": 0, "best_auc": None, "best_step": None, "log_loss": 0.0, "log_steps": 0,
              "skipped_steps": 0, "bad_streak": 0}
-    latest = latest_checkpoint(out / "checkpoints") if cfg.resume else None
-    if latest is not None:
-        state = {**state, **load_training_state(latest, {"model": (rm, optimizer)})}
+    resumed = resume(out, {"model": (rm, optimizer)}, "step", ["metrics.jsonl"], d) if cfg.resume else None
+    if resumed:
+        state.update(resumed)
         scheduler.load_state_dict(state.pop("scheduler"))
-        if d.is_main:
-            truncate_jsonl(out / "metrics.jsonl", "step", state["step"])
-    log = MetricsLog(out / "metrics.jsonl", append=latest is not None, enabled=d.is_main)
-    log.write({"event": "data", "train": train_report, "heldout": eval_report,
-               "train_tokens_mean": float(lengths.mean()),
-               "at_max_length": int((lengths >= cfg.max_length).sum()),  # filled the budget: mostly truncated
-               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not d.enabled else torch.autocast("cpu", enabled=False)
+    log = MetricsLog(out / "metrics.jsonl", append=resumed is not None, enabled=d.is_main)
+    log.write({"event": "data", **data.summary(cfg.max_length), "total_steps": total_steps,
+               "resumed_at": state["step"]})
     bar = tqdm(total=total_steps, initial=state["step"], desc="train_rm", disable=not show_progress(d.is_main), unit="step")
-    cached_epoch, batches = None, None
-    window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
+    throughput = Throughput()
     try:
         while state["step"] < total_steps:
-            step = state["step"]
-            epoch, index = divmod(step, steps_per_epoch)
-            if epoch != cached_epoch:
-                batches, cached_epoch = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch), epoch
-            batch = batches[index]
-            mine = batch[d.rank::d.world_size]
-            # every rank runs the same number of micro-batches (FSDP's collectives must pair up); a rank
-            # short of rows repeats one with weight 0
-            n_micro = math.ceil(math.ceil(len(batch) / d.world_size) / cfg.micro_batch_size)
-            loss_sum = torch.zeros((), device=d.device)
-            for micro in range(n_micro):
-                rows = mine[micro * cfg.micro_batch_size:(micro + 1) * cfg.micro_batch_size]
-                weight = d.world_size / len(batch) if len(rows) else 0.0
-                rows = rows if len(rows) else batch[:1]
-                ids, mask = left_pad([train_ids[i] for i in rows], tok.pad_id)
-                labels = torch.from_numpy(train_labels[rows]).to(d.device)
-                if d.enabled:  # reduce gradients once per step, after the last micro-batch
-                    rm.set_requires_gradient_sync(micro == n_micro - 1)
-                with autocast:
-                    logits = rm(ids.to(d.device), mask.to(d.device))
-                loss = bce_loss(logits, labels, reduction="sum")
-                (loss * weight).backward()
-                loss_sum += loss.detach() * (weight > 0)
-            grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # DTensor
-            batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)  # both global: every rank decides alike
-            if math.isfinite(batch_loss) and math.isfinite(grad_norm):
-                optimizer.step()
-                state["bad_streak"] = 0
-                state["log_loss"] += batch_loss
-                state["log_steps"] += 1
-            else:  # a non-finite loss or gradient: the step is skipped (counted), the weights stay finite
-                state["skipped_steps"] += 1
-                state["bad_streak"] += 1
+            batch = data.batch(state["step"], cfg)
+            loss, grad_norm = train_step(rm, optimizer, data, batch, cfg, d)
+            count_step(state, loss, grad_norm, cfg, out)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] = step = step + 1
+            state["step"] = step = state["step"] + 1
             bar.update(1)
-            if state["bad_streak"] >= cfg.max_bad_steps:
-                raise TrainingDiverged(
-                    f"{state['bad_streak']} consecutive steps (to step {step}) had a non-finite loss or gradient and "
-                    f"were skipped: the weights or the data hold NaN/inf, or --lr {cfg.lr:g} is too high. The weights "
-                    f"were never updated with them; last checkpoint: {latest_checkpoint(out / 'checkpoints')}")
-
-            window["examples"] += len(batch)
-            window["tokens"] += int(lengths[batch].sum())
-            window["steps"] += 1
+            throughput.add(len(batch), int(data.lengths[batch].sum()))
             if step % cfg.log_every == 0 or step == total_steps:
-                seconds = time.perf_counter() - window["start"]
-                record = {"event": "train", "step": step, "epoch": epoch,
+                record = {"event": "train", "step": step, "epoch": (step - 1) // data.steps_per_epoch,
                           "loss": state["log_loss"] / state["log_steps"] if state["log_steps"] else None,
                           "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "skipped_steps": state["skipped_steps"],
-                          "examples_per_s": window["examples"] / seconds, "tokens_per_s": window["tokens"] / seconds,
-                          "steps_per_s": window["steps"] / seconds, "peak_mem_gib": peak_memory_gib(d.device)}
-                loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
-                bar.set_postfix(loss=loss, lr=f"{record['lr']:.2e}")
+                          "skipped_steps": state["skipped_steps"], **throughput.rates(),
+                          "peak_mem_gib": peak_memory_gib(d.device)}
                 log.write(record)
-                window = {"examples": 0, "tokens": 0, "start": time.perf_counter(), "steps": 0}
+                bar.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 state["log_loss"], state["log_steps"] = 0.0, 0
-
             if step % cfg.eval_every == 0 or step == total_steps:
-                metrics = evaluate(rm, eval_ids, eval_labels, cfg.eval_batch_size, d)
-                usable = metrics["roc_auc"] is not None and not metrics["nonfinite_scores"]
-                if usable and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"]):
-                    state["best_auc"], state["best_step"] = metrics["roc_auc"], step
-                    export(rm, out / "best", d, {"step": step, **metrics})
-                log.write({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
-                if d.is_main:
-                    auc = "undefined" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
-                    bar.write(f"step {step:6d}  held-out AUC {auc}  accuracy {metrics.get('accuracy', float('nan')):.4f}  "
-                              f"(best {state['best_auc'] or float('nan'):.4f} at step {state['best_step']})")
-                if d.is_main:
-                    atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
-                rm.train()
+                evaluate_and_keep_best(rm, data, state, cfg, out, log, bar, d)
             stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
-            due = step % cfg.save_every == 0 or step == total_steps or stopping
-            if step == total_steps and cfg.keep_checkpoints == 0:  # it would be deleted after the export anyway
-                due = False
-            if due:
+            if checkpoint_due(step, total_steps, cfg.save_every, stopping, cfg.keep_checkpoints):
                 save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
                                     {**state, "scheduler": scheduler.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
             if stopping:
@@ -345,19 +262,138 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
     return state
 
 
+class Data:
+    """The tokenized train and held-out examples, and the batch order of every epoch."""
+
+    def __init__(self, train_ids, train_labels, eval_ids, eval_labels, reports, batch_size):
+        self.train_ids, self.train_labels = train_ids, train_labels  # list of token lists, [N] float32
+        self.eval_ids, self.eval_labels = eval_ids, eval_labels
+        self.reports = reports  # per split: read / used / skipped by reason (read_examples)
+        self.lengths = np.array([len(s) for s in train_ids])  # [N]
+        self.steps_per_epoch = math.ceil(len(train_ids) / batch_size)
+        self._epoch, self._batches = None, None
+
+    @classmethod
+    def load(cls, cfg: TrainRMConfig, rm: RewardModel) -> "Data":
+        needs_meta = cfg.format == "conditioned"
+        train, train_report = read_examples(split_files(cfg.data, "train"), needs_meta)
+        held_out, eval_report = read_examples(split_files(cfg.data, "heldout"), needs_meta)
+        held_out = held_out[:cfg.max_eval_examples] if cfg.max_eval_examples else held_out
+        if not train or not held_out:
+            raise ValueError(f"{cfg.data}: no usable train or held-out examples ({train_report}, {eval_report})")
+        tokenize = lambda examples: [encode(rm.tokenizer, e["messages"], e["response"], e.get("meta"), rm.cfg)
+                                     for e in examples]
+        return cls(tokenize(train), np.array([e["label"] for e in train], dtype=np.float32),
+                   tokenize(held_out), np.array([e["label"] for e in held_out]),
+                   {"train": train_report, "heldout": eval_report}, cfg.batch_size)
+
+    def batch(self, step: int, cfg: TrainRMConfig) -> np.ndarray:
+        """The example indices of optimizer step `step` (a function of seed and step: exact resume)."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.lengths, cfg.batch_size, cfg.seed, epoch)
+        return self._batches[index]
+
+    def summary(self, max_length: int) -> dict:
+        return {**self.reports, "train_tokens_mean": float(self.lengths.mean()),
+                "at_max_length": int((self.lengths >= max_length).sum()),  # filled the budget: mostly truncated
+                "steps_per_epoch": self.steps_per_epoch}
+
+
+def train_step(rm: RewardModel, optimizer, data: Data, batch: np.ndarray, cfg: TrainRMConfig, d: Dist):
+    """One optimizer step on the mean BCE of `batch` (split across ranks, then into micro-batches);
+    applied only when the loss and the gradient norm are finite. Returns (batch loss, grad norm)."""
+    mine = batch[d.rank::d.world_size]
+    # every rank runs the same number of micro-batches (FSDP's collectives must pair up); a rank
+    # short of rows repeats one with weight 0
+    n_micro = math.ceil(math.ceil(len(batch) / d.world_size) / cfg.micro_batch_size)
+    loss_sum = torch.zeros((), device=d.device)
+    for micro in range(n_micro):
+        rows = mine[micro * cfg.micro_batch_size:(micro + 1) * cfg.micro_batch_size]
+        weight = d.world_size / len(batch) if len(rows) else 0.0
+        rows = rows if len(rows) else batch[:1]
+        ids, mask = left_pad([data.train_ids[i] for i in rows], rm.tokenizer.pad_id)  # [b, T]
+        labels = torch.from_numpy(data.train_labels[rows]).to(d.device)  # [b]
+        if d.enabled:  # reduce gradients once per step, after the last micro-batch
+            rm.set_requires_gradient_sync(micro == n_micro - 1)
+        with autocast(d):
+            logits = rm(ids.to(d.device), mask.to(d.device))  # [b]
+        loss = bce_loss(logits, labels, reduction="sum")
+        (loss * weight).backward()
+        loss_sum += loss.detach() * (weight > 0)
+    grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # DTensor
+    batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)  # both global: every rank decides alike
+    if math.isfinite(batch_loss) and math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return batch_loss, grad_norm
+
+
+def count_step(state: dict, loss: float, grad_norm: float, cfg: TrainRMConfig, out: Path) -> None:
+    """Book-keeping of applied and skipped (non-finite) steps; --max-bad-steps in a row stop the run."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        state["bad_streak"] = 0
+        state["log_loss"] += loss
+        state["log_steps"] += 1
+        return
+    state["skipped_steps"] += 1
+    state["bad_streak"] += 1
+    if state["bad_streak"] >= cfg.max_bad_steps:
+        raise TrainingDiverged(
+            f"{state['bad_streak']} consecutive steps (to step {state['step'] + 1}) had a non-finite loss or gradient "
+            f"and were skipped: the weights or the data hold NaN/inf, or --lr {cfg.lr:g} is too high. The weights "
+            f"were never updated with them; last checkpoint: {latest_checkpoint(out / 'checkpoints')}")
+
+
+class Throughput:
+    """Examples, tokens and steps per second since the last log record."""
+
+    def __init__(self):
+        self.examples = self.tokens = self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, examples: int, tokens: int) -> None:
+        self.examples, self.tokens, self.steps = self.examples + examples, self.tokens + tokens, self.steps + 1
+
+    def rates(self) -> dict:
+        seconds = time.perf_counter() - self.start
+        rates = {"examples_per_s": self.examples / seconds, "tokens_per_s": self.tokens / seconds,
+                 "steps_per_s": self.steps / seconds}
+        self.__init__()
+        return rates
+
+
+def evaluate_and_keep_best(rm: RewardModel, data: Data, state: dict, cfg: TrainRMConfig, out: Path, log: MetricsLog,
+                           bar, d: Dist) -> None:
+    """Held-out metrics to the log and eval.json; a new best finite AUC is exported to best/."""
+    step = state["step"]
+    metrics = evaluate(rm, data.eval_ids, data.eval_labels, cfg.eval_batch_size, d)
+    usable = metrics["roc_auc"] is not None and not metrics["nonfinite_scores"]
+    if usable and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"]):
+        state["best_auc"], state["best_step"] = metrics["roc_auc"], step
+        export(rm, out / "best", d, {"step": step, **metrics})
+    log.write({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
+    if d.is_main:
+        auc = "undefined" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
+        bar.write(f"step {step:6d}  held-out AUC {auc}  accuracy {metrics.get('accuracy', float('nan')):.4f}  "
+                  f"(best {state['best_auc'] or float('nan'):.4f} at step {state['best_step']})")
+        atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
+    rm.train()
+
+
 @torch.no_grad()
 def evaluate(rm: RewardModel, ids: list[list[int]], labels: np.ndarray, batch_size: int, d: Dist) -> dict:
     """Held-out metrics (karma.metrics); the rows are split across ranks and gathered. Non-finite
     scores are counted (`nonfinite_scores`) and left out of the metrics."""
     rm.eval()
-    gpu = d.device.type == "cuda"
     mine = sorted(range(d.rank, len(ids), d.world_size), key=lambda i: len(ids[i]))
     n_batches = math.ceil(math.ceil(len(ids) / d.world_size) / batch_size)  # the same on every rank (FSDP)
     probs = []
     for b in range(n_batches):
         rows = mine[b * batch_size:(b + 1) * batch_size]
         x, mask = left_pad([ids[i] for i in (rows or [0])], rm.tokenizer.pad_id)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=gpu and not d.enabled):
+        with autocast(d):
             p = torch.sigmoid(rm(x.to(d.device), mask.to(d.device)).float())
         probs += list(zip(rows, p.tolist()))  # nothing for a padding batch (rows empty)
     gathered = sorted(gather_lists(probs, d))

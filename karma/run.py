@@ -1,6 +1,6 @@
 """What every training run shares: its output directory's lock, its config.json (and the check that
-a resumed run keeps the same settings), the JSONL metrics log, the divergence error, the optimizer,
-peak memory.
+a resumed run keeps the same settings), resuming from the latest checkpoint, the JSONL metrics log,
+bf16 autocast, the optimizer, the divergence error, peak memory.
 
 Lock: `<out>/.lock` holds the owner's pid and host, created with O_EXCL (atomic), so a second run
 into the same --out is refused instead of interleaving logs and checkpoints. A lock whose process
@@ -11,6 +11,7 @@ host cannot be checked and is refused with the path to delete.
 import json
 import math
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -21,7 +22,9 @@ from pathlib import Path
 import orjson
 import torch
 
-from karma.checkpoint import atomic_write_json, finite_json, latest_checkpoint, read_json
+from karma.checkpoint import (atomic_write_json, finite_json, latest_checkpoint, load_training_state, read_json,
+                              truncate_jsonl)
+from karma.distributed import Dist
 
 
 class TrainingDiverged(RuntimeError):
@@ -166,7 +169,6 @@ def peak_memory_gib(device: torch.device) -> float:
     """Peak allocated GPU memory, or the process's peak resident memory on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
@@ -199,3 +201,31 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
+
+
+def autocast(d: Dist):
+    """bf16 compute over fp32 master weights on one GPU (under torchrun FSDP's mixed-precision policy
+    does it); a no-op on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=d.device.type == "cuda" and not d.enabled)
+
+
+def resume(out: Path, trained: dict, counter: str, logs: list[str], d: Dist) -> dict | None:
+    """Load the latest checkpoint of `out` into trained = {name: (model, optimizer)} and return its
+    trainer state (None when there is none); the JSONL `logs` lose their records past the
+    checkpoint's `counter` (written after it by the killed run), so they read as one run."""
+    latest = latest_checkpoint(Path(out) / "checkpoints")
+    if latest is None:
+        return None
+    state = load_training_state(latest, trained)
+    if d.is_main:
+        for name in logs:
+            truncate_jsonl(Path(out) / name, counter, state[counter])
+    return state
+
+
+def checkpoint_due(step: int, total: int, save_every: int, stopping: bool, keep: int) -> bool:
+    """Save every `save_every` steps, when stopping early, and at the end, except the end with
+    --keep-checkpoints 0 (that checkpoint would be deleted right after the final export)."""
+    if step == total and keep == 0:
+        return False
+    return step % save_every == 0 or stopping or step == total

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from karma.encoder import load_classifier
+
 PERSPECTIVE_URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 PERSPECTIVE_ATTRIBUTES = {"TOXICITY": "toxicity", "SEVERE_TOXICITY": "severe_toxicity",
                           "IDENTITY_ATTACK": "identity_attack", "INSULT": "insult", "THREAT": "threat",
@@ -153,8 +155,6 @@ class ClassifierScorer:
     is_proxy = False
 
     def __init__(self, name_or_path: str, device=None, batch_size: int = 32):
-        from karma.encoder import load_classifier
-
         self.classifier = load_classifier(name_or_path, device=device)
         self.batch_size = batch_size
         labels = self.classifier.labels

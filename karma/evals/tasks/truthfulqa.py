@@ -33,6 +33,8 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+
 from karma.evals.lm import EvalLM
 from karma.evals.task import DataFile, TaskResult, locate, read_csv, record, stratified_limit
 from karma.evals.textmetrics import bleu, rouge
@@ -87,8 +89,6 @@ def _sample(items: list[dict], limit: int | None, seed: int) -> list[dict]:
     """A seeded uniform sample of `limit` items in file order (mc_task.json has no categories)."""
     if limit is None or limit >= len(items):
         return items
-    import numpy as np
-
     keep = np.random.default_rng(seed).permutation(len(items))[:limit]
     return [items[i] for i in sorted(keep)]
 
