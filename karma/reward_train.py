@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 import torch
 from tqdm import tqdm
 
@@ -33,6 +32,7 @@ from karma.checkpoint import atomic_directory, atomic_write_json, latest_checkpo
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
+from karma.records import Skips, jsonl_objects
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
                        adamw, autocast, check_flags, checkpoint_due, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, resume,
@@ -109,33 +109,18 @@ def check_inputs(cfg: TrainRMConfig) -> None:
 def read_examples(paths: list[Path], needs_meta: bool) -> tuple[list[dict], dict]:
     """Examples from data_prep JSONL files; malformed lines and missing fields are skipped and
     reported by file:line (the first 20 per reason), never silently."""
-    examples, skipped, where = [], {}, {}
+    examples, skips = [], Skips()
     for path in paths:
-        with open(path, "rb") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                reason = None
-                try:
-                    ex = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    reason = "malformed_json"
-                else:
-                    reason = _example_problem(ex, needs_meta)
-                if reason:
-                    skipped[reason] = skipped.get(reason, 0) + 1
-                    where.setdefault(reason, [])
-                    if len(where[reason]) < 20:
-                        where[reason].append(f"{path}:{line_no}")
-                    continue
-                examples.append({k: ex[k] for k in ("id", "messages", "response", "label", "meta") if k in ex})
-    return examples, {"read": len(examples) + sum(skipped.values()), "used": len(examples),
-                      "skipped": skipped, "skip_locations": where}
+        for where, ex in jsonl_objects(path, skips):
+            reason = _example_problem(ex, needs_meta)
+            if reason:
+                skips.add(reason, where)
+                continue
+            examples.append({k: ex[k] for k in ("id", "messages", "response", "label", "meta") if k in ex})
+    return examples, {"read": len(examples) + skips.total(), "used": len(examples), **skips.report()}
 
 
-def _example_problem(ex, needs_meta: bool) -> str | None:
-    if not isinstance(ex, dict):
-        return "not_an_object"
+def _example_problem(ex: dict, needs_meta: bool) -> str | None:
     for key, kind in (("messages", list), ("response", str), ("label", int)):
         if key not in ex:
             return f"missing_field:{key}"

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from karma.checkpoint import atomic_write
+from karma.records import Skips
 
 BATCH_ROWS = 1024  # parquet rows per record batch: memory stays bounded whatever the shard size
 MAX_EXAMPLES = 20  # locations remembered per skip reason
@@ -138,14 +139,8 @@ def read_ultrachat(paths, *, split: str | None = "train_sft", limit: int | None 
         raise ValueError(f"bad limits: limit={limit}, min_chars={min_chars}, max_chars={max_chars}")
     files = find_files(paths, split)
     prompts, texts, ids = [], set(), set()
-    stats = {"files": [], "rows_read": 0, "kept": 0, "skipped": {}, "bad_examples": {},
-             "ids_derived": 0}
-
-    def skip(reason, loc):
-        stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
-        examples = stats["bad_examples"].setdefault(reason, [])
-        if len(examples) < MAX_EXAMPLES:
-            examples.append(loc)
+    stats = {"files": [], "rows_read": 0, "kept": 0, "ids_derived": 0}
+    skips = Skips(MAX_EXAMPLES)
 
     for path in files:
         if limit is not None and len(prompts) >= limit:
@@ -155,7 +150,7 @@ def read_ultrachat(paths, *, split: str | None = "train_sft", limit: int | None 
         for loc, row, reason in rows:
             stats["rows_read"] += 1
             if reason is not None:
-                skip(reason, loc)
+                skips.add(reason, loc)
                 continue
             text, reason = _first_user_turn(row)
             pid = row.get("prompt_id")
@@ -169,7 +164,7 @@ def read_ultrachat(paths, *, split: str | None = "train_sft", limit: int | None 
                           else "too_long" if max_chars is not None and len(text) > max_chars
                           else "duplicate" if key in texts else "duplicate_id" if pid in ids else None)
             if reason is not None:
-                skip(reason, loc)
+                skips.add(reason, loc)
                 continue
             stats["ids_derived"] += not row.get("prompt_id")
             texts.add(key)
@@ -179,7 +174,7 @@ def read_ultrachat(paths, *, split: str | None = "train_sft", limit: int | None 
             if limit is not None and len(prompts) >= limit:
                 break
         rows.close()  # closes the file now, even when we stopped early
-    stats["kept"] = len(prompts)
+    stats.update(kept=len(prompts), skipped=dict(skips.counts), bad_examples=skips.locations)
     return prompts, stats
 
 
