@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DEMO := runs/demo
 # toy scale so the chain finishes in minutes on 2 CPU cores (16 samples of ONE Reddit prompt per
 # rollout, so replies are compared with replies to the same prompt); real runs: see the README
-DEMO_PPO ?= --rollouts 8 --rollout-batch 16 --minibatch 8 --micro-batch 4 --ppo-epochs 2 --max-new-tokens 16 \
+DEMO_PPO ?= --rollouts 8 --rollout-batch 16 --minibatch 4 --micro-batch 4 --ppo-epochs 1 --max-new-tokens 32 \
 	--max-prompt-tokens 128 --lr 3e-5 --value-lr 1e-4 --init-kl-coef 0.01 --value-init policy --keep-checkpoints 0
 
 # evaluation on small offline subsets (data/eval-sample): 40 items per task, 4 RealToxicityPrompts samples

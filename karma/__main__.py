@@ -87,7 +87,7 @@ def ending(row: dict) -> str:
     return "stopped at EOS" if row["ended_eos"] else "hit --max-new-tokens"
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m karma", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sample replies with karma's decoder. --compare shows a second model's replies to the same\n"
@@ -126,7 +126,11 @@ def main(argv=None):
         parser.error("give a PROMPT or --prompts FILE.jsonl" + (", not both" if args.prompts else ""))
     if args.n < 1:
         parser.error(f"--n {args.n} must be >= 1")
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     prompts = load_prompts(args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after the generation
