@@ -78,9 +78,10 @@ class RewardModel(nn.Module):
         return probs
 
 
-def encode(tokenizer: Tokenizer, messages: list[dict], response: str | None, meta: dict | None, cfg) -> list[int]:
+def encode(tokenizer: Tokenizer, messages: list[dict], response: str | None, meta: dict | None,
+           cfg: RewardConfig) -> list[int]:
     """Token ids of render(messages, response) (or of render_prompt(messages) when response is
-    None: a PPO prompt) with at most cfg.max_length tokens, in cfg.format: while too long, drop the
+    None: a PPO or DPO prompt) with at most cfg.max_length tokens, in cfg.format: while too long, drop the
     oldest context turn; if the last turn alone still does not fit, keep the start (BOS, and the
     conditioned format's subreddit/time header) and as much of the end as fits."""
     def text(msgs, fmt):

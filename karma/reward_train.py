@@ -36,7 +36,7 @@ from karma.records import Skips, jsonl_objects
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
                        adamw, autocast, check_flags, checkpoint_due, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, resume,
-                       show_progress, write_config)
+                       show_progress, warmup_cosine, write_config)
 from karma.tokenizer import left_pad, load_tokenizer
 from karma.weights import inspect_model
 
@@ -156,18 +156,6 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-# ---------------------------------------------------------------------------------- optimisation
-
-def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
-    """Linear warmup to the peak, then cosine decay to min_ratio * peak at total_steps."""
-    def f(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
-
-
 # ------------------------------------------------------------------------------------------ train
 
 def train(cfg: TrainRMConfig, d: Dist) -> dict:
@@ -193,7 +181,7 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
     total_steps = cfg.max_steps or cfg.epochs * data.steps_per_epoch
     optimizer = adamw(rm, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
+        optimizer, warmup_cosine(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
 
     # log_loss / log_steps: the finite losses since the last train record (checkpointed, so a
     # resumed run logs the same averages as an uninterrupted one). skipped_steps / bad_streak:

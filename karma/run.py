@@ -22,9 +22,11 @@ from pathlib import Path
 import orjson
 import torch
 
-from karma.checkpoint import (atomic_write_json, finite_json, latest_checkpoint, load_training_state, read_json,
+from karma.checkpoint import (atomic_directory, atomic_write_json, finite_json, latest_checkpoint, load_training_state, read_json,
                               truncate_jsonl)
-from karma.distributed import Dist
+from karma.distributed import Dist, barrier, full_state_dict
+from karma.tokenizer import Tokenizer, copy_tokenizer_files
+from karma.weights import write_hf_checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,8 +95,9 @@ def _alive(pid: int) -> bool:
 # ----------------------------------------------------------------------------------- run config
 
 def config_dict(cfg) -> dict:
-    """A run config dataclass as JSON-ready values (paths as strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    """A run config dataclass as JSON-ready values (paths as strings, also in lists)."""
+    json_ready = lambda v: str(v) if isinstance(v, Path) else [json_ready(x) for x in v] if isinstance(v, list) else v
+    return {k: json_ready(v) for k, v in asdict(cfg).items()}
 
 
 def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
@@ -203,6 +206,17 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier (for LambdaLR): linear warmup to the peak, then cosine decay to min_ratio * peak
+    at total_steps (Loshchilov & Hutter 2017, "SGDR", without restarts)."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
 def autocast(d: Dist):
     """bf16 compute over fp32 master weights on one GPU (under torchrun FSDP's mixed-precision policy
     does it); a no-op on CPU."""
@@ -229,3 +243,14 @@ def checkpoint_due(step: int, total: int, save_every: int, stopping: bool, keep:
     if step == total and keep == 0:
         return False
     return step % save_every == 0 or stopping or step == total
+
+
+def export_model(model: torch.nn.Module, tokenizer: Tokenizer, directory: Path, d: Dist) -> None:
+    """A trained decoder in Hugging Face layout with its tokenizer, whole or not at all (written
+    aside, then swapped in): loads in transformers and vLLM. Every rank calls it (FSDP gathers)."""
+    state = full_state_dict(model, d)
+    if d.is_main:
+        with atomic_directory(directory) as tmp:
+            write_hf_checkpoint(model, tmp, state_dict=state)
+            copy_tokenizer_files(tokenizer, tmp)
+    barrier(d)
