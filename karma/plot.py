@@ -4,7 +4,8 @@
     python -m karma.plot runs/rm --out rm.png
 
 The run type comes from RUN_DIR/metrics.jsonl: records with "rollout" are a PPO run (ppo.py),
-records with "event" (data / train / eval) a reward-model run (train_rm.py); the reward model's
+records with "rewards/margins" a DPO run (dpo.py), other records with "event" (data / train /
+eval) a reward-model run (train_rm.py); the reward model's
 reliability diagram comes from RUN_DIR/eval.json (its latest held-out evaluation). A null or
 missing value (a skipped step, a rollout without a finite score) is a gap in its curve, never an
 error. Drawn on matplotlib Figure objects (no pyplot: no global backend or figure state) and
@@ -37,6 +38,8 @@ def plot_run(run_dir, out=None) -> Path:
     name = run_dir.resolve().name
     if any("rollout" in r for r in records):
         fig = ppo_figure(records, title=f"{name}: PPO")
+    elif any("rewards/margins" in r for r in records):
+        fig = dpo_figure(records, title=f"{name}: DPO")
     elif any(r.get("event") in ("data", "train", "eval") for r in records):
         evaluation = read_json(run_dir / "eval.json") if (run_dir / "eval.json").exists() else None
         fig = rm_figure(records, evaluation, title=f"{name}: reward model")
@@ -239,6 +242,35 @@ def _calibration_panel(ax, evaluation: dict | None) -> None:
         ax.set_title(f"calibration at step {evaluation.get('step', '?')} "
                      f"(ECE {f'{ece:.4f}' if _number(ece) else 'n/a'}; bar labels: examples)")
     _finish(ax, frac)
+
+
+# ------------------------------------------------------------------------------------------ DPO
+
+def dpo_figure(records: list[dict], title: str) -> Figure:
+    """Four panels over the steps, train (lines) and held-out (dots): loss, implicit rewards of the
+    chosen and rejected replies, reward accuracy, policy log-probs."""
+    train = [r for r in records if r.get("event") == "train"]
+    evals = [r for r in records if r.get("event") == "eval"]
+    fig = Figure(figsize=(12, 8), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    panels = (("loss", ("loss",), "DPO loss"),
+              ("implicit rewards: beta log pi/ref", ("rewards/chosen", "rewards/rejected", "rewards/margins"), "reward"),
+              ("reward accuracy (chosen above rejected)", ("rewards/accuracies",), "share of pairs"),
+              ("policy log-probs of the replies", ("logps/chosen", "logps/rejected"), "log-prob"))
+    for ax, (panel_title, keys, ylabel) in zip(axes, panels):
+        ys = []
+        for i, key in enumerate(keys):
+            y = _series(train, key)
+            _line(ax, _series(train, "step"), y, color=f"C{i}", label=f"train {key}")
+            held_out = _series(evals, key)
+            ax.plot(_series(evals, "step"), held_out, "o", color=f"C{i}", mfc="none", label=f"held-out {key}")
+            ys += [y, held_out]
+        ax.set(title=panel_title, xlabel="step", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _finish(ax, *ys)
+    steps = [r["step"] for r in records if _number(r.get("step"))]
+    fig.suptitle(f"{title}, {_count(max(steps, default=0), 'step')}")
+    return fig
 
 
 # ---------------------------------------------------------------------------------------- helpers
