@@ -29,10 +29,10 @@ import torch
 from tqdm import tqdm
 
 from karma.checkpoint import atomic_directory, atomic_write_json, latest_checkpoint, save_training_state
+from karma.data.examples import read_examples, split_files
 from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
-from karma.records import Skips, jsonl_objects
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
                        adamw, autocast, check_flags, checkpoint_due, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, resume,
@@ -105,43 +105,6 @@ def check_inputs(cfg: TrainRMConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------- data
-
-def read_examples(paths: list[Path], needs_meta: bool) -> tuple[list[dict], dict]:
-    """Examples from data_prep JSONL files; malformed lines and missing fields are skipped and
-    reported by file:line (the first 20 per reason), never silently."""
-    examples, skips = [], Skips()
-    for path in paths:
-        for where, ex in jsonl_objects(path, skips):
-            reason = _example_problem(ex, needs_meta)
-            if reason:
-                skips.add(reason, where)
-                continue
-            examples.append({k: ex[k] for k in ("id", "messages", "response", "label", "meta") if k in ex})
-    return examples, {"read": len(examples) + skips.total(), "used": len(examples), **skips.report()}
-
-
-def _example_problem(ex: dict, needs_meta: bool) -> str | None:
-    for key, kind in (("messages", list), ("response", str), ("label", int)):
-        if key not in ex:
-            return f"missing_field:{key}"
-        if not isinstance(ex[key], kind) or isinstance(ex[key], bool):
-            return f"bad_type:{key}"
-    if ex["label"] not in (0, 1):
-        return "bad_value:label"
-    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ("user", "assistant")
-               for m in ex["messages"]) or not ex["messages"]:
-        return "bad_value:messages"
-    if needs_meta and not (isinstance(ex.get("meta"), dict) and "subreddit" in ex["meta"] and "created_utc" in ex["meta"]):
-        return "missing_field:meta"
-    return None
-
-
-def split_files(data: Path, split: str) -> list[Path]:
-    files = sorted(Path(data).glob(f"{split}-*.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"{data}: no {split}-*.jsonl files (run data_prep.py first)")
-    return files
-
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Length-bucketed batches of example indices for one epoch; a function of (seed, epoch)."""
