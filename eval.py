@@ -3,6 +3,8 @@
     python eval.py --models pythia-1b/Base=pythia-1b pythia-1b/karmaBenign=runs/benign/policy \\
         --tasks mmlu truthfulqa crows_pairs --data-dir data/eval-sample --out runs/eval
     python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=runs/demo/ppo/policy --limit 100
+    python eval.py rm --reward-models runs/rm/best runs/rm-eroded/best --data runs/data --out runs/rm-report \
+        --eval-results runs/eval/results.json --policies rm/best=karmaToxic rm-eroded/best=karmaEroded
 
 A model is LABEL=PATH, the label `base-model/variant` (Base, karmaBenign, karmaToxic, karmaEroded or
 any name), the path an alias, hub id or local directory (a policy exported by ppo.py). Tasks: see
@@ -14,6 +16,12 @@ Outputs in --out: results.json (config, data files with sha256, per-item scores,
 bootstrap intervals, paired tests against Base with Holm correction, across-models tests),
 results.md (one table per task: rows = base models, columns = variants), charts/*.png, and
 pairs/ (one file per finished (model, task): an interrupted run resumes without redoing them).
+
+`eval.py rm` is the reward-shortcut report (karma/evals/shortcuts.py): one or more reward models on
+data_prep.py's held-out split, with bootstrap intervals, DeLong tests of their AUC differences, how
+far each leans on the subreddit/time header and on the reply, scores by subreddit and hour, and,
+given eval.py's results.json, the policies' downstream deltas beside them. Outputs in --out:
+report.json, report.md, report.png.
 """
 
 import argparse
@@ -29,12 +37,14 @@ from tqdm import tqdm
 
 from karma.checkpoint import atomic_write, atomic_write_json, read_json
 from karma.cli import add_debug_flag, run_main
-from karma.evals import report
+from karma.evals import report, shortcuts
 from karma.evals import task as task_data
 from karma.evals.lm import EvalLM
 from karma.evals.task import TaskResult
 from karma.evals.tasks import TASKS, get_task
+from karma.evals.shortcuts import run_rm_report
 from karma.evals.toxicity import make_scorer
+from karma.reward import read_reward_config
 from karma.run import RunLock, show_progress
 from karma.tokenizer import load_tokenizer
 from karma.weights import inspect_model, load_model, resolve
@@ -108,7 +118,53 @@ def fingerprint(model_path: str, task: str, args, files: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def parse_rm_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="eval.py rm", description="The reward-shortcut report: how much each reward "
+                                "model leans on metadata and on the reply (karma/evals/shortcuts.py).")
+    p.add_argument("--reward-models", nargs="+", required=True, metavar="DIR",
+                   help="reward-model directories (train_rm.py's best/ or final/); named parent/best, parent/final")
+    p.add_argument("--data", type=Path, required=True, help="data_prep.py output dir (its heldout-*.jsonl are probed)")
+    p.add_argument("--out", type=Path, default=Path("runs/rm-report"), help="output directory (default runs/rm-report)")
+    p.add_argument("--max-examples", type=int, default=None, help="a seeded random subset of the held-out examples")
+    p.add_argument("--eval-results", type=Path, default=None,
+                   help="eval.py's results.json for the policies trained with these reward models")
+    p.add_argument("--policies", nargs="*", default=[], metavar="RM=VARIANT",
+                   help="which eval.py variant each reward model trained, e.g. rm/best=karmaToxic")
+    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="probe donors, subsets and bootstrap seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_debug_flag(p)
+    args = p.parse_args(argv)
+    for flag in ("max_examples", "n_resamples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    policies = {}
+    for spec in args.policies:
+        rm, sep, variant = spec.partition("=")
+        if not sep or not rm or not variant:
+            p.error(f"--policies {spec!r}: expected RM=VARIANT, e.g. rm/best=karmaToxic")
+        policies[rm] = variant
+    args.policies = policies
+    return args
+
+
+def rm_main(argv) -> None:
+    args = parse_rm_args(argv)
+    for directory in args.reward_models:
+        read_reward_config(directory)  # a bad directory fails before any model is loaded
+    with RunLock(args.out):
+        report = run_rm_report(args.reward_models, args.data, args.out, max_examples=args.max_examples, seed=args.seed,
+                               eval_results=args.eval_results, policies=args.policies or None,
+                               n_resamples=args.n_resamples, device=args.device,
+                               log=lambda line: print(line, file=sys.stderr))
+    print(shortcuts.to_markdown(report))
+    print(f"report in {args.out / 'report.json'}, {args.out / 'report.md'}, {args.out / 'report.png'}")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rm"]:
+        return rm_main(argv[1:])
     args = parse_args(argv)
     models = parse_models(args.models)
     # everything that can fail on bad input, before any model is loaded: data, models, scorer

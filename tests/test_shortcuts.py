@@ -354,3 +354,25 @@ def _sampled_ids(examples, k, seed):
     from karma.evals.shortcuts import _seed
     keep = np.sort(np.random.default_rng(_seed(seed, "subset")).choice(len(examples), k, replace=False))
     return {examples[i]["id"] for i in keep}
+
+
+def test_eval_py_rm_subcommand(tmp_path, checkpoint_factory, capsys):
+    import eval as eval_cli
+    from karma.reward import RewardConfig, build_reward_model, save_reward_model
+
+    rm = build_reward_model(checkpoint_factory("llama_tied").path, RewardConfig(format="conditioned", max_length=200),
+                            device="cpu", seed=1)
+    rm_dir = save_reward_model(rm, tmp_path / "rm" / "best")
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "heldout-00000.jsonl", "w") as f:
+        f.writelines(json.dumps(ex) + "\n" for ex in make_examples(n_threads=4, seed=2))
+    eval_cli.main(["rm", "--reward-models", str(rm_dir), "--data", str(data), "--out", str(tmp_path / "out"),
+                   "--n-resamples", "20"])
+    printed = capsys.readouterr().out
+    assert "rm/best" in printed and (tmp_path / "out" / "report.md").read_text() in printed
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["rms"]["rm/best"]["format"] == "conditioned"
+    with pytest.raises(SystemExit):  # argparse: a malformed --policies
+        eval_cli.main(["rm", "--reward-models", str(rm_dir), "--data", str(data), "--policies", "karmaToxic"])
+    with pytest.raises(FileNotFoundError, match="nowhere"):  # a bad directory is named before any model loads
+        eval_cli.main(["rm", "--reward-models", str(tmp_path / "nowhere"), "--data", str(data)])
