@@ -357,7 +357,7 @@ def _sampled_ids(examples, k, seed):
 
 
 def test_eval_py_rm_subcommand(tmp_path, checkpoint_factory, capsys):
-    import eval as eval_cli
+    import eval as eval_cli  # the top-level script (the repository root is on sys.path in tests)
     from karma.reward import RewardConfig, build_reward_model, save_reward_model
 
     rm = build_reward_model(checkpoint_factory("llama_tied").path, RewardConfig(format="conditioned", max_length=200),
