@@ -27,7 +27,9 @@ demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> rew
 	$(MAKE) --no-print-directory compare
 	$(BIN)/python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=$(DEMO)/ppo/policy \
 		--data-dir data/eval-sample --out $(DEMO)/eval $(DEMO_EVAL)
-	@echo "outputs: $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/)"
+	$(BIN)/python eval.py rm --reward-models $(DEMO)/rm/best --data $(DEMO)/data --out $(DEMO)/rm-report \
+		--max-examples 64 --n-resamples 200
+	@echo "outputs: $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/), $(DEMO)/rm-report (how the reward model leans on metadata and on the reply)"
 
 MODEL ?= smollm2-135m
 PROMPT ?= Give me three tips for writing a good Reddit reply.
