@@ -24,21 +24,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import (atomic_directory, latest_checkpoint, load_training_state, save_training_state,
-                              truncate_jsonl)
+from karma.checkpoint import latest_checkpoint, save_training_state
 from karma.data.ultrachat import read_prompts
-from karma.distributed import Dist, all_reduce_max, all_reduce_sum, barrier, full_state_dict, replicated_copy, shard
+from karma.distributed import Dist, all_reduce_max, all_reduce_sum, replicated_copy, shard
 from karma.plot import plot_run
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
                             logprobs_from_logits, masked_mean, policy_loss, value_loss)
 from karma.ppo.rollout import collect_rollout, reduce_sums
 from karma.ppo.value import check_same_tokenizer, value_from_policy, value_from_reward_model
 from karma.reward import load_reward_model, read_reward_config
-from karma.tokenizer import copy_tokenizer_files, load_tokenizer
-from karma.run import (AT_LEAST_1, adamw, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       check_flags, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, show_progress,
-                       write_config)
-from karma.weights import inspect_model, load_model, write_hf_checkpoint
+from karma.tokenizer import load_tokenizer
+from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
+                       adamw, autocast, check_flags, check_out_dir, checkpoint_due, drop_checkpoints_if_done,
+                       export_model, peak_memory_gib, resume, show_progress, write_config)
+from karma.weights import inspect_model, load_model
 
 PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultrachat.jsonl"}
 
@@ -173,92 +172,35 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
 
 
 def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
+    """The loop: rollout -> update -> KL coefficient -> log -> checkpoint (see the module doc)."""
     out = Path(cfg.out_dir)
-    gpu = d.device.type == "cuda"
-    frozen_dtype = torch.bfloat16 if gpu else torch.float32
     torch.manual_seed(cfg.seed)
-    policy = load_model(cfg.model, dtype=torch.float32, device=d.device)
-    policy_tok = load_tokenizer(cfg.model)
-    ref = load_model(cfg.model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
-    if reward is None:
-        reward = load_reward_model(cfg.reward_model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
-    value = (value_from_reward_model(reward, policy_tok) if cfg.value_init == "reward"
-             else value_from_policy(policy)).float()
-    policy.activation_checkpointing = value.backbone.activation_checkpointing = cfg.activation_checkpointing
-    shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
-    shard(value, value.backbone.blocks, d)
-    generator_model = None  # sampling copy: FSDP -> gathered once per rollout; one GPU -> bf16 copy
-    run_variant = variant(cfg, reward.cfg.format)
+    m = Models.load(cfg, d, reward)
+    run_variant = variant(cfg, m.reward.cfg.format)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_config(out, cfg, variant=run_variant, reward_format=reward.cfg.format, n_prompts=len(prompts),
+        write_config(out, cfg, variant=run_variant, reward_format=m.reward.cfg.format, n_prompts=len(prompts),
                      world_size=d.world_size, sharded=d.enabled)
-
-    updates_per_rollout = cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch)
-    total_updates = cfg.rollouts * updates_per_rollout
-    decay = lambda step: 1.0 - (1.0 - cfg.min_lr_ratio) * min(1.0, step / max(1, total_updates))  # linear
-    policy_opt = adamw(policy, cfg.lr, 0.0)
-    value_opt = adamw(value, cfg.value_lr, 0.0)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (policy_opt, value_opt)]
-    kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl == "adaptive"
-              else FixedKLController(cfg.init_kl_coef))
-    trained = {"policy": (policy, policy_opt), "value": (value, value_opt)}
+    opt = Optimization(cfg, m)
 
     # divergent_streak: consecutive rollouts whose update diverged (see ppo_update / _diverged)
     state = {"rollout": 0, "divergent_streak": 0}
-    latest = latest_checkpoint(out / "checkpoints") if cfg.resume else None
-    if latest is not None:
-        state = {**state, **load_training_state(latest, trained)}
-        for sched, sd in zip(schedulers, state.pop("schedulers")):
-            sched.load_state_dict(sd)
-        kl_ctl.load_state_dict(state.pop("kl_controller"))
-        if d.is_main:
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                truncate_jsonl(out / name, "rollout", state["rollout"])
+    resumed = resume(out, opt.trained, "rollout", ["metrics.jsonl", "samples.jsonl"], d) if cfg.resume else None
+    if resumed:
+        state.update(resumed)
+        opt.load_state_dict(state)
     # a fresh run does not append to an earlier run's logs
-    metrics_log = MetricsLog(out / "metrics.jsonl", append=latest is not None, enabled=d.is_main)
-    samples_log = MetricsLog(out / "samples.jsonl", append=latest is not None, enabled=d.is_main)
+    metrics_log = MetricsLog(out / "metrics.jsonl", append=resumed is not None, enabled=d.is_main)
+    samples_log = MetricsLog(out / "samples.jsonl", append=resumed is not None, enabled=d.is_main)
     bar = tqdm(total=cfg.rollouts, initial=state["rollout"], desc="ppo", unit="rollout", disable=not show_progress(d.is_main))
     try:
         while state["rollout"] < cfg.rollouts:
             r = state["rollout"]
             batch_prompts = [prompts[i] for i in prompt_batch(len(prompts), cfg.rollout_batch, r, cfg.seed)]
-            if gpu:
-                torch.cuda.reset_peak_memory_stats(d.device)
-            beta = kl_ctl.value
-            policy.eval()
-            start = time.perf_counter()
-            generator_model = replicated_copy(policy, d, generator_model, dtype=frozen_dtype)
-            gather_s = time.perf_counter() - start
-            with autocast(d):
-                buffer, stats, samples = collect_rollout(policy, ref, value, reward, policy_tok,
-                                                         batch_prompts[d.rank::d.world_size], cfg, beta,
-                                                         seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
-                                                         d=d, generator_model=generator_model)
-            stats["gather_s"] = gather_s
-            stats["explained_variance"] = explained_variance(buffer.values, buffer.returns, buffer.response_mask).item()
-            start = time.perf_counter()
-            policy.train()
-            value.train()
-            if stats["score"] is not None:  # no finite score at all: nothing to learn from this rollout
-                with autocast(d):
-                    stats.update(ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg,
-                                            seed=cfg.seed * 7919 + r, d=d))
-                kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
-            else:
-                stats.update(updates=0, skipped_minibatches=0, trained_tokens=0, lr=schedulers[0].get_last_lr()[0])
-                for sched in schedulers:  # as if every minibatch were skipped, so the schedule lines up
-                    for _ in range(updates_per_rollout):
-                        sched.step()
-            stats["update_s"] = time.perf_counter() - start
-            diverged = _diverged(stats, updates_per_rollout, cfg)
+            record, samples = ppo_iteration(m, opt, batch_prompts, cfg, r, run_variant, d)
+            diverged = record["diverged"]
             state["divergent_streak"] = state["divergent_streak"] + 1 if diverged else 0
             state["rollout"] = r + 1
-            record = {"rollout": r + 1, "kl_coef": beta, "kl_coef_next": kl_ctl.value, "variant": run_variant, **stats,
-                      "diverged": diverged,
-                      "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
-                      "train_tok_s": stats["trained_tokens"] / max(stats["update_s"], 1e-9),
-                      "peak_mem_gib": peak_memory_gib(d.device)}
             metrics_log.write(record)
             for sample in samples[:cfg.samples_per_rollout]:
                 samples_log.write({"rollout": r + 1, **sample})
@@ -272,26 +214,112 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
                     f"{latest_checkpoint(out / 'checkpoints') or 'none (the run diverged before its first save)'}. "
                     f"Start again with a lower --lr / --value-lr; metrics in {out / 'metrics.jsonl'}")
             stopping = cfg.stop_after_rollouts is not None and state["rollout"] >= cfg.stop_after_rollouts
-            finished = state["rollout"] == cfg.rollouts
-            due = state["rollout"] % cfg.save_every == 0 or finished or stopping
-            if finished and cfg.keep_checkpoints == 0:  # it would be deleted after the export anyway
-                due = False
-            if due and not diverged:
-                save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", trained,
-                                    {**state, "schedulers": [s.state_dict() for s in schedulers],
-                                     "kl_controller": kl_ctl.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
+            if checkpoint_due(state["rollout"], cfg.rollouts, cfg.save_every, stopping, cfg.keep_checkpoints) \
+                    and not diverged:
+                save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", opt.trained,
+                                    {**state, **opt.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
             if stopping:
                 break
     finally:  # also on errors: an open bar would share its line with the error message
         bar.close()
     if state["rollout"] >= cfg.rollouts:
-        export_policy(policy, policy_tok, out / "policy", d)
+        export_model(m.policy, m.tokenizer, out / "policy", d)
         drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
     metrics_log.close()
     samples_log.close()
     if d.is_main:
         plot_run(out)  # curves.png: score, KL and beta, entropy, losses, clipping, lengths
     return state
+
+
+class Models:
+    """The policy (trained), the frozen reference and reward model, the critic (trained), the
+    policy's tokenizer, and the sampling replica of the policy (see distributed.replicated_copy)."""
+
+    def __init__(self, policy, ref, reward, value, tokenizer, frozen_dtype):
+        self.policy, self.ref, self.reward, self.value, self.tokenizer = policy, ref, reward, value, tokenizer
+        self.frozen_dtype = frozen_dtype  # bf16 on GPU, fp32 on CPU
+        self.generator = None
+
+    @classmethod
+    def load(cls, cfg: PPOConfig, d: Dist, reward=None) -> "Models":
+        frozen_dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
+        policy = load_model(cfg.model, dtype=torch.float32, device=d.device)
+        tokenizer = load_tokenizer(cfg.model)
+        ref = load_model(cfg.model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
+        if reward is None:
+            reward = load_reward_model(cfg.reward_model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
+        value = (value_from_reward_model(reward, tokenizer) if cfg.value_init == "reward"
+                 else value_from_policy(policy)).float()
+        policy.activation_checkpointing = value.backbone.activation_checkpointing = cfg.activation_checkpointing
+        shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
+        shard(value, value.backbone.blocks, d)
+        return cls(policy, ref, reward, value, tokenizer, frozen_dtype)
+
+
+class Optimization:
+    """AdamW for the policy and the critic with linear LR decay over all minibatch updates, and the
+    KL controller: everything a checkpoint must restore besides the weights."""
+
+    def __init__(self, cfg: PPOConfig, m: Models):
+        self.updates_per_rollout = cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch)
+        total_updates = cfg.rollouts * self.updates_per_rollout
+        decay = lambda step: 1.0 - (1.0 - cfg.min_lr_ratio) * min(1.0, step / max(1, total_updates))  # linear
+        self.policy_opt = adamw(m.policy, cfg.lr, 0.0)
+        self.value_opt = adamw(m.value, cfg.value_lr, 0.0)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (self.policy_opt, self.value_opt)]
+        self.kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl == "adaptive"
+                       else FixedKLController(cfg.init_kl_coef))
+        self.trained = {"policy": (m.policy, self.policy_opt), "value": (m.value, self.value_opt)}
+
+    def state_dict(self) -> dict:
+        return {"schedulers": [s.state_dict() for s in self.schedulers], "kl_controller": self.kl_ctl.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from a checkpoint's trainer state (the keys are removed from it)."""
+        for sched, sd in zip(self.schedulers, state.pop("schedulers")):
+            sched.load_state_dict(sd)
+        self.kl_ctl.load_state_dict(state.pop("kl_controller"))
+
+
+def ppo_iteration(m: Models, opt: Optimization, batch_prompts: list[dict], cfg: PPOConfig, r: int, run_variant: str,
+                  d: Dist) -> tuple[dict, list[dict]]:
+    """Rollout `r` (0-based): collect, update, adapt the KL coefficient. Returns its metrics record
+    and its samples."""
+    if d.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(d.device)
+    beta = opt.kl_ctl.value
+    m.policy.eval()
+    start = time.perf_counter()
+    m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.frozen_dtype)
+    gather_s = time.perf_counter() - start
+    with autocast(d):
+        buffer, stats, samples = collect_rollout(m.policy, m.ref, m.value, m.reward, m.tokenizer,
+                                                 batch_prompts[d.rank::d.world_size], cfg, beta,
+                                                 seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
+                                                 d=d, generator_model=m.generator)
+    stats["gather_s"] = gather_s
+    stats["explained_variance"] = explained_variance(buffer.values, buffer.returns, buffer.response_mask).item()
+    start = time.perf_counter()
+    m.policy.train()
+    m.value.train()
+    if stats["score"] is not None:  # no finite score at all: nothing to learn from this rollout
+        with autocast(d):
+            stats.update(ppo_update(m.policy, m.value, opt.policy_opt, opt.value_opt, opt.schedulers, buffer, cfg,
+                                    seed=cfg.seed * 7919 + r, d=d))
+        opt.kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
+    else:
+        stats.update(updates=0, skipped_minibatches=0, trained_tokens=0, lr=opt.schedulers[0].get_last_lr()[0])
+        for sched in opt.schedulers:  # as if every minibatch were skipped, so the schedule lines up
+            for _ in range(opt.updates_per_rollout):
+                sched.step()
+    stats["update_s"] = time.perf_counter() - start
+    record = {"rollout": r + 1, "kl_coef": beta, "kl_coef_next": opt.kl_ctl.value, "variant": run_variant, **stats,
+              "diverged": _diverged(stats, opt.updates_per_rollout, cfg),
+              "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
+              "train_tok_s": stats["trained_tokens"] / max(stats["update_s"], 1e-9),
+              "peak_mem_gib": peak_memory_gib(d.device)}
+    return record, samples
 
 
 def _diverged(stats: dict, updates_per_rollout: int, cfg: PPOConfig) -> str:
@@ -384,20 +412,4 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
     return {**out, "updates": n_updates, "skipped_minibatches": sum(skip_reasons.values()),
             "skip_reasons": {k: v for k, v in skip_reasons.items() if v}, "trained_tokens": trained_tokens,
             "lr": schedulers[0].get_last_lr()[0]}
-
-
-def autocast(d: Dist):
-    """bf16 compute over fp32 master weights on one GPU (FSDP's mixed-precision policy does it under
-    torchrun); a no-op on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=d.device.type == "cuda" and not d.enabled)
-
-
-def export_policy(policy, tokenizer, directory: Path, d: Dist):
-    """The trained policy in Hugging Face layout with its tokenizer: loads in transformers/vLLM."""
-    state = full_state_dict(policy, d)
-    if d.is_main:
-        with atomic_directory(directory) as tmp:  # whole or not at all
-            write_hf_checkpoint(policy, tmp, state_dict=state)
-            copy_tokenizer_files(tokenizer, tmp)
-    barrier(d)
 
