@@ -35,7 +35,7 @@ from karma.checkpoint import atomic_write, latest_checkpoint, save_training_stat
 from karma.distributed import Dist, all_reduce_sum, gather_lists, shard
 from karma.dpo import IGNORE_INDEX, dpo_loss, sequence_logprobs
 from karma.plot import plot_run
-from karma.records import Skips, jsonl_objects
+from karma.records import Skips, input_files, jsonl_objects
 from karma.reward import RewardConfig, encode
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, adamw, autocast,
                        check_flags, check_out_dir, checkpoint_due, drop_checkpoints_if_done, export_model,
@@ -276,13 +276,7 @@ def preference_files(paths) -> list[Path]:
     """JSONL files named, or found (*.jsonl) in named directories."""
     if not paths:
         raise ValueError("--data: give preference JSONL files or directories")
-    files = []
-    for p in map(Path, paths):
-        found = sorted(p.glob("*.jsonl")) if p.is_dir() else [p] if p.is_file() else None
-        if not found:
-            raise FileNotFoundError(f"{p}: {'no *.jsonl files in this directory' if p.is_dir() else 'no such file'}")
-        files += found
-    return files
+    return input_files(paths, (".jsonl",))
 
 
 def split_of(pair_id: str, heldout_percent: float) -> str:

@@ -12,7 +12,7 @@ reason, and the first few file:line places of each reason are kept for the repor
 """
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -58,3 +58,26 @@ def jsonl_objects(path: Path, skips: Skips) -> Iterator[tuple[str, dict]]:
                 yield where, obj
             else:
                 skips.add("not_an_object", where)
+
+
+def input_files(paths, suffixes: tuple[str, ...], keep: Callable[[Path], bool] = lambda f: True,
+                kept: str = "") -> list[Path]:
+    """Files named in `paths` (taken whatever their name), directories expanded recursively (sorted
+    by path) to their files with one of `suffixes` that `keep` accepts (`kept` says which, for the
+    error); each file once. A missing path, or a directory without such files, is a
+    FileNotFoundError naming it."""
+    files, seen = [], set()
+    for p in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in suffixes and keep(f))
+            if not found:
+                raise FileNotFoundError(f"{p}: no {'/'.join(suffixes)} files in this directory{kept}")
+        elif p.is_file():
+            found = [p]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                files.append(f)
+    return files

@@ -126,6 +126,7 @@ import numpy as np
 import orjson
 
 from karma.checkpoint import atomic_write, atomic_write_json, read_json
+from karma.records import input_files
 
 STRATEGIES = ("sup", "sim", "sup_sim", "random", "ultrafeedback_binarized")
 RATINGS = ("overall_score", "fine_grained")
@@ -309,21 +310,7 @@ def read_scores(path: str | Path, lower_is_better=()) -> Behaviour:
 def find_files(paths) -> list[Path]:
     """Files named in `paths` (read as parquet when named *.parquet, else as JSONL), directories
     expanded (recursively, sorted) to their *.jsonl and *.parquet files; each file once."""
-    files, seen = [], set()
-    for p in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in EXTENSIONS)
-            if not found:
-                raise FileNotFoundError(f"{p}: no {'/'.join(EXTENSIONS)} files")
-        elif p.is_file():
-            found = [p]
-        else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
-        for f in found:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                files.append(f)
-    return files
+    return input_files(paths, EXTENSIONS)
 
 
 def read_rows(path: Path):

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from karma.checkpoint import atomic_write
-from karma.records import Skips
+from karma.records import Skips, input_files
 
 BATCH_ROWS = 1024  # parquet rows per record batch: memory stays bounded whatever the shard size
 MAX_EXAMPLES = 20  # locations remembered per skip reason
@@ -39,26 +39,10 @@ def find_files(paths, split: str | None = "train_sft") -> list[Path]:
     """Files named in `paths`, with directories expanded (recursively, sorted by path) to their
     *.parquet/*.jsonl/*.json files; parquet shards found in a directory are kept only when their
     name starts with `split` + "-" (or is `split`.parquet, or sits in a directory named `split`)."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    files, seen = [], set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in EXTENSIONS
-                           and (f.suffix != ".parquet" or split is None or f.stem == split
-                                or f.name.startswith(split + "-") or f.parent.name == split))
-            if not found:
-                raise FileNotFoundError(f"{p}: no {'/'.join(EXTENSIONS)} files"
-                                        + (f" (parquet for split {split!r})" if split else ""))
-        elif p.is_file():
-            found = [p]
-        else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
-        for f in found:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                files.append(f)
-    return files
+    def of_split(f: Path) -> bool:
+        return f.suffix != ".parquet" or split is None or f.stem == split or f.name.startswith(split + "-") \
+            or f.parent.name == split
+    return input_files(paths, EXTENSIONS, keep=of_split, kept=f" (parquet for split {split!r})" if split else "")
 
 
 def _jsonl_rows(path: Path):
