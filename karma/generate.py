@@ -6,8 +6,9 @@ emits a stop id is finished: its later slots hold `pad_id` and mask 0, and the l
 rows are finished.
 
 The returned log-probability of a sampled token is log softmax(logits / temperature) at that token
-(raw logits for greedy), i.e. what a forward pass of the policy recomputes for PPO. top-k/top-p
-only restrict which tokens may be drawn; they do not renormalise the reported log-probs.
+(raw logits for greedy), i.e. what a forward pass of the policy computes: PPO takes them as
+log pi_old when the policy itself sampled (karma/ppo/rollout.py). top-k/top-p only restrict which
+tokens may be drawn; they do not renormalise the reported log-probs.
 
 On CUDA, `cuda_graph=True` records one decode step (all layers, cache writes, vocabulary projection)
 as a CUDA graph and replays it per token, removing the per-kernel launch cost that dominates small

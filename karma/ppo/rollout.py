@@ -143,7 +143,12 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     full = torch.cat([query, response], 1)
     full_mask = torch.cat([query_mask, response_mask], 1)
     Q = query.shape[1]
-    logprobs = response_logprobs(policy, full, full_mask, Q, cfg.temperature)
+    # log pi_old: generation computed it while sampling, with the same function of the logits; a
+    # forward pass recomputes it only when a replica sampled (bf16 on GPU, gathered under FSDP)
+    if generator_model is None or generator_model is policy:
+        logprobs = out.logprobs
+    else:
+        logprobs = response_logprobs(policy, full, full_mask, Q, cfg.temperature)
     ref_logprobs = response_logprobs(ref, full, full_mask, Q, cfg.temperature)
     values = value(full, full_mask)[:, Q - 1:-1]  # V before each response token
     penalty = cfg.missing_eos_penalty

@@ -356,13 +356,20 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
     by all ranks before any backward, so FSDP's collectives stay paired. A minibatch is skipped
     (counted by reason, never applied) when a micro-batch has a non-finite loss, a mean ratio
     above --ratio-threshold, an approx KL above --max-approx-kl, or a value loss above
-    VALUE_LOSS_LIMIT times that of a critic predicting 0; one without scored tokens is passed over."""
-    sums, n_updates, trained_tokens = {}, 0, 0
+    VALUE_LOSS_LIMIT times that of a critic predicting 0; one without scored tokens is passed over.
+
+    The host waits on the device only where it must decide: once per minibatch for its token count
+    and once per micro-batch for the skip test and the loss weight, both before the backward. The
+    diagnostics stay on the device, summed token-weighted, and are read once at the end."""
+    device = buffer.response.device
+    names = ("policy_loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy")
+    sums = torch.zeros(len(names), dtype=torch.float64, device=device)  # over applied minibatches
+    n_updates, trained_tokens = 0, torch.zeros((), dtype=torch.float64, device=device)
     skip_reasons = {"nonfinite": 0, "ratio": 0, "approx_kl": 0, "value_loss": 0}
     Q = buffer.query.shape[1]
     for mb in buffer.minibatches(cfg.minibatch // d.world_size, cfg.ppo_epochs, seed):
         mb_tokens = all_reduce_sum(mb.response_mask.sum().double(), d).item()
-        parts, skip = [], None
+        mb_sums, skip = None, None  # this rank's token-weighted diagnostics of the minibatch [len(names)]
         for start in range(0, len(mb), cfg.micro_batch) if mb_tokens else ():
             micro = mb.select(torch.arange(start, min(start + cfg.micro_batch, len(mb))))
             ids = torch.cat([micro.query, micro.response], 1)
@@ -375,9 +382,9 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
             values = value(ids, mask)[:, Q - 1:-1]
             vf_loss, vf_stats = value_loss(values, micro.values, micro.returns, micro.response_mask, cfg.value_clip)
             trivial_vf_loss = 0.5 * masked_mean(micro.returns ** 2, micro.response_mask).clamp_min(0.01)
-            bad = torch.tensor([not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)),
-                                pg_stats["ratio_mean"] > cfg.ratio_threshold, pg_stats["approx_kl"] > cfg.max_approx_kl,
-                                vf_loss > VALUE_LOSS_LIMIT * trivial_vf_loss], dtype=torch.float32, device=ids.device)
+            bad = torch.stack([~(torch.isfinite(pg_loss) & torch.isfinite(vf_loss)),  # in skip_reasons' order
+                               pg_stats["ratio_mean"] > cfg.ratio_threshold, pg_stats["approx_kl"] > cfg.max_approx_kl,
+                               vf_loss > VALUE_LOSS_LIMIT * trivial_vf_loss]).float()
             bad = all_reduce_max(bad, d)  # all ranks agree
             if bad.any():
                 skip = list(skip_reasons)[int(bad.nonzero()[0])]
@@ -386,30 +393,28 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
             ((pg_loss + vf_loss) * weight).backward()  # separate models: each loss reaches its own parameters
             with torch.no_grad():
                 entropy = masked_mean(entropy_from_logits(logits.detach()), micro.response_mask)
-            parts.append((weight / d.world_size, {
-                "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clip_frac": pg_stats["clip_frac"].item(),
-                "approx_kl": pg_stats["approx_kl"].item(), "value_clip_frac": vf_stats["clip_frac"].item(),
-                "entropy": entropy.item()}))
-            trained_tokens += int(mask.sum())  # prompt + response tokens through forward/backward
+                stats = torch.stack([pg_loss, vf_loss, pg_stats["clip_frac"], pg_stats["approx_kl"],
+                                     vf_stats["clip_frac"], entropy]).double() * (weight / d.world_size)
+            mb_sums = stats if mb_sums is None else mb_sums + stats
+            trained_tokens += mask.sum()  # prompt + response tokens through forward/backward
         if skip:
             skip_reasons[skip] += 1
-        elif parts:
+        elif mb_sums is not None:
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.grad_clip)
             policy_opt.step()
             value_opt.step()
             n_updates += 1
-            # diagnostics: token-weighted over every rank's micro-batches of this minibatch
-            local = {k: sum(w * stats[k] for w, stats in parts) for k in parts[0][1]}
-            for k, v in reduce_sums(d, mb.response.device, local).items():
-                sums[k] = sums.get(k, 0.0) + v
+            sums += mb_sums
         policy_opt.zero_grad(set_to_none=True)
         value_opt.zero_grad(set_to_none=True)
         for sched in schedulers:  # the schedule counts minibatches, applied or not, so resume lines up
             sched.step()
-    out = {k: v / n_updates for k, v in sums.items()} if n_updates else {}
-    trained_tokens = int(all_reduce_sum(torch.tensor(float(trained_tokens), device=buffer.response.device), d).item())
+    # diagnostics: token-weighted over every rank's micro-batches, averaged over applied minibatches
+    totals = reduce_sums(d, device, {**dict(zip(names, sums)), "trained_tokens": trained_tokens})
+    out = {k: totals[k] / n_updates for k in names} if n_updates else {}
     return {**out, "updates": n_updates, "skipped_minibatches": sum(skip_reasons.values()),
-            "skip_reasons": {k: v for k, v in skip_reasons.items() if v}, "trained_tokens": trained_tokens,
+            "skip_reasons": {k: v for k, v in skip_reasons.items() if v}, "trained_tokens": int(totals["trained_tokens"]),
             "lr": schedulers[0].get_last_lr()[0]}
+
 
