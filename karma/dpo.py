@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from karma.ppo.core import logprobs_from_logits
+from karma.logprobs import logprobs_from_logits
 
 LossType = Literal["sigmoid", "ipo"]
 IGNORE_INDEX = -100  # label of prompt and padding tokens (the Hugging Face / TRL convention)
@@ -60,7 +60,7 @@ def sequence_logprobs(logits: Tensor, labels: Tensor, average: bool = False, ign
       remaining (response) tokens count.
     average: divide by the number of response tokens (TRL's IPO input) instead of summing.
     Float32 (float64 for float64 logits), differentiable in `logits`; the vocabulary is processed in
-    chunks (karma.ppo.core.logprobs_from_logits), so no second [B, T, V] tensor is made. A row
+    chunks (karma.logprobs.logprobs_from_logits), so no second [B, T, V] tensor is made. A row
     without any response token is an error (its log-prob would be a meaningless 0).
     """
     if logits.shape[:2] != labels.shape:

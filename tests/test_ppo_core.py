@@ -8,15 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from karma.logprobs import entropy_from_logits, logprobs_from_logits
 from karma.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_estimate,
     last_token_index,
-    logprobs_from_logits,
     masked_mean,
     masked_var,
     masked_whiten,

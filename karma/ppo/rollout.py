@@ -14,7 +14,8 @@ from torch import Tensor
 
 from karma.distributed import Dist, all_reduce_sum
 from karma.generate import generate
-from karma.ppo.core import gae, logprobs_from_logits, masked_whiten, token_rewards
+from karma.logprobs import logprobs_from_logits
+from karma.ppo.core import gae, masked_whiten, token_rewards
 from karma.reward import encode
 from karma.tokenizer import left_pad
 

@@ -27,9 +27,10 @@ from tqdm import tqdm
 from karma.checkpoint import latest_checkpoint, save_training_state
 from karma.data.ultrachat import read_prompts
 from karma.distributed import Dist, all_reduce_max, all_reduce_sum, replicated_copy, shard
+from karma.logprobs import entropy_from_logits, logprobs_from_logits
 from karma.plot import plot_run
-from karma.ppo.core import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
-                            logprobs_from_logits, masked_mean, policy_loss, value_loss)
+from karma.ppo.core import (AdaptiveKLController, FixedKLController, explained_variance, masked_mean, policy_loss,
+                            value_loss)
 from karma.ppo.rollout import collect_rollout, reduce_sums
 from karma.ppo.value import check_same_tokenizer, value_from_policy, value_from_reward_model
 from karma.reward import load_reward_model, read_reward_config
