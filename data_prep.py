@@ -18,7 +18,7 @@ from tqdm import tqdm
 from karma.checkpoint import atomic_write_json
 from karma.cli import add_debug_flag, run_main
 from karma.data.filters import FilterConfig
-from karma.data.prepare import PrepConfig, prepare
+from karma.data.prepare import PrepConfig, default_workers, prepare
 from karma.data.threads import ThreadConfig
 from karma.data.ultrachat import read_ultrachat, write_prompts
 from karma.run import RunLock, show_progress
@@ -30,6 +30,10 @@ def parse_args(argv=None):
                    help="dump files (RS_*/RC_* .zst, .gz, .ndjson, .jsonl) or directories holding them; "
                         "submission files are read first, so a reply can find its post in any file")
     p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="processes that parse, filter, identify languages and build threads (default: the "
+                        f"cores present, {default_workers()} here; 1: all in this process). Any count writes "
+                        "the same files")
     g = p.add_argument_group("filters")
     g.add_argument("--min-chars", type=int, default=10, help="drop texts shorter than this (default 10)")
     g.add_argument("--min-score-age-hours", type=float, default=24.0,
@@ -59,7 +63,7 @@ def parse_args(argv=None):
     g.add_argument("--ultrachat-limit", type=int, default=None, help="cap on UltraChat prompts (after dedup)")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    for flag in ("min_chars", "min_responses", "shard_size", "max_prompts", "ultrachat_limit"):
+    for flag in ("min_chars", "min_responses", "shard_size", "max_prompts", "ultrachat_limit", "workers"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     for flag, low, high in (("min_english_prob", 0, 1), ("reward_ratio", 0, None), ("heldout_percent", 0, 100),
@@ -87,7 +91,7 @@ def main(argv=None):
 def run(args):
     cfg = PrepConfig(
         inputs=args.input, out_dir=args.out, heldout_percent=args.heldout_percent,
-        shard_size=args.shard_size, max_prompts=args.max_prompts,
+        shard_size=args.shard_size, max_prompts=args.max_prompts, workers=args.workers,
         filters=FilterConfig(min_chars=args.min_chars, min_score_age_hours=args.min_score_age_hours,
                              english=not args.no_language_filter, min_english_prob=args.min_english_prob,
                              bot_authors=tuple(args.bots)),

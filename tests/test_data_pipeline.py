@@ -79,7 +79,10 @@ def test_every_filter_is_counted_under_its_reason(tmp_path):
                 comment("fresh", link, link, retrieved_on=T0 + 120),
                 comment("fr", link, link, body="Je pense que c'est une très bonne idée de commencer par des recettes simples."),
                 comment("orphan", "t3_nowhere", "t3_nowhere"), comment("deadparent", "t1_del", link),
-                comment("only", "t3_lonely", "t3_lonely")]
+                comment("only", "t3_lonely", "t3_lonely"),
+                # replies enough for the German post's thread, so its language decides (a post short of
+                # replies is too_few_responses whatever its language: karma/data/prepare.py)
+                comment("de1", "t3_de", "t3_de"), comment("de2", "t3_de", "t3_de")]
     stats = run(tmp_path, write(d / "RS_2015-01.ndjson", posts), write(d / "RC_2015-01.ndjson", comments))
     assert_accounted(stats)
     assert stats["by_kind"]["submission"]["skipped"] == {
@@ -87,7 +90,7 @@ def test_every_filter_is_counted_under_its_reason(tmp_path):
         "too_short": 1, "score_not_mature": 1, "non_english": 1, "too_few_responses": 1}
     assert stats["by_kind"]["comment"]["skipped"] == {
         "deleted_or_removed": 2, "bot": 2, "stickied": 1, "distinguished": 1,
-        "too_short": 1, "score_not_mature": 1, "non_english": 1, "post_unavailable": 1,
+        "too_short": 1, "score_not_mature": 1, "non_english": 1, "post_unavailable": 3,
         "parent_unavailable": 1, "thread_too_small": 1}
     assert set(examples(tmp_path)) == {"t1_c1", "t1_c2"}
     assert stats["posts"] == 1 and stats["comments"] == 2 and stats["subreddits"] == 1

