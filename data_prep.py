@@ -6,6 +6,11 @@
 
 Outputs in --out: train-*.jsonl, heldout-*.jsonl (examples), prompts-reddit.jsonl,
 prompts-ultrachat.jsonl (with --ultrachat), stats.json. Schema and pipeline: karma/data/prepare.py.
+
+    python data_prep.py kinship --ultrafeedback /datasets/UltraFeedback --scores benchmark.csv --out runs/pairs
+
+builds the other KARMA's kinship-aware preference pairs for dpo.py (karma/data/kinship.py;
+`python data_prep.py kinship --help`).
 """
 
 import argparse
@@ -17,6 +22,7 @@ from tqdm import tqdm
 
 from karma.checkpoint import atomic_write_json
 from karma.cli import add_debug_flag, run_main
+from karma.data import kinship
 from karma.data.filters import FilterConfig
 from karma.data.prepare import PrepConfig, default_workers, prepare
 from karma.data.threads import ThreadConfig
@@ -77,6 +83,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["kinship"]:  # the other KARMA's preference pairs (files written atomically)
+        return kinship.main(argv[1:])
     args = parse_args(argv)
     created = not args.out.exists()
     try:

@@ -402,3 +402,13 @@ def test_malformed_rows_and_completions_are_counted(tmp_path, scores_csv):
     assert t["skipped"] == {"empty_instruction": 1} and t["pairs"] == 1
     assert t["completions_dropped"] == {"not_object": 1, "no_model": 1, "empty_response": 1}
     assert [(p["chosen_model"], p["rejected_model"]) for p in pairs["sup"]] == [("P", "R")]
+
+
+def test_data_prep_kinship_subcommand(tmp_path, scores_csv, capsys):
+    import data_prep  # the top-level script (the repository root is on sys.path in tests)
+
+    data = write_jsonl(tmp_path / "uf" / "a.jsonl", rows_fixture(), BAD_LINES)
+    data_prep.main(["kinship", "--ultrafeedback", str(data), "--scores", str(scores_csv), "--out", str(tmp_path / "out"),
+                    "--strategy", "sup_sim"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pairs-sup_sim.jsonl", "stats.json"]
+    assert "sup_sim: 4 pairs" in capsys.readouterr().out

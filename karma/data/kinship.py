@@ -714,7 +714,7 @@ Method, sources and every choice where they are silent: the docstring of karma/d
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="kinship", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="data_prep.py kinship", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ultrafeedback", nargs="+", required=True, type=Path, metavar="PATH",
                    help="UltraFeedback JSONL or parquet files (openbmb/UltraFeedback as published), or directories "
                         "holding them; parquet needs pyarrow")
