@@ -1,6 +1,6 @@
 """Data pipeline throughput, CPU cost and peak memory on a SYNTHETIC Pushshift dump, per worker count.
 
-Generates a dump with karma.data.synthetic (timed on its own; --posts 20000 gives 119k records,
+Generates a dump with tests/synthetic.py (timed on its own; --posts 20000 gives 119k records,
 the issue's "20k-post dump"; 80000, the paper-scale default, ~480k), measures the floor any
 pipeline pays (decompress + split lines + orjson.loads of every line, one process), then runs
 karma.data.prepare on it with each --workers count, --repeats times, interleaved. Each measurement
@@ -159,7 +159,8 @@ def main():
     if any(n < 1 for n in args.workers or []) or args.repeats < 1:
         parser.error("--workers and --repeats must be at least 1")
     if args.phase == "generate":
-        from karma.data.synthetic import write_dump
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test and bench tooling, not library
+        from synthetic import write_dump
 
         start = time.perf_counter()
         counts = write_dump(args.dump, n_posts=args.posts, comments_per_post=args.comments_per_post, seed=args.seed)

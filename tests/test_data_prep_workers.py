@@ -23,7 +23,7 @@ from karma.data.filters import FilterConfig, comment_skip_reason, language_text,
 from karma.data.format import context_messages, scrub
 from karma.data.prepare import PrepConfig, Tally, prepare
 from karma.data.pushshift import file_kind, find_dumps, line_blocks, normalize, normalize_checked, parse_block
-from karma.data.synthetic import write_dump
+from synthetic import write_dump
 from karma.data.threads import ThreadConfig, _ancestors, is_rewarding
 from test_data_pipeline import assert_accounted, comment, post, write
 

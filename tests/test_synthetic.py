@@ -1,4 +1,4 @@
-"""karma.data.synthetic: SYNTHETIC Pushshift-format dumps, and the sample shipped in data/sample.
+"""tests/synthetic.py: SYNTHETIC Pushshift-format dumps, and the sample shipped in data/sample.
 
 Everything is read back the way a real dump must be read (streaming zstd with a 2 GiB window) and
 checked from the data itself: names, counts, determinism, the variety the pipeline's filters need,
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from karma.data import synthetic
-from karma.data.synthetic import HELPFUL_MARKERS, LANGUAGES, LOW_EFFORT_MARKERS, main, write_dump
+import synthetic
+from synthetic import HELPFUL_MARKERS, LANGUAGES, LOW_EFFORT_MARKERS, main, write_dump
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 SAMPLE_ARGS = dict(n_posts=500, seed=0)  # the command in data/sample/README.md

@@ -5,7 +5,7 @@ are made up from templates, word banks and a seeded random generator; nothing co
 Only the file format, the field names and the kinds of mess imitate the real monthly dumps, so
 the data pipeline can be exercised end to end without downloading hundreds of gigabytes.
 
-    python -m karma.data.synthetic --out data/sample --posts 500 --seed 0
+    python tests/synthetic.py --out data/sample --posts 500 --seed 0
     counts = write_dump("dump/", n_posts=80_000)          # ~400k comments, ~25 s on one CPU core
 
 Format (as the real dumps; Baumgartner et al. 2020, "The Pushshift Reddit Dataset", ICWSM):
@@ -816,11 +816,11 @@ def write_dump(out_dir, *, n_posts: int, comments_per_post: float = 5.0, months=
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m karma.data.synthetic",
+        prog="python tests/synthetic.py",
         description="Write a SYNTHETIC Reddit dump in the real Pushshift format (RS_/RC_YYYY-MM.zst, "
                     "NDJSON, zstd with a 2 GiB window: read with max_window_size=2**31 or zstd -d --long=31). "
                     "Made-up text and scores; comment scores follow a learnable rule (see the module docstring).",
-        epilog="example: python -m karma.data.synthetic --out data/sample --posts 500 --seed 0")
+        epilog="example: python tests/synthetic.py --out data/sample --posts 500 --seed 0")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--posts", type=int, required=True, help="number of submissions")
     parser.add_argument("--comments-per-post", type=float, default=5.0,
