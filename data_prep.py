@@ -26,7 +26,8 @@ from karma.data import kinship
 from karma.data.filters import FilterConfig
 from karma.data.prepare import PrepConfig, default_workers, prepare
 from karma.data.threads import ThreadConfig
-from karma.data.ultrachat import read_ultrachat, write_prompts
+from karma.data.prompts import write_prompts
+from karma.data.ultrachat import read_ultrachat
 from karma.run import RunLock, show_progress
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from karma.checkpoint import atomic_write
 from karma.cli import add_debug_flag, run_main
 from karma.data.format import ROLE_LABELS, render_prompt
-from karma.data.ultrachat import read_prompts
+from karma.data.prompts import read_prompts
 from karma.generate import generate
 from karma.tokenizer import load_tokenizer
 from karma.weights import load_model

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from karma.data import ultrachat
-from karma.data.ultrachat import read_prompts, read_ultrachat, write_prompts
+from karma.data.prompts import read_prompts, write_prompts
+from karma.data.ultrachat import read_ultrachat
 
 import pyarrow as pa  # optional at run time, a test requirement: the parquet path is always tested
 import pyarrow.parquet as pq

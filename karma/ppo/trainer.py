@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from karma.checkpoint import latest_checkpoint, save_training_state
-from karma.data.ultrachat import read_prompts
+from karma.data.prompts import read_prompts
 from karma.distributed import Dist, all_reduce_max, all_reduce_sum, replicated_copy, shard
 from karma.logprobs import entropy_from_logits, logprobs_from_logits
 from karma.plot import plot_run
