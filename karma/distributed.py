@@ -5,6 +5,11 @@ Under `torchrun --nproc_per_node N`, each process joins a group (NCCL on GPUs, g
 models are sharded with FSDP2: `fully_shard` on every decoder block, then on the root, with bf16
 parameters and fp32 gradient reduction on GPU (PyTorch's FSDP2 `fully_shard` and
 `MixedPrecisionPolicy`; torchtitan applies it the same way). Rank 0 alone writes files.
+
+Gradients are SUMMED over ranks (FSDP's division by the world size is turned off, as torchtitan
+does), so a trainer writes its loss as it means it: each rank's share of the sum, divided by the
+count over the GLOBAL batch (examples or tokens, all-reduced). Then one process and N processes
+take the same step, with no world-size factor anywhere.
 """
 
 import os
@@ -14,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
 @dataclass
@@ -47,7 +52,8 @@ def init_distributed(device: str | None = None) -> Dist:
 
 def shard(model: torch.nn.Module, blocks, d: Dist, mixed_precision: bool = True) -> torch.nn.Module:
     """FSDP2: fully_shard each decoder block, then the root. On GPU with mixed_precision, compute in
-    bf16 with fp32 master weights and fp32 gradient reduction. A no-op for one process."""
+    bf16 with fp32 master weights and fp32 gradient reduction. Gradients are summed over ranks, not
+    averaged (the loss is divided by the global count instead). A no-op for one process."""
     if not d.enabled:
         return model
     mesh = init_device_mesh(d.device.type, (d.world_size,))
@@ -56,7 +62,18 @@ def shard(model: torch.nn.Module, blocks, d: Dist, mixed_precision: bool = True)
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+    for module in model.modules():  # reduce-scatter with SUM and no division (gloo has no PREMUL_SUM)
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
     return model
+
+
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """Clip the gradients' global L2 norm to max_norm; returns the norm before clipping as a plain
+    tensor on every rank (under FSDP, torch computes it over all shards as a DTensor)."""
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from karma.checkpoint import atomic_write, latest_checkpoint, save_training_state
-from karma.distributed import Dist, all_reduce_sum, gather_lists, shard
+from karma.distributed import Dist, all_reduce_sum, clip_grad_norm, gather_lists, shard
 from karma.dpo import IGNORE_INDEX, dpo_loss, sequence_logprobs
 from karma.plot import plot_run
 from karma.records import Skips, input_files, jsonl_objects
@@ -376,12 +376,10 @@ def train_step(policy, optimizer, data: Pairs, batch: np.ndarray, cfg: DPOConfig
         ref = data.reference_of("train", index).to(d.device)
         loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta=cfg.beta,
                                  label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)  # means over the pairs
-        # the mean over the global batch's pairs; FSDP averages gradients over ranks, hence * world
-        (loss * len(index) * weight * d.world_size / len(batch)).backward()
+        (loss * len(index) * weight / len(batch)).backward()  # the mean over the global batch's pairs
         for k, v in {"loss": loss, **metrics}.items():
             sums[k] = sums.get(k, 0.0) + v.detach().double() * len(index) * weight
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # DTensor
+    grad_norm = float(clip_grad_norm(policy.parameters(), cfg.grad_clip))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     names = list(sums)

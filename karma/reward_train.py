@@ -2,9 +2,9 @@
 
 One optimizer step consumes `batch_size` examples (the global batch, 16 in the paper), split
 across ranks and, within a rank, into micro-batches of `micro_batch_size` (gradient accumulation).
-Each micro-batch adds sum(BCE) * world / batch_size to the loss before backward; FSDP averages
-gradients over ranks, so every step follows the mean BCE over the global batch, whatever the
-number of processes or micro-batches.
+Each micro-batch adds sum(BCE) / batch_size to the loss before backward and FSDP sums gradients
+over ranks (karma.distributed), so every step follows the mean BCE over the global batch,
+whatever the number of processes or micro-batches.
 
 Batches are length-bucketed: each epoch's seeded permutation is cut into windows of 50 batches,
 each window sorted by length and cut into batches, and the batch order shuffled; padding waste
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from karma.checkpoint import atomic_directory, atomic_write_json, latest_checkpoint, save_training_state
 from karma.data.examples import read_examples, split_files
-from karma.distributed import Dist, all_reduce_sum, barrier, full_state_dict, gather_lists, shard
+from karma.distributed import Dist, all_reduce_sum, barrier, clip_grad_norm, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
@@ -246,7 +246,7 @@ def train_step(rm: RewardModel, optimizer, data: Data, batch: np.ndarray, cfg: T
     loss_sum = torch.zeros((), device=d.device)
     for micro in range(n_micro):
         rows = mine[micro * cfg.micro_batch_size:(micro + 1) * cfg.micro_batch_size]
-        weight = d.world_size / len(batch) if len(rows) else 0.0
+        weight = 1 / len(batch) if len(rows) else 0.0  # the mean over the global batch
         rows = rows if len(rows) else batch[:1]
         ids, mask = left_pad([data.train_ids[i] for i in rows], rm.tokenizer.pad_id)  # [b, T]
         labels = torch.from_numpy(data.train_labels[rows]).to(d.device)  # [b]
@@ -257,8 +257,7 @@ def train_step(rm: RewardModel, optimizer, data: Data, batch: np.ndarray, cfg: T
         loss = bce_loss(logits, labels, reduction="sum")
         (loss * weight).backward()
         loss_sum += loss.detach() * (weight > 0)
-    grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # DTensor
+    grad_norm = float(clip_grad_norm(rm.parameters(), cfg.grad_clip))
     batch_loss = all_reduce_sum(loss_sum, d).item() / len(batch)  # both global: every rank decides alike
     if math.isfinite(batch_loss) and math.isfinite(grad_norm):
         optimizer.step()

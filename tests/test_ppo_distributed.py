@@ -43,7 +43,8 @@ def test_two_process_ppo_matches_one_process(tmp_path, checkpoint_factory):
     a, b = rows(one), rows(two)
     assert len(a) == len(b) == 2
     for ra, rb in zip(a, b):
-        for key in ("score", "kl_seq", "response_len", "policy_loss", "value_loss", "approx_kl", "kl_coef_next"):
+        for key in ("score", "kl_seq", "response_len", "policy_loss", "value_loss", "approx_kl", "kl_coef_next",
+                    "policy_grad_norm", "value_grad_norm"):  # FSDP's gradient reduction: a sum, not a mean
             assert abs(ra[key] - rb[key]) <= 1e-4 * max(1.0, abs(ra[key])), (key, ra[key], rb[key])
     wa, wb = load_file(one / "policy" / "model.safetensors"), load_file(two / "policy" / "model.safetensors")
     # AdamW divides by sqrt(v) + eps, so an element whose gradient is ~eps amplifies reduction-order

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from karma.checkpoint import latest_checkpoint, save_training_state
 from karma.data.prompts import read_prompts
-from karma.distributed import Dist, all_reduce_max, all_reduce_sum, replicated_copy, shard
+from karma.distributed import Dist, all_reduce_max, all_reduce_sum, clip_grad_norm, replicated_copy, shard
 from karma.logprobs import entropy_from_logits, logprobs_from_logits
 from karma.plot import plot_run
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, explained_variance, masked_mean, policy_loss,
@@ -352,8 +352,8 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
 
     Each minibatch (minibatch / world sequences on every rank) is split into micro-batches; a
     micro-batch's token-mean losses are weighted by its share of the minibatch's tokens over ALL
-    ranks (times world, since FSDP averages gradients over ranks), so one step follows the token
-    mean of the whole minibatch whatever the process count. Whether to skip a minibatch is agreed
+    ranks (FSDP sums gradients over ranks), so one step follows the token mean of the whole
+    minibatch whatever the process count. Whether to skip a minibatch is agreed
     by all ranks before any backward, so FSDP's collectives stay paired. A minibatch is skipped
     (counted by reason, never applied) when a micro-batch has a non-finite loss, a mean ratio
     above --ratio-threshold, an approx KL above --max-approx-kl, or a value loss above
@@ -366,6 +366,7 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
     names = ("policy_loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy")
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)  # over applied minibatches
     n_updates, trained_tokens = 0, torch.zeros((), dtype=torch.float64, device=device)
+    grad_norms = torch.zeros(2, dtype=torch.float64, device=device)  # policy, critic: before clipping; global already
     skip_reasons = {"nonfinite": 0, "ratio": 0, "approx_kl": 0, "value_loss": 0}
     Q = buffer.query.shape[1]
     for mb in buffer.minibatches(cfg.minibatch // d.world_size, cfg.ppo_epochs, seed):
@@ -390,19 +391,19 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
             if bad.any():
                 skip = list(skip_reasons)[int(bad.nonzero()[0])]
                 break
-            weight = micro.response_mask.sum().item() * d.world_size / mb_tokens
+            weight = micro.response_mask.sum().item() / mb_tokens  # its share of the global token mean
             ((pg_loss + vf_loss) * weight).backward()  # separate models: each loss reaches its own parameters
             with torch.no_grad():
                 entropy = masked_mean(entropy_from_logits(logits.detach()), micro.response_mask)
                 stats = torch.stack([pg_loss, vf_loss, pg_stats["clip_frac"], pg_stats["approx_kl"],
-                                     vf_stats["clip_frac"], entropy]).double() * (weight / d.world_size)
+                                     vf_stats["clip_frac"], entropy]).double() * weight
             mb_sums = stats if mb_sums is None else mb_sums + stats
             trained_tokens += mask.sum()  # prompt + response tokens through forward/backward
         if skip:
             skip_reasons[skip] += 1
         elif mb_sums is not None:
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.grad_clip)
+            grad_norms += torch.stack([clip_grad_norm(policy.parameters(), cfg.grad_clip),
+                                       clip_grad_norm(value.parameters(), cfg.grad_clip)]).double()
             policy_opt.step()
             value_opt.step()
             n_updates += 1
@@ -414,6 +415,8 @@ def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PP
     # diagnostics: token-weighted over every rank's micro-batches, averaged over applied minibatches
     totals = reduce_sums(d, device, {**dict(zip(names, sums)), "trained_tokens": trained_tokens})
     out = {k: totals[k] / n_updates for k in names} if n_updates else {}
+    if n_updates:
+        out["policy_grad_norm"], out["value_grad_norm"] = (grad_norms / n_updates).tolist()
     return {**out, "updates": n_updates, "skipped_minibatches": sum(skip_reasons.values()),
             "skip_reasons": {k: v for k, v in skip_reasons.items() if v}, "trained_tokens": int(totals["trained_tokens"]),
             "lr": schedulers[0].get_last_lr()[0]}
