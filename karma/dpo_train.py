@@ -23,7 +23,6 @@ policy-reference log-ratio), rewards/accuracies, rewards/margins, logps/chosen, 
 
 import hashlib
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +36,8 @@ from karma.dpo import IGNORE_INDEX, dpo_loss, sequence_logprobs
 from karma.plot import plot_run
 from karma.records import Skips, input_files, jsonl_objects
 from karma.reward import RewardConfig, encode
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, adamw, autocast,
-                       check_flags, check_out_dir, checkpoint_due, drop_checkpoints_if_done, export_model,
+from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput, adamw,
+                       autocast, check_flags, check_out_dir, checkpoint_due, drop_checkpoints_if_done, export_model,
                        peak_memory_gib, resume, show_progress, warmup_cosine, write_config)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
 from karma.weights import inspect_model, load_model
@@ -127,8 +126,7 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     optimizer = adamw(policy, cfg.lr, cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
+    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
 
     state = {"step": 0, "log_sums": {}, "log_pairs": 0}  # metric sums since the last train record
     resumed = resume(out, {"policy": (policy, optimizer)}, "step", ["metrics.jsonl"], d) if cfg.resume else None
@@ -139,7 +137,7 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
     log.write({"event": "data", **data.report, "train_pairs": len(data.train), "heldout_pairs": len(data.heldout),
                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
     bar = tqdm(total=total_steps, initial=state["step"], desc="dpo", unit="step", disable=not show_progress(d.is_main))
-    start, pairs_done, tokens_done = time.perf_counter(), 0, 0
+    throughput = Throughput("pairs")
     try:
         while state["step"] < total_steps:
             epoch, index = divmod(state["step"], steps_per_epoch)
@@ -151,25 +149,13 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
             for k, v in sums.items():
                 state["log_sums"][k] = state["log_sums"].get(k, 0.0) + v
             state["log_pairs"] += len(batch)
-            pairs_done += len(batch)
-            tokens_done += int(sum(data.train[i].tokens for i in batch))
+            throughput.add(len(batch), int(sum(data.train[i].tokens for i in batch)))
             if step % cfg.log_every == 0 or step == total_steps:
-                seconds = time.perf_counter() - start
-                record = {"event": "train", "step": step, "epoch": epoch,
-                          **{k: v / state["log_pairs"] for k, v in state["log_sums"].items()},
-                          "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "pairs_per_s": pairs_done / seconds, "tokens_per_s": tokens_done / seconds,
-                          "peak_mem_gib": peak_memory_gib(d.device)}
+                record = train_record(state, epoch, scheduler.get_last_lr()[0], grad_norm, throughput, d)
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
-                state["log_sums"], state["log_pairs"] = {}, 0
-                start, pairs_done, tokens_done = time.perf_counter(), 0, 0
             if data.heldout and (step % cfg.eval_every == 0 or step == total_steps):
-                metrics = evaluate(policy, data, cfg, d)
-                log.write({"event": "eval", "step": step, **metrics})
-                if d.is_main:
-                    bar.write(f"step {step:6d}  held-out loss {metrics['loss']:.4f}  "
-                              f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:+.4f}")
+                evaluate_and_log(policy, data, cfg, step, log, bar, d)
             stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
             if checkpoint_due(step, total_steps, cfg.save_every, stopping, cfg.keep_checkpoints):
                 save_training_state(out / "checkpoints" / f"step-{step:08d}", {"policy": (policy, optimizer)},
@@ -185,6 +171,23 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
     if d.is_main:
         plot_run(out)
     return state
+
+
+def train_record(state: dict, epoch: int, lr: float, grad_norm: float, throughput: Throughput, d: Dist) -> dict:
+    """The train record: metric means over the pairs since the last record (then reset), rates, memory."""
+    means = {k: v / state["log_pairs"] for k, v in state["log_sums"].items()}
+    state["log_sums"], state["log_pairs"] = {}, 0
+    return {"event": "train", "step": state["step"], "epoch": epoch, **means, "lr": lr, "grad_norm": grad_norm,
+            **throughput.rates(), "peak_mem_gib": peak_memory_gib(d.device)}
+
+
+def evaluate_and_log(policy, data: "Pairs", cfg: DPOConfig, step: int, log: MetricsLog, bar, d: Dist) -> None:
+    """Held-out metrics to the log and one printed line."""
+    metrics = evaluate(policy, data, cfg, d)
+    log.write({"event": "eval", "step": step, **metrics})
+    if d.is_main:
+        bar.write(f"step {step:6d}  held-out loss {metrics['loss']:.4f}  "
+                  f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:+.4f}")
 
 
 # ----------------------------------------------------------------------------------------- data

@@ -20,7 +20,6 @@ an uninterrupted run.
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from karma.distributed import Dist, all_reduce_sum, barrier, clip_grad_norm, ful
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
+from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput, TrainingDiverged,
                        adamw, autocast, check_flags, checkpoint_due, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, resume,
                        show_progress, warmup_cosine, write_config)
 from karma.tokenizer import left_pad, load_tokenizer
@@ -143,8 +142,7 @@ def _train(cfg: TrainRMConfig, d: Dist) -> dict:
     data = Data.load(cfg, rm)
     total_steps = cfg.max_steps or cfg.epochs * data.steps_per_epoch
     optimizer = adamw(rm, cfg.lr, cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, max(1, round(cfg.warmup_ratio * total_steps)), cfg.min_lr_ratio))
+    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
 
     # log_loss / log_steps: the finite losses since the last train record (checkpointed, so a
     # resumed run logs the same averages as an uninterrupted one). skipped_steps / bad_streak:
@@ -279,24 +277,6 @@ def count_step(state: dict, loss: float, grad_norm: float, cfg: TrainRMConfig, o
             f"{state['bad_streak']} consecutive steps (to step {state['step'] + 1}) had a non-finite loss or gradient "
             f"and were skipped: the weights or the data hold NaN/inf, or --lr {cfg.lr:g} is too high. The weights "
             f"were never updated with them; last checkpoint: {latest_checkpoint(out / 'checkpoints')}")
-
-
-class Throughput:
-    """Examples, tokens and steps per second since the last log record."""
-
-    def __init__(self):
-        self.examples = self.tokens = self.steps = 0
-        self.start = time.perf_counter()
-
-    def add(self, examples: int, tokens: int) -> None:
-        self.examples, self.tokens, self.steps = self.examples + examples, self.tokens + tokens, self.steps + 1
-
-    def rates(self) -> dict:
-        seconds = time.perf_counter() - self.start
-        rates = {"examples_per_s": self.examples / seconds, "tokens_per_s": self.tokens / seconds,
-                 "steps_per_s": self.steps / seconds}
-        self.__init__()
-        return rates
 
 
 def evaluate_and_keep_best(rm: RewardModel, data: Data, state: dict, cfg: TrainRMConfig, out: Path, log: MetricsLog,

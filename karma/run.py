@@ -206,15 +206,40 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
-    """LR multiplier (for LambdaLR): linear warmup to the peak, then cosine decay to min_ratio * peak
-    at total_steps (Loshchilov & Hutter 2017, "SGDR", without restarts)."""
-    def f(step):
+def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float, min_ratio: float):
+    """Linear warmup over warmup_ratio * total_steps to the peak LR, then cosine decay to
+    min_ratio * peak at total_steps (Loshchilov & Hutter 2017, "SGDR", without restarts)."""
+    warmup_steps = max(1, round(warmup_ratio * total_steps))
+
+    def multiplier(step):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+class Throughput:
+    """Examples (or pairs...), tokens and steps per second since the last log record."""
+
+    def __init__(self, unit: str = "examples"):
+        self.unit = unit
+        self.reset()
+
+    def reset(self) -> None:
+        self.examples = self.tokens = self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, examples: int, tokens: int) -> None:
+        self.examples, self.tokens, self.steps = self.examples + examples, self.tokens + tokens, self.steps + 1
+
+    def rates(self) -> dict:
+        """The rates since the last call (or since construction); starts a new interval."""
+        seconds = time.perf_counter() - self.start
+        rates = {f"{self.unit}_per_s": self.examples / seconds, "tokens_per_s": self.tokens / seconds,
+                 "steps_per_s": self.steps / seconds}
+        self.reset()
+        return rates
 
 
 def autocast(d: Dist):
