@@ -7,7 +7,6 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -16,7 +15,7 @@ from karma.distributed import Dist, all_reduce_sum
 from karma.generate import generate
 from karma.logprobs import logprobs_from_logits
 from karma.ppo.core import gae, masked_whiten, token_rewards
-from karma.reward import encode
+from karma.reward import RewardConfig, encode
 from karma.tokenizer import left_pad
 
 
@@ -107,6 +106,20 @@ def reduce_sums(d: Dist, device, named: dict) -> dict[str, float]:
     return dict(zip(named, all_reduce_sum(values, d).tolist()))
 
 
+def rollout_stats(total: dict) -> dict:
+    """The rollout's means from sums over all ranks: per scored sequence (score, its std, KL),
+    per generated sequence (length, EOS share) and per scored token (KL, value, return)."""
+    n_seq, n_scored, n_tok = total["sequences"], total["scored"], max(total["scored_tokens"], 1.0)
+    score = total["score"] / n_scored if n_scored else None
+    return {"score": score,
+            "score_std": max(total["score_sq"] / n_scored - score ** 2, 0.0) ** 0.5 if n_scored else None,
+            "dropped_nonfinite_scores": int(n_seq - n_scored),
+            "kl_seq": total["kl_seq"] / n_scored if n_scored else None, "kl_token": total["kl_token"] / n_tok,
+            "response_len": total["generated_tokens"] / n_seq, "ended_eos": total["ended_eos"] / n_seq,
+            "value_mean": total["value"] / n_tok, "return_mean": total["return"] / n_tok,
+            "generated_tokens": int(total["generated_tokens"])}
+
+
 @torch.no_grad()
 def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int,
                     d: Dist | None = None, generator_model=None):
@@ -120,7 +133,7 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     """
     d = d or Dist(0, 1, policy.embed.weight.device)
     device = policy.embed.weight.device
-    prompt_cfg = SimpleNamespace(format=reward.cfg.format, max_length=cfg.max_prompt_tokens)
+    prompt_cfg = RewardConfig(format=reward.cfg.format, max_length=cfg.max_prompt_tokens)  # the RM's rendering
     queries = [encode(policy_tok, p["messages"], None, p.get("meta"), prompt_cfg) for p in prompts]
     query, query_mask = (t.to(device) for t in left_pad(queries, policy_tok.pad_id))
     start = time.perf_counter()
@@ -170,16 +183,7 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
         "kl_token": torch.where(m, kl, 0.0).sum(), "scored_tokens": m.sum(), "generated_tokens": response_mask.sum(),
         "ended_eos": out.ended.sum(), "value": torch.where(m, values, 0.0).sum(),
         "return": torch.where(m, returns, 0.0).sum()})
-    n_seq, n_scored, n_tok = total["sequences"], total["scored"], max(total["scored_tokens"], 1.0)
-    score = total["score"] / n_scored if n_scored else None
-    stats = {"score": score,
-             "score_std": max(total["score_sq"] / n_scored - score ** 2, 0.0) ** 0.5 if n_scored else None,
-             "dropped_nonfinite_scores": int(n_seq - n_scored),
-             "kl_seq": total["kl_seq"] / n_scored if n_scored else None, "kl_token": total["kl_token"] / n_tok,
-             "response_len": total["generated_tokens"] / n_seq, "ended_eos": total["ended_eos"] / n_seq,
-             "value_mean": total["value"] / n_tok, "return_mean": total["return"] / n_tok,
-             "generated_tokens": int(total["generated_tokens"]), "generate_s": gen_s, "score_s": score_s,
-             "forward_s": forward_s}
+    stats = {**rollout_stats(total), "generate_s": gen_s, "score_s": score_s, "forward_s": forward_s}
     samples = [{"prompt_id": p.get("id"), "prompt": p["messages"][-1]["content"][-500:], "response": t,
                 "score": s} for p, t, s in zip(prompts, texts, scores.tolist())]
     buffer = RolloutBuffer(query, query_mask, response, train_mask, logprobs, ref_logprobs, values, rewards,
