@@ -37,12 +37,12 @@ from tqdm import tqdm
 
 from karma.checkpoint import atomic_write, atomic_write_json, read_json
 from karma.cli import add_debug_flag, run_main
-from karma.evals import report, shortcuts
+from karma.evals import report, shortcuts_report
 from karma.evals import task as task_data
 from karma.evals.lm import EvalLM
 from karma.evals.task import TaskResult
 from karma.evals.tasks import TASKS, get_task
-from karma.evals.shortcuts import run_rm_report
+from karma.evals.shortcuts_report import run_rm_report
 from karma.evals.toxicity import make_scorer
 from karma.reward import read_reward_config
 from karma.run import RunLock, show_progress
@@ -157,7 +157,7 @@ def rm_main(argv) -> None:
                                eval_results=args.eval_results, policies=args.policies or None,
                                n_resamples=args.n_resamples, device=args.device,
                                log=lambda line: print(line, file=sys.stderr))
-    print(shortcuts.to_markdown(report))
+    print(shortcuts_report.to_markdown(report))
     print(f"report in {args.out / 'report.json'}, {args.out / 'report.md'}, {args.out / 'report.png'}")
 
 

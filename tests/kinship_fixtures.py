@@ -82,7 +82,7 @@ def write_scores_csv(path: Path, table: dict[str, dict[str, object]], benchmarks
 
 def zebra_mb_sup() -> dict[str, float]:
     """MB-SUP of the 16 scored models of the ZEBRA table, computed here independently of
-    karma.data.kinship: % dropped, min-max per column, mean per model (no model has partial gaps)."""
+    karma.data.behaviour: % dropped, min-max per column, mean per model (no model has partial gaps)."""
     lines = ZEBRA_BENCHMARK.read_text().splitlines()
     rows = [line.split(",") for line in lines[1:]]
     scored = [r for r in rows if all(x for x in r[1:])]

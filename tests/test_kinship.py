@@ -1,4 +1,4 @@
-"""karma/data/kinship.py: behaviour vectors, every pairing strategy, ties, missing data, accounting,
+"""karma/data/kinship.py and behaviour.py: behaviour vectors, every pairing strategy, ties, missing data, accounting,
 JSONL / parquet / results.json inputs and the command line, on hand-made tables with known answers."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 
 from karma.cli import run_main
 from karma.data import kinship
-from karma.data.kinship import STRATEGIES, KinshipConfig, build_behaviour, build_pairs, read_scores
+from karma.data.behaviour import build_behaviour, read_scores
+from karma.data.kinship import STRATEGIES, KinshipConfig, build_pairs
 from kinship_fixtures import (ASPECTS, ZEBRA_BENCHMARK, completion, row, synthetic_ultrafeedback, write_jsonl,
                               write_parquet, write_scores_csv, zebra_mb_sup)
 

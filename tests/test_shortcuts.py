@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from karma.data.format import render
-from karma.evals.shortcuts import (META_PROBES, delong_components, delong_test, derange, downstream_table,
-                                   group_table, inject_header, plot, rm_report, run_rm_report, to_markdown, utc_hour)
+from karma.evals.shortcuts import (META_PROBES, derange, downstream_table, group_table, inject_header, rm_report,
+                                   utc_hour)
+from karma.evals.shortcuts_report import plot, run_rm_report, to_markdown
+from karma.evals.stats import delong_components, delong_test
 from karma.evals.task import TaskResult
 from karma.metrics import binary_metrics
 
@@ -351,8 +353,8 @@ def test_run_rm_report_on_real_tiny_reward_models(tmp_path, checkpoint_factory):
 
 
 def _sampled_ids(examples, k, seed):
-    from karma.evals.shortcuts import _seed
-    keep = np.sort(np.random.default_rng(_seed(seed, "subset")).choice(len(examples), k, replace=False))
+    from karma.evals.shortcuts import stream_seed
+    keep = np.sort(np.random.default_rng(stream_seed(seed, "subset")).choice(len(examples), k, replace=False))
     return {examples[i]["id"] for i in keep}
 
 

@@ -7,16 +7,15 @@
 The method (Jung, Park & Jung 2025, "ZEBRA: Leveraging Model-Behavioral Knowledge for
 Zero-Annotation Preference Dataset Construction", Findings of EMNLP 2025; arXiv 2502.18744, whose
 v1 was titled KARMA; code: github.com/Jeesu-Jung/ZEBRA, files binarize.score.py,
-binarize.similarity.py, binarize.combined.py and benchmark.csv). Automatic preference data often
-pairs a strong model's answer with a weak one's: the contrast is obvious and teaches little. Here
-every model is described by its public benchmark scores, and the pairs are built from that
-description alone, with no per-response judge:
+binarize.similarity.py and binarize.combined.py). Automatic preference data often pairs a strong
+model's answer with a weak one's: the contrast is obvious and teaches little. Here every model is
+described by its public benchmark scores, its behaviour vector (karma/data/behaviour.py: the
+vectors, their normalisation and missing scores), and the pairs are built from that description
+alone, with no per-response judge:
 
-  behaviour vector  v_i = [s_i^1 .. s_i^m], s_i^k = model i's score on benchmark k, min-max
-                    normalised across the models:  s = (x - min_k) / (max_k - min_k)  in [0, 1]
-  MB-SUP(i)         = mean_k v_i^k                              (superiority: how good a model is)
-  MB-SIM(i, j)      = v_i . v_j / (|v_i| |v_j|)                 (similarity: cosine, "kinship")
-  preference        Pref(r_i, r_j) = 1  iff  MB-SUP(M_i) > MB-SUP(M_j)
+  MB-SUP(i)     = the mean of model i's behaviour vector       (superiority: how good a model is)
+  MB-SIM(i, j)  = the cosine of the two models' vectors        (similarity, "kinship")
+  preference    Pref(r_i, r_j) = 1  iff  MB-SUP(M_i) > MB-SUP(M_j)
 
 For each prompt x, C(x) = the prompt's models that have a usable completion AND a behaviour vector.
 One pair per prompt, by strategy:
@@ -35,21 +34,6 @@ Baselines:
                            instance-wise RLAIF labels the paper compares against.
 
 Choices where the sources are silent or disagree (each one is a decision of this module):
-- Normalisation: min-max per benchmark over the models that have that score, as the authors'
-  scripts. A trailing "%" is dropped (benchmark.csv mixes 85.37, 86.40% and 0.6371; units do not
-  matter after per-column min-max). A benchmark on which fewer than two distinct values remain
-  (every model ties, or one model has it) is DROPPED and listed in the stats: it cannot rank models,
-  and a constant column would only shrink every MB-SUP gap and inflate every cosine (the scripts
-  would divide 0 by 0 there).
-- Lower-is-better benchmarks (e.g. toxicity) are negated before normalising, so 1 is always best.
-- Missing values: the column mean of the normalised scores (the authors' `df.fillna(df.mean())`).
-  MB-SUP is the mean of that FILLED vector, as binarize.score.py computes it; binarize.similarity.py
-  and binarize.combined.py average before filling (pandas skips NaN). Both agree on the authors'
-  benchmark.csv, where the only gap is a model with no scores at all.
-- A model with no score at all (ultralm-65b in benchmark.csv), or absent from the table, has no
-  vector: it is never paired (the scripts hard-code "ultralm-65b"); its completions are counted.
-- Cosine with an all-zero vector (a model last on every benchmark) is 0, as sklearn's
-  cosine_similarity, which the scripts use.
 - "Best" in sup_sim is MB-SUP: binarize.combined.py ranks by a per-row `scores` field of an
   unreleased file (likely per-response ratings); MB-SUP keeps the method free of annotation.
 - Ties never depend on the order of rows or completions (the scripts take numpy's first argmax in
@@ -66,24 +50,18 @@ Choices where the sources are silent or disagree (each one is a decision of this
   behaviour vector needed, ultralm-65b included, as H4); the rejected one is drawn uniformly from
   ALL the others, so it may tie the chosen one's score (the card does not drop ties; they are
   counted). H4 also removed the truthful_qa prompts: --exclude-source truthful_qa does that.
-  The rating is `overall_score` (the card's current recipe) or, with --rating fine_grained, the mean
-  of the numeric annotation Ratings ("N/A" excluded), as UltraFeedback's fix_overall_score_issue.py.
+  The rating is `overall_score` or, with --rating fine_grained, the mean of the annotation Ratings
+  (karma/data/ultrafeedback.py).
 - Randomness is seeded per prompt from (seed, strategy, prompt id), so a pair does not change with
   the file order, other rows or --limit.
-- A model listed twice in one row: the first completion is kept, the others counted.
 - Identical instructions: only the first row with that instruction is used, the later ones are
   skipped (duplicate_prompt), so a prompt id (the sha256 of the instruction, H4's prompt_id) is
   unique in an output file and the same prompt has the same id in every strategy's file.
 
-Input. UltraFeedback rows as published (openbmb/UltraFeedback): JSONL (one object per line) or the
-hub's parquet (needs pyarrow). Fields used: `instruction`, `source` (else the file's stem, as the
-per-source files are named), `completions` [{`model`, `response`, `overall_score`, `annotations`
-{aspect: {"Rating": "1".."5" or "N/A", ...}}, `fine-grained_score`}]. A completion is found by its
-own `model` field, never by its position (`models` may be in another order, or list models whose
-completion is missing). Scores: a CSV (a `model` column, any case, plus one column per benchmark)
-or the results.json that eval.py writes, where each task's value is its primary metric
-(TaskResult.primary: the metric eval.py's tables report) and TaskResult.higher_is_better gives the
-direction; a model is a results label such as "pythia-1b/karmaBenign".
+Input. UltraFeedback rows as published (openbmb/UltraFeedback), JSONL or the hub's parquet, read
+by karma/data/ultrafeedback.py; a row's prompt is its `instruction`, its source its `source`, else
+the file's stem (the per-source files are named so). Scores: a CSV or eval.py's results.json, read
+by karma/data/behaviour.py.
 
 Accounting, per strategy: every row read ends as one pair or one skip reason, so
 `pairs + sum(skipped) == rows_read`; the first file:line places of each reason are listed.
@@ -107,301 +85,24 @@ succeeded; stats.json last; pairs files of strategies not in this run are remove
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import importlib
-import io
-import math
-import numbers
 import random
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import orjson
 
-from karma.checkpoint import atomic_write, atomic_write_json, read_json
-from karma.records import input_files
+from karma.checkpoint import atomic_write, atomic_write_json
+from karma.data.behaviour import Behaviour, read_scores
+from karma.data.ultrafeedback import (RATINGS, Completion, find_files, read_rows, require_pyarrow,
+                                      usable_completions)
 
 STRATEGIES = ("sup", "sim", "sup_sim", "random", "ultrafeedback_binarized")
-RATINGS = ("overall_score", "fine_grained")
-MISSING = {"", "n/a", "na", "nan", "none", "null", "-"}  # score cells read as "no score"
-EXTENSIONS = (".jsonl", ".parquet")  # looked for in directories
-BATCH_ROWS = 256  # parquet rows converted to Python at a time
-
-
-# ------------------------------------------------------------------------------ behaviour vectors
-
-@dataclass
-class Behaviour:
-    """Behaviour vectors of the models that have scores, and MB-SUP / MB-SIM over them."""
-    benchmarks: list[str]  # the benchmarks kept, in input order
-    vectors: dict[str, np.ndarray]  # model -> normalised, filled vector [m], models sorted by name
-    sup: dict[str, float]  # model -> MB-SUP
-    unscored: list[str]  # models listed without any score: never paired
-    dropped_benchmarks: dict[str, str] = field(default_factory=dict)  # benchmark -> why
-    filled: dict[str, list[str]] = field(default_factory=dict)  # model -> benchmarks set to the mean
-    lower_is_better: list[str] = field(default_factory=list)
-    source: str = ""
-    _cos: np.ndarray = field(init=False, repr=False)  # [n, n] cosine matrix, models in `vectors` order
-    _index: dict[str, int] = field(init=False, repr=False)  # model -> row of _cos
-
-    def __post_init__(self):
-        names = list(self.vectors)
-        self._index = {m: i for i, m in enumerate(names)}
-        V = np.stack([self.vectors[m] for m in names])  # [n, m]
-        norm = np.linalg.norm(V, axis=1, keepdims=True)
-        unit = np.divide(V, norm, out=np.zeros_like(V), where=norm > 0)  # a zero vector stays 0
-        cos = unit @ unit.T
-        self._cos = (cos + cos.T) / 2  # exactly symmetric: sim(a, b) == sim(b, a) to the bit
-
-    def sim(self, a: str, b: str) -> float:
-        """MB-SIM(a, b): cosine similarity of the two behaviour vectors."""
-        return float(self._cos[self._index[a], self._index[b]])
-
-    def to_json(self) -> dict:
-        models = {m: {"mb_sup": self.sup[m], "vector": [float(x) for x in v], "filled": self.filled.get(m, [])}
-                  for m, v in self.vectors.items()}
-        return {"source": self.source, "benchmarks": self.benchmarks, "dropped_benchmarks": self.dropped_benchmarks,
-                "lower_is_better": self.lower_is_better, "unscored_models": self.unscored, "models": models,
-                "similarity": {a: {b: round(self.sim(a, b), 6) for b in self.vectors} for a in self.vectors}}
-
-
-def build_behaviour(table: dict[str, dict[str, float | None]], lower_is_better=(), source: str = "") -> Behaviour:
-    """Behaviour vectors from raw scores {model: {benchmark: value or None}} (see the module docstring).
-
-    Per benchmark k over the models that have it: x -> -x when lower is better, then
-    s = (x - min) / (max - min); a benchmark with fewer than two distinct values is dropped; a
-    missing s becomes the column mean of the others. MB-SUP = mean of the vector.
-    """
-    lower = set(lower_is_better)
-    benchmarks = list(dict.fromkeys(b for scores in table.values() for b in scores))
-    unknown = sorted(lower - set(benchmarks))
-    if unknown:
-        raise ValueError(f"{source or 'scores'}: lower-is-better benchmark(s) {unknown} not in the table "
-                         f"(benchmarks: {benchmarks})")
-    unscored = sorted(m for m, scores in table.items() if all(v is None for v in scores.values()))
-    models = sorted(m for m in table if m not in unscored)
-    columns, dropped = {}, {}
-    for b in benchmarks:
-        raw = {m: table[m].get(b) for m in models if table[m].get(b) is not None}
-        if b in lower:
-            raw = {m: -x for m, x in raw.items()}
-        if len(set(raw.values())) < 2:
-            dropped[b] = ("no model has a score" if not raw else "only one model has a score" if len(raw) == 1
-                          else "every model has the same score")
-            continue
-        lo, hi = min(raw.values()), max(raw.values())
-        columns[b] = {m: (x - lo) / (hi - lo) for m, x in raw.items()}
-    kept = [b for b in benchmarks if b in columns]
-    if not kept:
-        raise ValueError(f"{source or 'scores'}: no benchmark separates the models ({len(models)} model(s) with "
-                         f"scores; dropped: {dropped}); need at least two models with different scores")
-    means = {b: float(np.mean(list(columns[b].values()))) for b in kept}
-    vectors, filled = {}, {}
-    for m in models:
-        vectors[m] = np.array([columns[b].get(m, means[b]) for b in kept], dtype=np.float64)
-        gaps = [b for b in kept if m not in columns[b]]
-        if gaps:
-            filled[m] = gaps
-    sup = {m: float(v.mean()) for m, v in vectors.items()}
-    return Behaviour(benchmarks=kept, vectors=vectors, sup=sup, unscored=unscored, dropped_benchmarks=dropped,
-                     filled=filled, lower_is_better=sorted(lower), source=source)
-
-
-def parse_score(text: str, where: str, column: str) -> float | None:
-    """A score cell: a number, optionally with a trailing %; a blank, "N/A", "nan" or "-" is missing."""
-    s = text.strip()
-    if s.lower() in MISSING:
-        return None
-    try:
-        x = float(s[:-1] if s.endswith("%") else s)
-    except ValueError:
-        raise ValueError(f"{where}: column {column!r}: {text!r} is not a number") from None
-    return x if math.isfinite(x) else None
-
-
-def read_score_csv(path: str | Path) -> dict[str, dict[str, float | None]]:
-    """{model: {benchmark: value or None}} from a CSV with a `model` column (any case) and one
-    column per benchmark; errors name the file (and line)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text file (expected a CSV of benchmark scores)") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if not header:
-        raise ValueError(f"{path}: empty file (expected a CSV with a 'model' column and one column per benchmark)")
-    header = [h.strip() for h in header]
-    key = next((i for i, h in enumerate(header) if h.lower() == "model"), None)
-    if key is None:
-        raise ValueError(f"{path}: no 'model' column; the header has {header}")
-    benchmarks = [(i, h) for i, h in enumerate(header) if i != key]
-    if not benchmarks or any(not h for _, h in benchmarks) or len({h for _, h in benchmarks}) < len(benchmarks):
-        raise ValueError(f"{path}: need one uniquely named column per benchmark besides 'model'; header {header}")
-    table = {}
-    for cells in reader:
-        where = f"{path}:{reader.line_num}"
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) != len(header):
-            raise ValueError(f"{where}: {len(cells)} fields, the header has {len(header)}")
-        model = cells[key].strip()
-        if not model:
-            raise ValueError(f"{where}: empty model name")
-        if model in table:
-            raise ValueError(f"{where}: model {model!r} appears twice")
-        table[model] = {h: parse_score(cells[i], where, h) for i, h in benchmarks}
-    if not table:
-        raise ValueError(f"{path}: no model rows")
-    return table
-
-
-def read_results_json(path: str | Path) -> tuple[dict[str, dict[str, float | None]], list[str]]:
-    """({model label: {task: value or None}}, [lower-is-better tasks]) from eval.py's results.json.
-
-    Layout: {"results": {label: {task: TaskResult as a dict}}}; the value of a task is
-    result["metrics"][result["primary"]], the headline metric eval.py's tables report; a task's
-    direction is its first result's `higher_is_better` (as karma.evals.report does). A value that
-    is not a finite number (written as null) is missing.
-    """
-    path = Path(path)
-    data = read_json(path)
-    results = data.get("results") if isinstance(data, dict) else None
-    if not isinstance(results, dict) or not results:
-        raise ValueError(f"{path}: no \"results\" object of {{model label: {{task: result}}}} (is it eval.py's "
-                         f"results.json?)")
-    table, lower = {}, {}
-    for label, tasks in results.items():
-        if not isinstance(tasks, dict):
-            raise ValueError(f"{path}: results[{label!r}] is not an object of tasks")
-        table[label] = {}
-        for task, result in tasks.items():
-            if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict) or "primary" not in result:
-                raise ValueError(f"{path}: results[{label!r}][{task!r}] has no \"metrics\" and \"primary\"")
-            value = result["metrics"].get(result["primary"])
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            table[label][task] = float(value) if ok else None
-            lower.setdefault(task, result.get("higher_is_better", True) is False)
-    return table, sorted(t for t, low in lower.items() if low)
-
-
-def read_scores(path: str | Path, lower_is_better=()) -> Behaviour:
-    """Behaviour vectors from a scores CSV or an eval.py results.json (chosen by the .json suffix)."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        table, lower = read_results_json(path)
-        lower_is_better = set(lower_is_better) | set(lower)
-    else:
-        table = read_score_csv(path)
-    return build_behaviour(table, lower_is_better, source=str(path))
-
-
-# ------------------------------------------------------------------------------ UltraFeedback rows
-
-def find_files(paths) -> list[Path]:
-    """Files named in `paths` (read as parquet when named *.parquet, else as JSONL), directories
-    expanded (recursively, sorted) to their *.jsonl and *.parquet files; each file once."""
-    return input_files(paths, EXTENSIONS)
-
-
-def read_rows(path: Path):
-    """Yield (location, row or None, skip reason or None): JSONL lines (blank lines ignored) or
-    parquet rows."""
-    if path.suffix == ".parquet":
-        yield from _parquet_rows(path)
-        return
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                yield f"{path}:{n}", None, "bad_json"
-                continue
-            yield f"{path}:{n}", row, None if isinstance(row, dict) else "not_object"
-
-
-def _parquet_rows(path: Path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
-    with open(path, "rb") as f:
-        try:
-            pf = pq.ParquetFile(f)
-        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
-            raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-        cols = [c for c in ("source", "instruction", "models", "completions") if c in pf.schema_arrow.names]
-        i = 0
-        try:
-            for batch in pf.iter_batches(columns=cols, batch_size=BATCH_ROWS):
-                for row in batch.to_pylist():
-                    yield f"{path}:row {i}", row, None
-                    i += 1
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: unreadable parquet data at row {i} ({e})") from None
-
-
-class Completion(NamedTuple):
-    model: str
-    response: str
-    rating: float | None  # overall_score or the fine-grained mean; None when absent
-
-
-def _number(x) -> float | None:
-    """A finite number from a number or a numeric string, else None (bools are not numbers)."""
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def rating_of(completion: dict, rating: str) -> float | None:
-    """The completion's rating: `overall_score`, or ("fine_grained") the mean of the numeric
-    annotation Ratings with "N/A" left out (UltraFeedback's calculate_average_rating), falling back
-    to its `fine-grained_score` field when there are no annotations."""
-    if rating == "overall_score":
-        return _number(completion.get("overall_score"))
-    annotations = completion.get("annotations")
-    if isinstance(annotations, dict) and annotations:
-        values = [_number(a.get("Rating")) for a in annotations.values() if isinstance(a, dict)]
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
-    return _number(completion.get("fine-grained_score"))
-
-
-def usable_completions(row: dict, rating: str, drops: Counter) -> list[Completion]:
-    """The row's completions that have a model name and a non-empty response, one per model (the
-    first), in row order; every other completion is counted in `drops` by reason."""
-    out, seen = [], set()
-    for c in row["completions"]:
-        if not isinstance(c, dict):
-            drops["not_object"] += 1
-            continue
-        model, response = c.get("model"), c.get("response")
-        if not isinstance(model, str) or not model.strip():
-            drops["no_model"] += 1
-        elif not isinstance(response, str) or not response.strip():
-            drops["empty_response"] += 1
-        elif model in seen:
-            drops["duplicate_model"] += 1
-        else:
-            seen.add(model)
-            out.append(Completion(model, response, rating_of(c, rating)))
-    return out
 
 
 # ------------------------------------------------------------------------------ strategies
@@ -576,6 +277,38 @@ class KinshipConfig:
     lower_is_better: tuple = ()
     max_locations: int = 20
 
+    def to_json(self) -> dict:
+        """The config as stats.json records it: paths as strings."""
+        return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "ultrafeedback" else v)
+                for k, v in asdict(self).items()}
+
+
+def check_strategies(cfg: KinshipConfig) -> list[str]:
+    """The run's strategies, each once, in the order given; an unknown strategy or rating is a ValueError."""
+    strategies = list(dict.fromkeys(cfg.strategies))
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown strategy {s!r}; expected one of {STRATEGIES}")
+    if cfg.rating not in RATINGS:
+        raise ValueError(f"unknown rating {cfg.rating!r}; expected one of {RATINGS}")
+    return strategies
+
+
+def read_files(files: list[Path], limit: int | None = None):
+    """Yield (path, location, row or None, skip reason or None) over `files` in order, at most
+    `limit` rows in all; a file is closed as soon as it is done or the limit is reached."""
+    n = 0
+    for path in files:
+        rows = read_rows(path)
+        for loc, row, reason in rows:
+            if limit is not None and n >= limit:
+                break
+            n += 1
+            yield path, loc, row, reason
+        rows.close()  # closes the file now, even when the limit stopped early
+        if limit is not None and n >= limit:
+            return
+
 
 def check_row(row: dict, path: Path, exclude: set, seen: set) -> tuple[str | None, str, str | None]:
     """(prompt id, source, skip reason or None) of a parsed row. The id is the sha256 of the
@@ -592,6 +325,83 @@ def check_row(row: dict, path: Path, exclude: set, seen: set) -> tuple[str | Non
     return pid, source, reason
 
 
+class PairingRun:
+    """One pass over the rows: every strategy's tally, and the counts that all strategies share."""
+
+    def __init__(self, cfg: KinshipConfig, beh: Behaviour, strategies: list[str]):
+        self.cfg, self.beh = cfg, beh
+        self.tallies = {s: StrategyTally(cfg.max_locations) for s in strategies}
+        self.exclude = set(cfg.exclude_sources)
+        self.seen_prompts: set[str] = set()
+        self.rows_read = 0
+        self.drops = Counter()  # completions unusable for every strategy, by reason
+        self.without_vector = Counter()  # model -> its completions, for models without a behaviour vector
+        self.not_listed = 0  # completions whose model is missing from the row's `models` field
+
+    def pair_files(self, files: list[Path], tmps: list[Path]):
+        """Pair the rows of `files` (at most cfg.limit of them); strategy i writes its pairs to tmps[i]."""
+        outs = {s: open(tmp, "wb") for s, tmp in zip(self.tallies, tmps)}
+        try:
+            for path, loc, row, reason in read_files(files, self.cfg.limit):
+                self.pair_row(path, loc, row, reason, outs)
+        finally:
+            for f in outs.values():
+                f.close()
+
+    def pair_row(self, path: Path, loc: str, row: dict | None, reason: str | None, outs: dict):
+        """One row: each strategy's pair written to outs[strategy], or the reason it has none counted."""
+        self.rows_read += 1
+        if reason is None:
+            pid, source, reason = check_row(row, path, self.exclude, self.seen_prompts)
+        if reason is not None:
+            for t in self.tallies.values():
+                t.skip(reason, loc)
+            return
+        self.seen_prompts.add(pid)
+        completions = usable_completions(row, self.cfg.rating, self.drops)
+        self.count_models(row, completions)
+        for s, t in self.tallies.items():
+            pair, reason = make_pair(s, completions, self.beh, prompt_rng(self.cfg.seed, s, pid),
+                                     self.cfg.min_similarity, t.drops)
+            if pair is None:
+                t.skip(reason, loc)
+                continue
+            rec = pair_record(pid, row["instruction"], source, s, *pair, self.beh)
+            outs[s].write(orjson.dumps(rec) + b"\n")
+            t.add(rec)
+
+    def count_models(self, row: dict, completions: list[Completion]):
+        """Count the completions whose model has no behaviour vector or is not in the row's `models`."""
+        listed = row.get("models")
+        if isinstance(listed, list):
+            self.not_listed += sum(c.model not in listed for c in completions)
+        for c in completions:
+            if c.model not in self.beh.vectors:
+                self.without_vector[c.model] += 1
+
+    def to_json(self) -> dict:
+        """Each strategy's tally (with the shared completion drops added) and the per-model counts."""
+        per = {s: t.to_json() for s, t in self.tallies.items()}
+        for s, t in per.items():
+            t["completions_dropped"] = dict((self.drops + Counter(t["completions_dropped"])).most_common())
+            accounted = t["pairs"] + sum(t["skipped"].values())  # every row read: one pair or one skip
+            assert accounted == self.rows_read, (s, t["pairs"], t["skipped"], self.rows_read)
+        return {"strategies": per, "completions_without_vector": dict(self.without_vector.most_common()),
+                "completions_not_in_models_field": self.not_listed}
+
+
+def pairs_path(out_dir: Path, strategy: str) -> Path:
+    """Where a strategy's pairs are written: out_dir/pairs-<strategy>.jsonl."""
+    return out_dir / f"pairs-{strategy}.jsonl"
+
+
+def remove_stale_pairs(out_dir: Path, strategies: list[str]):
+    """Delete the pairs files of strategies not in this run: they do not belong to its stats.json."""
+    for s in STRATEGIES:
+        if s not in strategies and pairs_path(out_dir, s).exists():
+            pairs_path(out_dir, s).unlink()
+
+
 def _write_all(paths: list[Path], produce, tmps=()):
     """Call produce(tmp paths) once; then move every temporary onto its path. atomic_write for
     several files at once: each is renamed into place only after `produce` has returned."""
@@ -605,83 +415,18 @@ def _write_all(paths: list[Path], produce, tmps=()):
 def build_pairs(cfg: KinshipConfig, beh: Behaviour | None = None) -> dict:
     """Read the rows, write pairs-<strategy>.jsonl per strategy and stats.json; returns the stats."""
     start = time.perf_counter()
-    strategies = list(dict.fromkeys(cfg.strategies))
-    for s in strategies:
-        if s not in STRATEGIES:
-            raise ValueError(f"unknown strategy {s!r}; expected one of {STRATEGIES}")
-    if cfg.rating not in RATINGS:
-        raise ValueError(f"unknown rating {cfg.rating!r}; expected one of {RATINGS}")
+    strategies = check_strategies(cfg)
     beh = beh if beh is not None else read_scores(cfg.scores, cfg.lower_is_better)
     files = find_files(cfg.ultrafeedback)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tallies = {s: StrategyTally(cfg.max_locations) for s in strategies}
-    drops, unscored_seen, not_listed = Counter(), Counter(), 0
-    seen_prompts: set[str] = set()
-    rows_read = 0
-    exclude = set(cfg.exclude_sources)
-
-    def skip_all(reason, loc):
-        for t in tallies.values():
-            t.skip(reason, loc)
-
-    def run(tmps):
-        nonlocal rows_read, not_listed
-        outs = {s: open(tmp, "wb") for s, tmp in zip(strategies, tmps)}
-        try:
-            for path in files:
-                rows = read_rows(path)
-                for loc, row, reason in rows:
-                    if cfg.limit is not None and rows_read >= cfg.limit:
-                        break
-                    rows_read += 1
-                    if reason is None:
-                        pid, source, reason = check_row(row, path, exclude, seen_prompts)
-                    if reason is not None:
-                        skip_all(reason, loc)
-                        continue
-                    seen_prompts.add(pid)
-                    completions = usable_completions(row, cfg.rating, drops)
-                    listed = row.get("models")
-                    if isinstance(listed, list):
-                        not_listed += sum(c.model not in listed for c in completions)
-                    for c in completions:
-                        if c.model not in beh.vectors:
-                            unscored_seen[c.model] += 1
-                    for s in strategies:
-                        t = tallies[s]
-                        pair, reason = make_pair(s, completions, beh, prompt_rng(cfg.seed, s, pid),
-                                                 cfg.min_similarity, t.drops)
-                        if pair is None:
-                            t.skip(reason, loc)
-                            continue
-                        rec = pair_record(pid, row["instruction"], source, s, *pair, beh)
-                        outs[s].write(orjson.dumps(rec) + b"\n")
-                        t.add(rec)
-                rows.close()  # closes the file now, even when --limit stopped early
-                if cfg.limit is not None and rows_read >= cfg.limit:
-                    break
-        finally:
-            for f in outs.values():
-                f.close()
-
-    names = {s: out_dir / f"pairs-{s}.jsonl" for s in strategies}
-    _write_all([names[s] for s in strategies], run)
-    for s in STRATEGIES:  # pairs of strategies not in this run are stale
-        if s not in names and (out_dir / f"pairs-{s}.jsonl").exists():
-            (out_dir / f"pairs-{s}.jsonl").unlink()
-
-    per = {s: tallies[s].to_json() for s in strategies}
-    for s, t in per.items():
-        t["completions_dropped"] = dict((drops + Counter(t["completions_dropped"])).most_common())
-        assert t["pairs"] + sum(t["skipped"].values()) == rows_read, (s, t["pairs"], t["skipped"], rows_read)
-    stats = {"rows_read": rows_read, "files": [str(p) for p in files],
-             "outputs": {s: p.name for s, p in names.items()}, "strategies": per,
-             "completions_without_vector": dict(unscored_seen.most_common()),
-             "completions_not_in_models_field": not_listed,
-             "behaviour": beh.to_json(), "seconds": round(time.perf_counter() - start, 3),
-             "config": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "ultrafeedback" else v)
-                        for k, v in asdict(cfg).items()}}
+    outputs = {s: pairs_path(out_dir, s) for s in strategies}
+    run = PairingRun(cfg, beh, strategies)
+    _write_all(list(outputs.values()), lambda tmps: run.pair_files(files, tmps))
+    remove_stale_pairs(out_dir, strategies)
+    stats = {"rows_read": run.rows_read, "files": [str(p) for p in files],
+             "outputs": {s: p.name for s, p in outputs.items()}, **run.to_json(),
+             "behaviour": beh.to_json(), "seconds": round(time.perf_counter() - start, 3), "config": cfg.to_json()}
     atomic_write_json(out_dir / "stats.json", stats)
     return stats
 
@@ -710,7 +455,8 @@ Strategies (one pair per prompt over C(x), the prompt's models with a completion
   ultrafeedback_binarized  H4's recipe: chosen = top overall_score, rejected = a random other one
 Outputs in --out: pairs-<strategy>.jsonl (TRL's conversational prompt/chosen/rejected, plus models,
 MB-SIM, MB-SUP gap, ratings) and stats.json (skips by reason, gap and similarity distributions).
-Method, sources and every choice where they are silent: the docstring of karma/data/kinship.py."""
+Method, sources and every choice where they are silent: the docstrings of karma/data/kinship.py,
+karma/data/behaviour.py (the behaviour vectors) and karma/data/ultrafeedback.py (the rows)."""
 
 
 def parse_args(argv=None):
@@ -748,13 +494,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    files = find_files(args.ultrafeedback)  # a bad path fails before anything is written
-    if any(f.suffix == ".parquet" for f in files):
-        try:
-            importlib.import_module("pyarrow.parquet")
-        except ImportError:
-            raise ValueError(f"{next(f for f in files if f.suffix == '.parquet')}: reading parquet needs pyarrow: "
-                             f"pip install pyarrow") from None
+    require_pyarrow(find_files(args.ultrafeedback))  # a bad path fails before anything is written
     beh = read_scores(args.scores, args.lower_is_better)
     cfg = KinshipConfig(ultrafeedback=args.ultrafeedback, scores=args.scores, out_dir=args.out,
                         strategies=tuple(args.strategy), min_similarity=args.min_similarity, seed=args.seed,

@@ -6,7 +6,8 @@ generalized RM (AUC 0.772 vs 0.750), yet the policy PPO trains against it is wor
 variable downstream. The paper reads this as shortcut learning: part of the gain is the header
 (what a subreddit or an hour of the day tends to upvote), which a policy cannot improve by writing
 better replies. This module measures it directly, with counterfactual inputs, and puts the numbers
-beside the downstream deltas.
+beside the downstream deltas; shortcuts_report.py renders them and writes the report's files
+(run_rm_report, what `eval.py rm` calls).
 
 A reward model here is anything with `.cfg.format` ("generalized" | "conditioned") and
 `.score(contexts, responses, metas)` -> probabilities (karma.reward.RewardModel, or a stub in the
@@ -55,12 +56,13 @@ Per counterfactual (on the rows that have one):
   karma_agreement    sibling probe only: over (reply, sibling) pairs whose Reddit scores differ, the
                      share the RM orders as karma does (RM tie = 1/2; 0.5 = blind to the reply)
 
-DeLong vs paired bootstrap for the AUC difference: DeLong (DeLong, DeLong & Clarke-Pearson 1988) is
-the standard test for two AUCs on the same examples; it is deterministic (no Monte-Carlo noise in a
-p-value that gets Holm-corrected), and with the fast algorithm of Sun & Xu (2014) costs one sort per
-model, O(n log n). The paired bootstrap needs no normal approximation but costs n_resamples AUCs and
-its p-value resolution is 1 / n_resamples; it comes for free here (the metric intervals already
-resample), so its interval is reported beside DeLong's as a cross-check.
+DeLong vs paired bootstrap for the AUC difference: DeLong's test (DeLong, DeLong & Clarke-Pearson
+1988; karma.evals.stats.delong_test) is the standard test for two AUCs on the same examples; it is
+deterministic (no Monte-Carlo noise in a p-value that gets Holm-corrected), and with the fast
+algorithm of Sun & Xu (2014) costs one sort per model, O(n log n). The paired bootstrap needs no
+normal approximation but costs n_resamples AUCs and its p-value resolution is 1 / n_resamples; it
+comes for free here (the metric intervals already resample), so its interval is reported beside
+DeLong's as a cross-check.
 
 Caveats. Examples are not independent (several replies per thread); both the bootstrap and DeLong
 treat them as such, so intervals are somewhat optimistic. An injected header sits in the first turn,
@@ -73,20 +75,13 @@ import math
 import zlib
 from datetime import datetime, timezone
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
-import torch
-from matplotlib.figure import Figure
-from scipy.stats import norm, rankdata
 
-from karma.checkpoint import atomic_write, atomic_write_json, read_json
-from karma.data.examples import TRAINING_KEYS, read_examples, split_files
 from karma.data.format import header
 from karma.evals.report import build_tables, mark, parse_label
-from karma.evals.stats import holm
+from karma.evals.stats import delong_test, holm
 from karma.metrics import binary_metrics, roc_auc
-from karma.reward import load_reward_model
 
 META_PROBES = ("swap_subreddit", "swap_time", "swap_both", "no_header")
 CONTENT_PROBES = ("sibling", "other_thread")
@@ -136,17 +131,15 @@ def rm_report(reward_models: dict, examples: list[dict], seed: int = 0, n_resamp
         scores, entry = _probe_rm(rm, name, examples, labels, plan, seed, max_pairs, chunk, log)
         del rm
         entry["metrics"] = binary_metrics(labels, scores)
-        entry["ci"], boot_aucs[name] = _bootstrap(labels, scores, _seed(seed, "bootstrap"), n_resamples, confidence)
+        entry["ci"], boot_aucs[name] = _bootstrap_metrics(labels, scores, stream_seed(seed, "bootstrap"), n_resamples,
+                                                          confidence)
         natural_scores[name] = scores
         rms[name] = entry
 
     comparisons = []
     for a, b in combinations(rms, 2):
         test = delong_test(labels, natural_scores[a], natural_scores[b], confidence)
-        diffs = boot_aucs[a] - boot_aucs[b]
-        diffs = diffs[np.isfinite(diffs)]
-        q = (1 - confidence) / 2
-        test["bootstrap_ci"] = [float(x) for x in np.quantile(diffs, [q, 1 - q])] if len(diffs) else None
+        test["bootstrap_ci"] = percentile_interval(boot_aucs[a] - boot_aucs[b], confidence)
         comparisons.append({"a": a, "b": b, **test})
     tested = [c for c in comparisons if c["p"] is not None]
     for c, p in zip(tested, holm([c["p"] for c in tested])):
@@ -206,14 +199,14 @@ def _probe_rm(rm, name, examples, labels, plan, seed, max_pairs, chunk, log) -> 
             cf = natural  # the plain input is exactly "no header"
         else:
             cf = with_meta(rows, new_metas)
-        metadata[probe] = _compare(reference, cf, labels, rows, _seed(seed, probe), max_pairs)
+        metadata[probe] = _compare(reference, cf, labels, rows, stream_seed(seed, probe), max_pairs)
         metadata[probe]["input"] = _how(probe, fmt)
 
     content = {}
     for probe in CONTENT_PROBES:
         rows, new_replies = plan[probe]["rows"], plan[probe]["replies"]
         cf = run(rows, contexts, new_replies, metas)
-        content[probe] = _compare(natural, cf, labels, rows, _seed(seed, probe), max_pairs)
+        content[probe] = _compare(natural, cf, labels, rows, stream_seed(seed, probe), max_pairs)
         if probe == "sibling":
             content[probe]["karma_agreement"] = karma_agreement(natural, cf, rows, plan["sibling"]["karma"],
                                                                 plan["sibling"]["sibling_karma"])
@@ -280,7 +273,7 @@ def probe_plan(examples: list[dict], seed: int) -> dict:
              "other_thread": lambda i, j: threads[i] != threads[j]}
     donors = {}
     for probe, ok in rules.items():
-        donors[probe], reused = derange(n, ok, np.random.default_rng(_seed(seed, probe)))
+        donors[probe], reused = derange(n, ok, np.random.default_rng(stream_seed(seed, probe)))
         rows = np.flatnonzero(donors[probe] >= 0)
         plan[probe] = {"rows": rows, "summary": {"n": len(rows), "n_skipped": n - len(rows), "n_reused_donors": reused}}
         if n - len(rows):
@@ -303,7 +296,7 @@ def probe_plan(examples: list[dict], seed: int) -> dict:
     plan["other_thread"]["replies"] = [examples[d[i]]["response"] if d[i] >= 0 else None for i in range(n)]
 
     # sibling: a seeded choice among the example's siblings; their Reddit scores for karma_agreement
-    rng = np.random.default_rng(_seed(seed, "sibling"))
+    rng = np.random.default_rng(stream_seed(seed, "sibling"))
     replies, karma, sibling_karma = [None] * n, np.full(n, np.nan), np.full(n, np.nan)
     for i, ex in enumerate(examples):
         siblings = [s for s in ex.get("siblings") or [] if isinstance(s, dict) and isinstance(s.get("text"), str)]
@@ -360,7 +353,7 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _seed(seed: int, name: str) -> list[int]:
+def stream_seed(seed: int, name: str) -> list[int]:
     """An independent stream per purpose: adding a probe does not change the others' draws."""
     return [seed, zlib.crc32(name.encode())]
 
@@ -433,6 +426,9 @@ def group_table(groups: list, scores: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def eta_squared(groups: np.ndarray, values: np.ndarray) -> float | None:
+    """The share of the variance of `values` between the groups (integer codes 0..G-1): the squared
+    correlation ratio (Pearson 1905), eta^2 = sum_g n_g (mean_g - mean)^2 / sum_i (x_i - mean)^2.
+    None when the values do not vary."""
     total = ((values - values.mean()) ** 2).sum()
     if total <= 0:
         return None
@@ -441,55 +437,9 @@ def eta_squared(groups: np.ndarray, values: np.ndarray) -> float | None:
     return float((counts * (means - values.mean()) ** 2).sum() / total)
 
 
-# ------------------------------------------------------------------------------ AUC statistics
+# --------------------------------------------------------------------------- bootstrap intervals
 
-def delong_components(labels, scores) -> tuple[float, np.ndarray, np.ndarray]:
-    """AUC and DeLong's structural components, by midranks (Sun & Xu 2014, O(n log n)).
-
-    With X the m positive scores, Y the n negative ones and psi(x, y) = 1 if x > y, 1/2 if equal,
-    0 otherwise:  V10_i = (1/n) sum_j psi(X_i, Y_j),  V01_j = (1/m) sum_i psi(X_i, Y_j),
-    AUC = mean(V10) = mean(V01). With T_z the midranks in all m + n scores and T_x, T_y the midranks
-    within X and within Y:  V10_i = (T_z(X_i) - T_x(X_i)) / n  (the negatives below X_i, ties 1/2)
-    and V01_j = 1 - (T_z(Y_j) - T_y(Y_j)) / m."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    x_pos, x_neg = s[y], s[~y]
-    m, n = len(x_pos), len(x_neg)
-    tz = rankdata(np.concatenate([x_pos, x_neg]))
-    v10 = (tz[:m] - rankdata(x_pos)) / n
-    v01 = 1.0 - (tz[m:] - rankdata(x_neg)) / m
-    return float(v10.mean()), v10, v01
-
-
-def delong_test(labels, scores_a, scores_b, confidence: float = 0.95) -> dict:
-    """Two-sided DeLong test of AUC_a = AUC_b on the same examples.
-
-    S10 and S01 are the 2x2 sample covariances (ddof 1) of the two models' V10 and V01;
-    Var(AUC_a - AUC_b) = c' (S10 / m + S01 / n) c with c = (1, -1); z = diff / sqrt(Var), p = 2 sf(|z|).
-    A zero variance (identical or perfectly separating scores) gives p = 1 when the AUCs are equal
-    and p = 0 otherwise (the z is infinite). Needs 2+ examples of each class, else p = None."""
-    y = np.asarray(labels).astype(bool)
-    m, n = int(y.sum()), int((~y).sum())
-    if m < 2 or n < 2:
-        return {"test": "delong", "auc_a": None, "auc_b": None, "diff": None, "se": None, "z": None, "p": None,
-                "ci": None, "note": f"DeLong needs 2+ examples of each class ({m} positive, {n} negative)"}
-    (auc_a, v10_a, v01_a), (auc_b, v10_b, v01_b) = delong_components(y, scores_a), delong_components(y, scores_b)
-    s10, s01 = np.cov(np.stack([v10_a, v10_b])), np.cov(np.stack([v01_a, v01_b]))
-    c = np.array([1.0, -1.0])
-    var = float(c @ (s10 / m + s01 / n) @ c)
-    diff = auc_a - auc_b
-    if var <= 1e-15:
-        z, p, se = (0.0, 1.0, 0.0) if abs(diff) < 1e-12 else (math.copysign(math.inf, diff), 0.0, 0.0)
-    else:
-        se = math.sqrt(var)
-        z = diff / se
-        p = float(2 * norm.sf(abs(z)))
-    half = norm.ppf(0.5 + confidence / 2) * se
-    return {"test": "delong", "auc_a": auc_a, "auc_b": auc_b, "diff": diff, "se": se,
-            "z": z if math.isfinite(z) else None, "p": p, "ci": [diff - half, diff + half]}
-
-
-def _bootstrap(labels, scores, seed, n_resamples: int, confidence: float) -> tuple[dict, np.ndarray]:
+def _bootstrap_metrics(labels, scores, seed, n_resamples: int, confidence: float) -> tuple[dict, np.ndarray]:
     """Percentile intervals of CI_METRICS over n_resamples resamples of the examples, and the
     resampled AUCs (NaN where a resample holds one class: left out of the AUC interval). The same
     seed draws the same resamples for every RM, so AUC differences are paired."""
@@ -500,12 +450,15 @@ def _bootstrap(labels, scores, seed, n_resamples: int, confidence: float) -> tup
         m = binary_metrics(labels[idx], scores[idx])
         for k in CI_METRICS:
             draws[k][r] = np.nan if m[k] is None else m[k]
+    return {k: percentile_interval(v, confidence) for k, v in draws.items()}, draws["roc_auc"]
+
+
+def percentile_interval(draws: np.ndarray, confidence: float) -> list[float] | None:
+    """The (1 - confidence)/2 and (1 + confidence)/2 quantiles of the finite draws (None if none):
+    the percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13)."""
+    draws = draws[np.isfinite(draws)]
     q = (1 - confidence) / 2
-    ci = {}
-    for k, v in draws.items():
-        v = v[np.isfinite(v)]
-        ci[k] = [float(x) for x in np.quantile(v, [q, 1 - q])] if len(v) else None
-    return ci, draws["roc_auc"]
+    return [float(x) for x in np.quantile(draws, [q, 1 - q])] if len(draws) else None
 
 
 # --------------------------------------------------------------------------------- downstream
@@ -554,7 +507,7 @@ def _delta(table: dict, model: str, variant: str) -> dict | None:
             "p_holm": vs.get("p_holm"), "mark": vs.get("mark", ""), "higher_is_better": table["higher_is_better"]}
 
 
-# ------------------------------------------------------------------------------------- outputs
+# ------------------------------------------------------------------------------------ plain JSON
 
 def to_json(obj):
     """Plain JSON: numpy scalars and arrays to Python, tuples to lists, NaN/inf to None."""
@@ -569,208 +522,3 @@ def to_json(obj):
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     return obj
-
-
-def _arrow(downstream: dict, column: str) -> str:
-    """ ↑ / ↓: the column's direction (higher / lower is better), from its first filled cell."""
-    cells = [r["downstream"][column] for r in downstream["rows"] if r["downstream"][column]]
-    return {True: " ↑", False: " ↓", None: ""}[cells[0]["higher_is_better"] if cells else None]
-
-
-def _f(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _ci(point, ci) -> str:
-    return _f(point) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
-
-
-def _row(cells) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _rule(n_text: int, n_numbers: int) -> str:
-    return "|" + "---|" * n_text + "---:|" * n_numbers
-
-
-def to_markdown(report: dict, top_groups: int = 15) -> str:
-    """The report as markdown: metrics, paired AUC tests, reliance, per-group tables, downstream."""
-    names = list(report["rms"])
-    pct = round(100 * report["confidence"])
-    out = [f"# Reward-shortcut report\n\n{report['n_examples']} held-out examples, seed {report['seed']}; "
-           f"intervals: {pct}% percentile bootstrap over examples ({report['n_resamples']} resamples).",
-           "\n## Held-out metrics\n", _row(["RM", "format", "accuracy", "F1", "AUC", "ECE"]), _rule(2, 4)]
-    for name, e in report["rms"].items():
-        out.append(_row([name, e["format"], *(_ci(e["metrics"][k], e["ci"][k]) for k in CI_METRICS)]))
-
-    if report["comparisons"]:
-        out += ["\n## Paired AUC differences\n",
-                f"DeLong's test (fast midrank algorithm, Sun & Xu 2014), Holm-corrected over the "
-                f"{len(report['comparisons'])} pair(s); the paired-bootstrap {pct}% interval beside it.\n",
-                _row(["A vs B", "AUC A", "AUC B", "A − B [DeLong CI]", "bootstrap CI", "z", "p", "p (Holm)"]),
-                _rule(1, 7)]
-        for c in report["comparisons"]:
-            boot = f"[{_f(c['bootstrap_ci'][0])}, {_f(c['bootstrap_ci'][1])}]" if c.get("bootstrap_ci") else "–"
-            p = "–" if c["p"] is None else f"{c['p']:.3g}"
-            p_holm = "–" if c.get("p_holm") is None else f"{c['p_holm']:.3g}{c['mark']}"
-            out.append(_row([f"{c['a']} vs {c['b']}", _f(c["auc_a"]), _f(c["auc_b"]), _ci(c["diff"], c["ci"]), boot,
-                             _f(c["z"], 2), p, p_holm]))
-
-    columns = ["RM", "probe", "input", "n", "mean abs Δ", "rel.", "flips", "AUC (ref → cf)"]
-    measures = lambda r: [str(r["n"]), _f(r["mean_abs_change"]), _f(r["relative_change"], 2), _f(r["flip_share"]),
-                          f"{_f(r['auc_reference'])} → {_f(r['auc'])}"]
-    out += ["\n## Metadata reliance\n",
-            "Same (context, reply), header changed. mean abs Δ: mean |score change|; rel.: that over the mean "
-            "score gap between two examples; flips: share of pairwise rankings reversed (0.5 = as if re-drawn).\n",
-            _row(columns), _rule(3, 5)]
-    for name, e in report["rms"].items():
-        out += [_row([name, probe, e["metadata"][probe]["input"], *measures(e["metadata"][probe])])
-                for probe in META_PROBES]
-    out += ["\n## Content reliance\n",
-            "Same context and header, reply changed. karma: share of (reply, sibling) pairs the RM orders as "
-            "Reddit scores do (0.5 = blind to the reply).\n",
-            _row([*columns[:2], *columns[3:], "karma"]), _rule(2, 6)]
-    for name, e in report["rms"].items():
-        agreement = e["content"]["sibling"]["karma_agreement"]
-        out.append(_row([name, "sibling", *measures(e["content"]["sibling"]),
-                         f"{_f(agreement['share'])} (n={agreement['n']})"]))
-        out.append(_row([name, "other_thread", *measures(e["content"]["other_thread"]), "–"]))
-
-    for key, title in (("by_subreddit", "subreddit"), ("by_hour", "UTC hour")):
-        groups = report["rms"][names[0]][key]["groups"]  # n and mean label: the same for every RM
-        shown = sorted(groups, key=lambda g: g["group"]) if key == "by_hour" else groups[:top_groups]
-        means = {n: {str(g["group"]): g["mean_score"] for g in report["rms"][n][key]["groups"]} for n in names}
-        more = f" (the {top_groups} largest of {len(groups)})" if len(groups) > len(shown) else ""
-        out += [f"\n## Mean score by {title}{more}\n", _row([title, "n", "mean label", *names]),
-                _rule(1, 2 + len(names))]
-        for g in shown:
-            out.append(_row([str(g["group"]), str(g["n"]), _f(g["mean_label"]),
-                             *(_f(means[n][str(g["group"])]) for n in names)]))
-        eta = [report["rms"][n][key]["eta_squared"] for n in names]
-        out.append(_row(["η² (share of variance between groups)", "", _f(eta[0]["label"]),
-                         *(_f(e["score"]) for e in eta)]))
-
-    if report.get("downstream"):
-        d = report["downstream"]
-        out += ["\n## Reward model vs its policy downstream\n",
-                "AUC, reliance (swap_both flips: metadata; other_thread flips: content) and each policy's change vs "
-                "its Base on the primary metric (marks: Holm-corrected paired test from eval.py).\n",
-                _row(["RM", "format", "policy", "AUC", "meta flips", "content flips",
-                      *(col + _arrow(d, col) for col in d["columns"])]),
-                _rule(3, 3 + len(d["columns"]))]
-        for r in d["rows"]:
-            deltas = ["–" if x is None else f"{x['delta']:+.3f}{x['mark']}"
-                      for x in (r["downstream"][col] for col in d["columns"])]
-            out.append(_row([r["rm"], r["format"], r["policy"], _ci(r["auc"], r["auc_ci"]), _f(r["meta_flip_share"]),
-                             _f(r["content_flip_share"]), *deltas]))
-
-    out += ["\n## Probes\n"] + [f"- **{k}** ({p['n']} probed, {p['n_skipped']} skipped): {p['definition']}"
-                                 for k, p in report["probes"].items()]
-    if report["notes"]:
-        out += ["\nNotes:\n"] + [f"- {n}" for n in report["notes"]]
-    return "\n".join(out) + "\n"
-
-
-def plot(report: dict, path, top_groups: int = 12) -> str:
-    """report.png: |score change| and ranking flips per probe and RM; mean score by subreddit and by
-    UTC hour (lines/bars per RM, black marks: the mean label). Written atomically."""
-    names = list(report["rms"])
-    probes = [*META_PROBES, *CONTENT_PROBES]
-    fig = Figure(figsize=(12, 8), layout="constrained")
-    (ax_change, ax_flip), (ax_sub, ax_hour) = fig.subplots(2, 2)
-    width = 0.8 / len(names)
-    x = np.arange(len(probes))
-    for j, name in enumerate(names):
-        e = report["rms"][name]
-        rows = [(e["metadata"] if p in META_PROBES else e["content"])[p] for p in probes]
-        offset = x + (j - (len(names) - 1) / 2) * width
-        bars = ax_change.bar(offset, [_nan(r["mean_abs_change"]) for r in rows], width,
-                             label=f"{name} ({e['format']})", color=f"C{j}")
-        ax_change.bar_label(bars, fmt="%.2f", fontsize=6)  # a zero bar is a finding: show its value
-        bars = ax_flip.bar(offset, [_nan(r["flip_share"]) for r in rows], width, color=f"C{j}")
-        ax_flip.bar_label(bars, fmt="%.2f", fontsize=6)
-    for ax, title in ((ax_change, "mean |score change| under each probe"),
-                      (ax_flip, "share of pairwise rankings flipped")):
-        ax.set_xticks(x, probes, rotation=20, ha="right", fontsize=8)
-        ax.axvline(len(META_PROBES) - 0.5, color="grey", lw=0.8)
-        ax.set_title(title, fontsize=10)
-    ax_flip.axhline(0.5, color="grey", ls="--", lw=0.8)
-    ax_flip.text(-0.45, 0.5, "re-drawn at random", ha="left", va="bottom", fontsize=7, color="grey")
-    ax_flip.set_ylim(0, max(0.65, ax_flip.get_ylim()[1]))
-    ax_change.set_xlabel("metadata probes | content probes", fontsize=8)
-
-    groups = report["rms"][names[0]]["by_subreddit"]["groups"][:top_groups]
-    xs = np.arange(len(groups))
-    for j, name in enumerate(names):
-        means = {str(g["group"]): g["mean_score"] for g in report["rms"][name]["by_subreddit"]["groups"]}
-        ax_sub.bar(xs + (j - (len(names) - 1) / 2) * width, [means[str(g["group"])] for g in groups], width,
-                   color=f"C{j}")
-    ax_sub.scatter(xs, [g["mean_label"] for g in groups], color="black", marker="_", s=200, zorder=3,
-                   label="mean label")
-    ax_sub.set_xticks(xs, [f"{g['group']}\n(n={g['n']})" for g in groups], rotation=30, ha="right", fontsize=7)
-    ax_sub.set_title("mean score by subreddit (largest groups)", fontsize=10)
-    ax_sub.legend(fontsize=7)
-    for j, name in enumerate(names):
-        hours = sorted(report["rms"][name]["by_hour"]["groups"], key=lambda g: g["group"])
-        ax_hour.plot([g["group"] for g in hours], [g["mean_score"] for g in hours], marker="o", ms=3, color=f"C{j}")
-    hours = sorted(report["rms"][names[0]]["by_hour"]["groups"], key=lambda g: g["group"])
-    ax_hour.scatter([g["group"] for g in hours], [g["mean_label"] for g in hours], color="black", marker="_", s=80,
-                    zorder=3)
-    ax_hour.set_xlim(-0.5, 23.5)
-    ax_hour.set_xlabel("UTC hour of created_utc", fontsize=8)
-    ax_hour.set_title("mean score by hour (black: mean label)", fontsize=10)
-    fig.legend(*ax_change.get_legend_handles_labels(), loc="outside lower center", ncols=max(1, len(names)), fontsize=8)
-    fig.suptitle(f"Reward-shortcut report ({report['n_examples']} held-out examples)")
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    return str(path)
-
-
-def _nan(x):
-    return np.nan if x is None else x
-
-
-# ------------------------------------------------------------------------------------- files
-
-def run_rm_report(rm_dirs: list, data_dir, out_dir, max_examples: int | None = None, seed: int = 0,
-                  eval_results=None, policies: dict | None = None, n_resamples: int = 1000,
-                  device=None, dtype=None, log=None) -> dict:
-    """Load the RMs, read the held-out split, run rm_report, write report.json / .md / .png.
-
-    RM names: the directory name, or parent/name for train_rm's best/ and final/ exports (the full
-    path if two would collide); `policies` uses these names. The held-out examples are read with
-    karma.data.examples.read_examples (needs_meta=True: every probe needs meta), keeping the thread
-    fields the content probes use (thread_id, parent_id, siblings, score). With max_examples, a
-    seeded random subset (in file order), not the first N: the files are ordered by thread, and a
-    prefix would cover few subreddits.
-    eval_results: eval.py's results.json, as a dict or a path. The RMs are loaded one at a time
-    (device: cuda when available; dtype: the checkpoint's). log: callable(str) for progress."""
-    paths = [Path(d) for d in rm_dirs]
-    names = [f"{p.parent.name}/{p.name}" if p.name in ("best", "final") else p.name for p in paths]
-    if len(set(names)) < len(names):
-        names = [str(p) for p in paths]
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaders = {name: (lambda p=p: load_reward_model(p, dtype=dtype, device=device)) for name, p in zip(names, paths)}
-
-    files = split_files(Path(data_dir), "heldout")
-    examples, read_report = read_examples(files, needs_meta=True, keys=TRAINING_KEYS + THREAD_KEYS)
-    if not examples:
-        raise ValueError(f"{data_dir}: no usable held-out examples ({read_report})")
-    if max_examples and len(examples) > max_examples:
-        keep = np.sort(np.random.default_rng(_seed(seed, "subset")).choice(len(examples), max_examples, replace=False))
-        examples = [examples[i] for i in keep]
-
-    report = rm_report(loaders, examples, seed=seed, n_resamples=n_resamples, log=log)
-    report["data"] = {"dir": str(data_dir), "files": [str(f) for f in files], "read": read_report,
-                      "max_examples": max_examples}
-    report["rm_dirs"] = dict(zip(names, map(str, paths)))
-    if isinstance(eval_results, (str, Path)):
-        eval_results = read_json(eval_results)
-    report["downstream"] = to_json(downstream_table(report, eval_results, policies))
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report)
-    markdown = to_markdown(report)
-    atomic_write(out / "report.md", lambda p: Path(p).write_text(markdown))
-    plot(report, out / "report.png")
-    return report
