@@ -2,7 +2,7 @@
 reason, and the first few file:line places of each reason are kept for the report.
 
     skips = Skips()
-    for where, obj in jsonl_objects(path, skips):   # malformed lines -> skips ("malformed_json", ...)
+    for where, obj in jsonl_objects(path, skips):   # bad lines -> skips ("malformed_json", ...)
         problem = check(obj)
         if problem:
             skips.add(problem, where)
@@ -40,10 +40,10 @@ class Skips:
         return {"skipped": dict(self.counts.most_common()), "skip_locations": dict(self.locations)}
 
 
-def jsonl_objects(path: Path, skips: Skips) -> Iterator[tuple[str, dict]]:
-    """("file:line", object) for every line of a JSONL file that holds a JSON object; blank lines
-    are passed over, the others counted in `skips` as malformed_json (also invalid UTF-8) or
-    not_an_object."""
+def jsonl_rows(path: Path) -> Iterator[tuple[str, dict | None, str | None]]:
+    """("file:line", object, None) for every line of a JSONL file that holds a JSON object, and
+    ("file:line", None, reason) for any other non-blank line: malformed_json (also invalid UTF-8)
+    or not_an_object. Blank lines are passed over."""
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -52,12 +52,45 @@ def jsonl_objects(path: Path, skips: Skips) -> Iterator[tuple[str, dict]]:
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError:  # also invalid UTF-8
-                skips.add("malformed_json", where)
+                yield where, None, "malformed_json"
                 continue
-            if isinstance(obj, dict):
-                yield where, obj
-            else:
-                skips.add("not_an_object", where)
+            yield (where, obj, None) if isinstance(obj, dict) else (where, None, "not_an_object")
+
+
+def jsonl_objects(path: Path, skips: Skips) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for every line of a JSONL file that holds a JSON object; the other
+    non-blank lines are counted in `skips` (jsonl_rows' reasons)."""
+    for where, obj, reason in jsonl_rows(path):
+        if reason is None:
+            yield where, obj
+        else:
+            skips.add(reason, where)
+
+
+def parquet_batches(path: Path, columns: tuple[str, ...], batch_rows: int, required_any=()) -> Iterator:
+    """(index of its first row, pyarrow RecordBatch) over a parquet file, reading those of `columns`
+    it has, batch_rows rows at a time (memory stays bounded whatever the file's size). A missing
+    pyarrow, an unreadable file, a file without any of `required_any` and unreadable data are
+    errors naming the file (and the row)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
+    with open(path, "rb") as f:
+        try:
+            pf = pq.ParquetFile(f)
+        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+            raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+        names = pf.schema_arrow.names
+        if required_any and not set(required_any) & set(names):
+            raise ValueError(f"{path}: no {' or '.join(map(repr, required_any))} column (columns: {names})")
+        first = 0
+        try:
+            for batch in pf.iter_batches(columns=[c for c in columns if c in names], batch_size=batch_rows):
+                yield first, batch
+                first += batch.num_rows
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable parquet data at row {first} ({e})") from None
 
 
 def input_files(paths, suffixes: tuple[str, ...], keep: Callable[[Path], bool] = lambda f: True,

@@ -80,7 +80,7 @@ EXPECTED = {
     "r5: model not in the table": {"sup": ("R", "M"), "sim": ("R", "M"), "sup_sim": ("R", "M"), "random": ("R", "M"),
                                    "ultrafeedback_binarized": ("mystery-7b", "M")},
 }
-SKIPS = {"bad_json": 1, "not_object": 1, "no_instruction": 1, "duplicate_prompt": 1, "no_completions": 1,
+SKIPS = {"malformed_json": 1, "not_an_object": 1, "no_instruction": 1, "duplicate_prompt": 1, "no_completions": 1,
          "fewer_than_two_candidates": 1}
 
 
@@ -203,7 +203,7 @@ def test_every_strategy_on_rows_with_known_answers(tmp_path, scores_csv):
         t = stats["strategies"][s]
         assert t["pairs"] + sum(t["skipped"].values()) == stats["rows_read"]  # the accounting invariant
         assert t["skipped"] == SKIPS and t["pairs"] == 4
-        assert len(t["skip_locations"]["bad_json"]) == 1 and t["skip_locations"]["bad_json"][0].endswith("out.jsonl:9")
+        assert len(t["skip_locations"]["malformed_json"]) == 1 and t["skip_locations"]["malformed_json"][0].endswith("out.jsonl:9")
     # the random pair of r1 is some pair of its four models, oriented by MB-SUP
     r1 = next(p for p in pairs["random"] if p["prompt"][0]["content"].startswith("r1"))
     assert {r1["chosen_model"], r1["rejected_model"]} <= set("PQRS") and r1["superiority_gap"] > 0
@@ -401,7 +401,7 @@ def test_malformed_rows_and_completions_are_counted(tmp_path, scores_csv):
     stats, pairs = run(tmp_path, rows, scores_csv, strategies=("sup",))
     t = stats["strategies"]["sup"]
     assert t["skipped"] == {"empty_instruction": 1} and t["pairs"] == 1
-    assert t["completions_dropped"] == {"not_object": 1, "no_model": 1, "empty_response": 1}
+    assert t["completions_dropped"] == {"not_an_object": 1, "no_model": 1, "empty_response": 1}
     assert [(p["chosen_model"], p["rejected_model"]) for p in pairs["sup"]] == [("P", "R")]
 
 

@@ -158,8 +158,8 @@ def test_bad_jsonl_rows_are_counted_with_locations(tmp_path):
     path = tmp_path / "bad.jsonl"
     write_jsonl(path, [
         row("good one"),                               # 1
-        '{"prompt": "unterminated',                    # 2 bad_json
-        '"just a string"',                             # 3 not_object
+        '{"prompt": "unterminated',                    # 2 malformed_json
+        '"just a string"',                             # 3 not_an_object
         "",                                            # 4 blank: not a row
         {"prompt": None, "prompt_id": "x"},            # 5 no_prompt
         {"prompt": 42},                                # 6 bad_type
@@ -170,12 +170,12 @@ def test_bad_jsonl_rows_are_counted_with_locations(tmp_path):
         row("good three"),                             # 11
     ])
     with open(path, "ab") as f:
-        f.write(b'{"prompt": "\xff\xfe"}\n')           # 12 not UTF-8: bad_json
+        f.write(b'{"prompt": "\xff\xfe"}\n')           # 12 not UTF-8: malformed_json
     prompts, stats = read_ultrachat(path)
     assert texts(prompts) == ["good one", "good three"]
-    assert stats["skipped"] == {"bad_json": 2, "not_object": 1, "no_prompt": 2, "bad_type": 3, "empty": 1}
+    assert stats["skipped"] == {"malformed_json": 2, "not_an_object": 1, "no_prompt": 2, "bad_type": 3, "empty": 1}
     assert stats["bad_examples"] == {
-        "bad_json": [f"{path}:2", f"{path}:12"], "not_object": [f"{path}:3"],
+        "malformed_json": [f"{path}:2", f"{path}:12"], "not_an_object": [f"{path}:3"],
         "no_prompt": [f"{path}:5", f"{path}:10"], "bad_type": [f"{path}:6", f"{path}:7", f"{path}:8"],
         "empty": [f"{path}:9"]}
     assert stats["rows_read"] == 11
@@ -185,11 +185,11 @@ def test_bad_jsonl_rows_are_counted_with_locations(tmp_path):
 def test_bad_examples_are_capped(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", ["{oops"] * 20 + ["[1, 2]"] * 5 + [row("fine")])
     prompts, stats = read_ultrachat(tmp_path)
-    assert len(prompts) == 1 and stats["skipped"] == {"bad_json": 20, "not_object": 5}
-    assert len(stats["bad_examples"]["bad_json"]) == ultrachat.MAX_EXAMPLES == 20
+    assert len(prompts) == 1 and stats["skipped"] == {"malformed_json": 20, "not_an_object": 5}
+    assert len(stats["bad_examples"]["malformed_json"]) == ultrachat.MAX_EXAMPLES == 20
     write_jsonl(tmp_path / "a.jsonl", ["{oops"] * 25)
     stats = read_ultrachat(tmp_path)[1]
-    assert stats["skipped"] == {"bad_json": 25} and len(stats["bad_examples"]["bad_json"]) == 20
+    assert stats["skipped"] == {"malformed_json": 25} and len(stats["bad_examples"]["malformed_json"]) == 20
     check_invariant(stats)
 
 

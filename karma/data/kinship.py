@@ -65,9 +65,9 @@ by karma/data/behaviour.py.
 
 Accounting, per strategy: every row read ends as one pair or one skip reason, so
 `pairs + sum(skipped) == rows_read`; the first file:line places of each reason are listed.
-Row skip reasons: bad_json, not_object, no_instruction, empty_instruction, excluded_source,
+Row skip reasons: malformed_json, not_an_object, no_instruction, empty_instruction, excluded_source,
 duplicate_prompt, no_completions, fewer_than_two_candidates, below_min_similarity.
-Completions dropped (counted, per reason): not_object, no_model, empty_response, duplicate_model,
+Completions dropped (counted, per reason): not_an_object, no_model, empty_response, duplicate_model,
 and per strategy no_scores / not_in_table (no behaviour vector) or no_rating (binarized).
 
 Output in out_dir (each file written to a temporary and renamed into place only when the whole run

@@ -18,10 +18,9 @@ prompts kept after dedup and length filters, and reading stops as soon as it is 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-from karma.records import Skips, input_files
+from karma.records import Skips, input_files, jsonl_rows, parquet_batches
 
 BATCH_ROWS = 1024  # parquet rows per record batch: memory stays bounded whatever the shard size
 MAX_EXAMPLES = 20  # locations remembered per skip reason
@@ -43,51 +42,20 @@ def find_files(paths, split: str | None = "train_sft") -> list[Path]:
     return input_files(paths, EXTENSIONS, keep=of_split, kept=f" (parquet for split {split!r})" if split else "")
 
 
-def _jsonl_rows(path: Path):
-    """Yield (location, row, skip reason or None) per non-blank line."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                yield f"{path}:{n}", None, "bad_json"
-                continue
-            yield f"{path}:{n}", row, None if isinstance(row, dict) else "not_object"
-
-
 def _parquet_rows(path: Path):
-    """Yield (location, row, None) per parquet row, reading BATCH_ROWS rows at a time. `messages` is
-    only converted to Python for rows whose `prompt` is null (it holds whole conversations)."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
-    with open(path, "rb") as f:
-        try:
-            pf = pq.ParquetFile(f)
-        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
-            raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-        names = pf.schema_arrow.names
-        cols = [c for c in ("prompt", "prompt_id", "messages") if c in names]
-        if "prompt" not in cols and "messages" not in cols:
-            raise ValueError(f"{path}: no 'prompt' or 'messages' column (columns: {names})")
-        i = 0
-        try:
-            for batch in pf.iter_batches(columns=cols, batch_size=BATCH_ROWS):
-                data = {c: batch.column(c) for c in cols}
-                n = batch.num_rows
-                prompts = data["prompt"].to_pylist() if "prompt" in data else [None] * n
-                ids = data["prompt_id"].to_pylist() if "prompt_id" in data else [None] * n
-                for j in range(n):
-                    row = {"prompt": prompts[j], "prompt_id": ids[j]}
-                    if prompts[j] is None and "messages" in data:
-                        row["messages"] = data["messages"][j].as_py()
-                    yield f"{path}:row {i}", row, None
-                    i += 1
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: unreadable parquet data at row {i} ({e})") from None
+    """Yield (location, row, None) per parquet row. `messages` is only converted to Python for rows
+    whose `prompt` is null (it holds whole conversations)."""
+    for first, batch in parquet_batches(path, ("prompt", "prompt_id", "messages"), BATCH_ROWS,
+                                        required_any=("prompt", "messages")):
+        data = {c: batch.column(c) for c in batch.schema.names}
+        n = batch.num_rows
+        prompts = data["prompt"].to_pylist() if "prompt" in data else [None] * n
+        ids = data["prompt_id"].to_pylist() if "prompt_id" in data else [None] * n
+        for j in range(n):
+            row = {"prompt": prompts[j], "prompt_id": ids[j]}
+            if prompts[j] is None and "messages" in data:
+                row["messages"] = data["messages"][j].as_py()
+            yield f"{path}:row {first + j}", row, None
 
 
 def _first_user_turn(row: dict):
@@ -113,7 +81,7 @@ def read_ultrachat(paths, *, split: str | None = "train_sft", limit: int | None 
     Returns (prompts, stats): prompts are {"id", "source": "ultrachat", "messages": [user turn]};
     stats = {"files", "rows_read", "kept", "skipped": {reason: n}, "bad_examples": {reason:
     [location, ...]}, "ids_derived"} with rows_read == kept + sum(skipped.values()). Reasons:
-    bad_json, not_object, no_prompt, bad_type (prompt/messages/prompt_id of the wrong type),
+    malformed_json, not_an_object, no_prompt, bad_type (prompt/messages/prompt_id of the wrong type),
     empty, too_short, too_long, duplicate (same normalized text), duplicate_id.
     """
     if (limit is not None and limit < 0) or min_chars < 0 or (
@@ -128,7 +96,7 @@ def read_ultrachat(paths, *, split: str | None = "train_sft", limit: int | None 
         if limit is not None and len(prompts) >= limit:
             break
         stats["files"].append(str(path))
-        rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+        rows = _parquet_rows(path) if path.suffix == ".parquet" else jsonl_rows(path)
         for loc, row, reason in rows:
             stats["rows_read"] += 1
             if reason is not None:

@@ -10,8 +10,8 @@ A completion is usable when it names its model and has a non-empty response; a m
 in one row keeps its first completion. Its rating is `overall_score` (the current recipe of
 HuggingFaceH4/ultrafeedback_binarized) or, as "fine_grained", the mean of the numeric annotation
 Ratings ("N/A" excluded), as UltraFeedback's fix_overall_score_issue.py. A bad JSONL line comes
-back with its reason (bad_json, not_object) and a dropped completion is counted by reason
-(not_object, no_model, empty_response, duplicate_model), for karma/data/kinship.py to account for;
+back with its reason (malformed_json, not_an_object) and a dropped completion is counted by reason
+(not_an_object, no_model, empty_response, duplicate_model), for karma/data/kinship.py to account for;
 a parquet file that cannot be read (or pyarrow missing) is an error naming the file.
 """
 
@@ -23,9 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-import orjson
 
-from karma.records import input_files
+from karma.records import input_files, jsonl_rows, parquet_batches
 
 RATINGS = ("overall_score", "fine_grained")
 EXTENSIONS = (".jsonl", ".parquet")  # looked for in directories
@@ -49,43 +48,14 @@ def require_pyarrow(files: list[Path]) -> None:
 
 
 def read_rows(path: Path):
-    """Yield (location, row or None, skip reason or None): JSONL lines (blank lines ignored) or
-    parquet rows."""
-    if path.suffix == ".parquet":
-        yield from _parquet_rows(path)
+    """Yield (location, row or None, skip reason or None): JSONL lines (blank lines ignored; the
+    reasons of karma.records.jsonl_rows) or parquet rows."""
+    if path.suffix != ".parquet":
+        yield from jsonl_rows(path)
         return
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                yield f"{path}:{n}", None, "bad_json"
-                continue
-            yield f"{path}:{n}", row, None if isinstance(row, dict) else "not_object"
-
-
-def _parquet_rows(path: Path):
-    """Yield (location, row, None) per row of a parquet file, converted BATCH_ROWS rows at a time."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
-    with open(path, "rb") as f:
-        try:
-            pf = pq.ParquetFile(f)
-        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
-            raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-        cols = [c for c in ("source", "instruction", "models", "completions") if c in pf.schema_arrow.names]
-        i = 0
-        try:
-            for batch in pf.iter_batches(columns=cols, batch_size=BATCH_ROWS):
-                for row in batch.to_pylist():
-                    yield f"{path}:row {i}", row, None
-                    i += 1
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: unreadable parquet data at row {i} ({e})") from None
+    for first, batch in parquet_batches(path, ("source", "instruction", "models", "completions"), BATCH_ROWS):
+        for j, row in enumerate(batch.to_pylist()):
+            yield f"{path}:row {first + j}", row, None
 
 
 class Completion(NamedTuple):
@@ -125,7 +95,7 @@ def usable_completions(row: dict, rating: str, drops: Counter) -> list[Completio
     out, seen = [], set()
     for c in row["completions"]:
         if not isinstance(c, dict):
-            drops["not_object"] += 1
+            drops["not_an_object"] += 1
             continue
         model, response = c.get("model"), c.get("response")
         if not isinstance(model, str) or not model.strip():
