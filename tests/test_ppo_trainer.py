@@ -71,7 +71,8 @@ def test_reward_rises_kl_stays_finite_and_beta_follows_the_kl(setup, tmp_path):
     assert all(r["kl_coef_next"] > r["kl_coef"] for r in above) and all(r["kl_coef_next"] < r["kl_coef"] for r in below)
     for key in ("score", "kl_seq", "kl_coef", "entropy", "approx_kl", "clip_frac", "value_clip_frac",
                 "explained_variance", "value_loss", "response_len", "ended_eos", "generate_tok_s", "train_tok_s",
-                "generate_s", "score_s", "update_s", "peak_mem_gib", "skipped_minibatches"):
+                "generate_s", "score_s", "update_s", "peak_mem_gib", "skipped_minibatches", "policy_grad_norm",
+                "value_grad_norm"):
         assert key in log[-1], key
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 40 * 4 and {"prompt", "response", "score", "rollout"} <= set(samples[0])
