@@ -67,11 +67,13 @@ def jsonl_objects(path: Path, skips: Skips) -> Iterator[tuple[str, dict]]:
             skips.add(reason, where)
 
 
-def parquet_batches(path: Path, columns: tuple[str, ...], batch_rows: int, required_any=()) -> Iterator:
-    """(index of its first row, pyarrow RecordBatch) over a parquet file, reading those of `columns`
-    it has, batch_rows rows at a time (memory stays bounded whatever the file's size). A missing
-    pyarrow, an unreadable file, a file without any of `required_any` and unreadable data are
-    errors naming the file (and the row)."""
+def parquet_rows(path: Path, columns: tuple[str, ...], batch_rows: int, to_rows=None,
+                 required_any: tuple[str, ...] = ()) -> Iterator[tuple[str, dict, None]]:
+    """("file:row i", row, None) per row of a parquet file (jsonl_rows' shape), reading those of
+    `columns` it has, batch_rows rows at a time (memory stays bounded whatever the file's size);
+    to_rows(batch) turns a pyarrow RecordBatch into row dicts (default: batch.to_pylist()). A missing
+    pyarrow, an unreadable file, a file without any of `required_any` and data that cannot be read
+    or converted are errors naming the file (and the row)."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -84,13 +86,14 @@ def parquet_batches(path: Path, columns: tuple[str, ...], batch_rows: int, requi
         names = pf.schema_arrow.names
         if required_any and not set(required_any) & set(names):
             raise ValueError(f"{path}: no {' or '.join(map(repr, required_any))} column (columns: {names})")
-        first = 0
+        i = 0
         try:
             for batch in pf.iter_batches(columns=[c for c in columns if c in names], batch_size=batch_rows):
-                yield first, batch
-                first += batch.num_rows
+                for row in (to_rows or (lambda b: b.to_pylist()))(batch):
+                    yield f"{path}:row {i}", row, None
+                    i += 1
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: unreadable parquet data at row {first} ({e})") from None
+            raise ValueError(f"{path}: unreadable parquet data at row {i} ({e})") from None
 
 
 def input_files(paths, suffixes: tuple[str, ...], keep: Callable[[Path], bool] = lambda f: True,

@@ -5,7 +5,8 @@ for split in train_sft (207,865 rows), test_sft (23,110), train_gen, test_gen. C
     prompt     str   the first user turn
     prompt_id  str   sha256 hex of the prompt
     messages   list  [{"content": str, "role": "user" | "assistant"}, ...], the whole conversation
-JSONL exports with the same fields (one object per line) are read too.
+JSONL exports with the same fields (one object per line) are read too; a line that is not a JSON
+object (malformed, invalid UTF-8, or NaN/Infinity, which JSON does not allow) is skipped and counted.
 
 A prompt is the first user turn only: `prompt`, or when that is missing/null the content of the
 first message with role "user". Its text is stripped; its id is "ultrachat-" + prompt_id (the
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from karma.records import Skips, input_files, jsonl_rows, parquet_batches
+from karma.records import Skips, input_files, jsonl_rows, parquet_rows
 
 BATCH_ROWS = 1024  # parquet rows per record batch: memory stays bounded whatever the shard size
 MAX_EXAMPLES = 20  # locations remembered per skip reason
@@ -43,19 +44,23 @@ def find_files(paths, split: str | None = "train_sft") -> list[Path]:
 
 
 def _parquet_rows(path: Path):
-    """Yield (location, row, None) per parquet row. `messages` is only converted to Python for rows
-    whose `prompt` is null (it holds whole conversations)."""
-    for first, batch in parquet_batches(path, ("prompt", "prompt_id", "messages"), BATCH_ROWS,
-                                        required_any=("prompt", "messages")):
-        data = {c: batch.column(c) for c in batch.schema.names}
-        n = batch.num_rows
-        prompts = data["prompt"].to_pylist() if "prompt" in data else [None] * n
-        ids = data["prompt_id"].to_pylist() if "prompt_id" in data else [None] * n
-        for j in range(n):
-            row = {"prompt": prompts[j], "prompt_id": ids[j]}
-            if prompts[j] is None and "messages" in data:
-                row["messages"] = data["messages"][j].as_py()
-            yield f"{path}:row {first + j}", row, None
+    """Yield (location, row, None) per parquet row (karma.records.parquet_rows)."""
+    return parquet_rows(path, ("prompt", "prompt_id", "messages"), BATCH_ROWS, to_rows=_batch_rows,
+                        required_any=("prompt", "messages"))
+
+
+def _batch_rows(batch):
+    """Row dicts of a RecordBatch. `messages` is only converted to Python for rows whose `prompt` is
+    null (it holds whole conversations)."""
+    data = {c: batch.column(c) for c in batch.schema.names}
+    n = batch.num_rows
+    prompts = data["prompt"].to_pylist() if "prompt" in data else [None] * n
+    ids = data["prompt_id"].to_pylist() if "prompt_id" in data else [None] * n
+    for j in range(n):
+        row = {"prompt": prompts[j], "prompt_id": ids[j]}
+        if prompts[j] is None and "messages" in data:
+            row["messages"] = data["messages"][j].as_py()
+        yield row
 
 
 def _first_user_turn(row: dict):

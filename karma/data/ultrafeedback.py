@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 
-from karma.records import input_files, jsonl_rows, parquet_batches
+from karma.records import input_files, jsonl_rows, parquet_rows
 
 RATINGS = ("overall_score", "fine_grained")
 EXTENSIONS = (".jsonl", ".parquet")  # looked for in directories
@@ -50,12 +50,9 @@ def require_pyarrow(files: list[Path]) -> None:
 def read_rows(path: Path):
     """Yield (location, row or None, skip reason or None): JSONL lines (blank lines ignored; the
     reasons of karma.records.jsonl_rows) or parquet rows."""
-    if path.suffix != ".parquet":
-        yield from jsonl_rows(path)
-        return
-    for first, batch in parquet_batches(path, ("source", "instruction", "models", "completions"), BATCH_ROWS):
-        for j, row in enumerate(batch.to_pylist()):
-            yield f"{path}:row {first + j}", row, None
+    if path.suffix == ".parquet":
+        return parquet_rows(path, ("source", "instruction", "models", "completions"), BATCH_ROWS)
+    return jsonl_rows(path)
 
 
 class Completion(NamedTuple):
