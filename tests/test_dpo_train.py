@@ -209,6 +209,9 @@ def test_two_processes_stop_and_resume(checkpoint_factory, pairs, tmp_path):
     losses = lambda out: [(r["step"], r["loss"]) for r in read_log(out / "metrics.jsonl") if r["event"] == "train"]
     assert [s for s, _ in losses(two)] == [1, 2, 3, 4]
     assert [l for _, l in losses(two)] == pytest.approx([l for _, l in losses(one)], abs=1e-5)
+    # AdamW hardly sees a constant gradient scale: the norms show one (FSDP's reduction must sum, not average)
+    grad_norms = lambda out: [r["grad_norm"] for r in read_log(out / "metrics.jsonl") if r["event"] == "train"]
+    assert grad_norms(two) == pytest.approx(grad_norms(one), rel=1e-4)
     a, b = load_file(one / "policy" / "model.safetensors"), load_file(two / "policy" / "model.safetensors")
     for k in a:  # AdamW amplifies the other summation order of 2 processes on ~eps gradients (see test_resume_families)
         assert torch.allclose(a[k], b[k], atol=3e-4, rtol=0), (k, (a[k] - b[k]).abs().max())
