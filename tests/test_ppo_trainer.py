@@ -43,7 +43,7 @@ def setup(checkpoint_factory, tmp_path_factory):
 
 
 def config(policy, prompts, out, **kw):
-    defaults = dict(model=str(policy), prompts=str(prompts), out_dir=out, value_init="policy", rollouts=40,
+    defaults = dict(model=str(policy), prompts=str(prompts), out_dir=out, value_init="policy", rollouts=60,
                     rollout_batch=16, minibatch=8, micro_batch=8, ppo_epochs=4, lr=3e-4, value_lr=1e-3,
                     max_new_tokens=16, max_prompt_tokens=64, init_kl_coef=0.001, kl_target=6.0, kl_horizon=100.0,
                     save_every=1000)
@@ -60,10 +60,12 @@ def test_reward_rises_kl_stays_finite_and_beta_follows_the_kl(setup, tmp_path):
     reward = LetterReward()
     train(config(policy, prompts, out), CPU, reward=reward)
     log = rows(out)
-    assert len(log) == 40
-    first = sum(r["score"] for r in log[:5]) / 5
-    last = sum(r["score"] for r in log[-5:]) / 5
-    assert last > 2.5 * first, (first, last)
+    assert len(log) == 60
+    # mean score of the last 10 rollouts over the first 10. Measured on seeds 0-9 (lr 3e-4): 5.7x to 13.3x;
+    # the same runs with lr 1e-12 (no learning): 0.77x to 1.20x. 3x sits far from both.
+    first = sum(r["score"] for r in log[:10]) / 10
+    last = sum(r["score"] for r in log[-10:]) / 10
+    assert last > 3 * first, (first, last)
     assert all(torch.isfinite(torch.tensor(r["kl_seq"])) for r in log)
     above = [r for r in log if r["kl_seq"] > 6.0]  # KL above target: beta must grow on that update
     below = [r for r in log if r["kl_seq"] < 6.0]
@@ -75,7 +77,7 @@ def test_reward_rises_kl_stays_finite_and_beta_follows_the_kl(setup, tmp_path):
                 "value_grad_norm"):
         assert key in log[-1], key
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 40 * 4 and {"prompt", "response", "score", "rollout"} <= set(samples[0])
+    assert len(samples) == 60 * 4 and {"prompt", "response", "score", "rollout"} <= set(samples[0])
     config_json = json.loads((out / "config.json").read_text())
     assert config_json["variant"] == "custom" and config_json["reward_format"] == "generalized"
 
@@ -87,7 +89,7 @@ def test_reward_rises_kl_stays_finite_and_beta_follows_the_kl(setup, tmp_path):
     with torch.no_grad():
         assert (ours(ids) - hf(ids).logits).abs().max() < 1e-4
     assert karma.load_tokenizer(out / "policy").eos_id == karma.load_tokenizer(policy).eos_id
-    assert (out / "checkpoints" / "latest").read_text() == "rollout-000040"
+    assert (out / "checkpoints" / "latest").read_text() == "rollout-000060"
 
 
 def test_the_reward_model_sees_its_training_format(setup, tmp_path):
