@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from karma.checkpoint import atomic_write_json
 from karma.cli import add_debug_flag, run_main
-from karma.data import kinship
+from karma.data import kinship, ultrachat
 from karma.data.filters import FilterConfig
 from karma.data.prepare import PrepConfig, default_workers, prepare
 from karma.data.threads import ThreadConfig
 from karma.data.prompts import write_prompts
-from karma.data.ultrachat import read_ultrachat
+from karma.records import require_pyarrow
 from karma.run import RunLock, show_progress
 
 
@@ -108,10 +108,14 @@ def run(args):
         threads=ThreadConfig(reward_ratio=args.reward_ratio, min_responses=args.min_responses,
                              max_siblings=args.max_siblings),
     )
+    if args.ultrachat is not None:  # a bad --ultrachat path fails now, not after the Reddit pass
+        ultrachat_files = ultrachat.find_files(args.ultrachat, args.ultrachat_split)
+        require_pyarrow(ultrachat_files)
     with tqdm(desc="records", unit=" rec", unit_scale=True, disable=not show_progress()) as bar:
         stats = prepare(cfg, progress=bar)
     if args.ultrachat is not None:
-        prompts, uc_stats = read_ultrachat(args.ultrachat, split=args.ultrachat_split, limit=args.ultrachat_limit)
+        prompts, uc_stats = ultrachat.read_ultrachat(ultrachat_files, split=args.ultrachat_split,
+                                                     limit=args.ultrachat_limit)
         write_prompts(prompts, args.out / "prompts-ultrachat.jsonl")
         stats["ultrachat"] = uc_stats
         atomic_write_json(args.out / "stats.json", stats)

@@ -119,9 +119,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0), the same for every reply")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     add_debug_flag(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # the PROMPT may come after flags: MODEL --chatml "PROMPT"
     if args.temperature < 0 or args.max_new_tokens < 0:
         parser.error(f"--temperature {args.temperature} and --max-new-tokens {args.max_new_tokens} must be >= 0")
+    if args.top_k is not None and args.top_k < 0:
+        parser.error(f"--top-k {args.top_k} must be >= 0")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error(f"--top-p {args.top_p} must be in (0, 1]")
     if (args.prompt is None) == (args.prompts is None):
         parser.error("give a PROMPT or --prompts FILE.jsonl" + (", not both" if args.prompts else ""))
     if args.n < 1:

@@ -11,6 +11,7 @@ reason, and the first few file:line places of each reason are kept for the repor
     stats = {"read": n_used + skips.total(), "used": n_used, **skips.report()}
 """
 
+import importlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,6 +66,16 @@ def jsonl_objects(path: Path, skips: Skips) -> Iterator[tuple[str, dict]]:
             yield where, obj
         else:
             skips.add(reason, where)
+
+
+def require_pyarrow(files: list[Path]) -> None:
+    """A ValueError naming the first parquet file of `files`, before anything is read, if pyarrow is missing."""
+    if any(f.suffix == ".parquet" for f in files):
+        try:
+            importlib.import_module("pyarrow.parquet")
+        except ImportError:
+            raise ValueError(f"{next(f for f in files if f.suffix == '.parquet')}: reading parquet needs pyarrow: "
+                             f"pip install pyarrow") from None
 
 
 def parquet_rows(path: Path, columns: tuple[str, ...], batch_rows: int, to_rows=None,

@@ -32,3 +32,13 @@ def test_cli_on_the_shipped_sample(tmp_path):
     assert [p["messages"][0]["content"] for p in prompts] == ["How do tides work?", "Write a haiku about rain."]
     assert stats["ultrachat"]["skipped"] == {"duplicate": 1}
     assert len((out / "prompts-reddit.jsonl").read_text().splitlines()) == stats["reddit_prompts"] > 0
+
+
+def test_missing_ultrachat_path_fails_before_the_reddit_pass(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(ROOT / "data_prep.py"), "--input", str(ROOT / "data" / "sample"),
+                          "--out", str(out), "--ultrachat", str(tmp_path / "missing")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith(f"data_prep.py: error: {tmp_path / 'missing'}: no such file")
+    assert not out.exists()  # nothing written: the error came before the Reddit pass

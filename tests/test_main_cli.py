@@ -138,6 +138,13 @@ def test_temperature_zero_is_karma_generate_greedy(models, prompts_file, capsys,
         assert (row["reply"], row["tokens"], row["ended_eos"]) == expected
 
 
+def test_prompt_after_flags(models, capsys):
+    """`make generate` runs `python -m karma MODEL --chatml "PROMPT"`: the prompt may follow the flags."""
+    reply = lambda out: out.rstrip("\n").rsplit("\n\n", 1)[0]  # without the timing line
+    assert reply(cli(capsys, models[0], "--max-new-tokens", "4", "Hello world")) == \
+        reply(cli(capsys, models[0], "Hello world", "--max-new-tokens", "4"))
+
+
 def test_single_prompt_keeps_the_original_output(models, capsys):
     out = cli(capsys, models[0], "Hello world", "--max-new-tokens", "4")
     text, stats = out.rstrip("\n").rsplit("\n\n", 1)
@@ -150,6 +157,8 @@ def test_single_prompt_keeps_the_original_output(models, capsys):
     ([], "give a PROMPT or --prompts FILE.jsonl"),
     (["hello", "--prompts", "p.jsonl"], "give a PROMPT or --prompts FILE.jsonl, not both"),
     (["--prompts", "p.jsonl", "--n", "0"], "--n 0 must be >= 1"),
+    (["hello", "--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]"),  # before any model is loaded
+    (["hello", "--top-k", "-1"], "--top-k -1 must be >= 0"),
 ])
 def test_usage_errors(models, capsys, argv, message):
     with pytest.raises(SystemExit) as e:

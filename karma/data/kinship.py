@@ -99,8 +99,8 @@ import orjson
 
 from karma.checkpoint import atomic_write, atomic_write_json
 from karma.data.behaviour import Behaviour, read_scores
-from karma.data.ultrafeedback import (RATINGS, Completion, find_files, read_rows, require_pyarrow,
-                                      usable_completions)
+from karma.data.ultrafeedback import RATINGS, Completion, find_files, read_rows, usable_completions
+from karma.records import require_pyarrow
 
 STRATEGIES = ("sup", "sim", "sup_sim", "random", "ultrafeedback_binarized")
 

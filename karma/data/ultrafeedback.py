@@ -17,7 +17,6 @@ a parquet file that cannot be read (or pyarrow missing) is an error naming the f
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections import Counter
 from pathlib import Path
@@ -35,16 +34,6 @@ def find_files(paths) -> list[Path]:
     """Files named in `paths` (read as parquet when named *.parquet, else as JSONL), directories
     expanded (recursively, sorted) to their *.jsonl and *.parquet files; each file once."""
     return input_files(paths, EXTENSIONS)
-
-
-def require_pyarrow(files: list[Path]) -> None:
-    """A ValueError naming the first parquet file of `files`, before anything is read, if pyarrow is missing."""
-    if any(f.suffix == ".parquet" for f in files):
-        try:
-            importlib.import_module("pyarrow.parquet")
-        except ImportError:
-            raise ValueError(f"{next(f for f in files if f.suffix == '.parquet')}: reading parquet needs pyarrow: "
-                             f"pip install pyarrow") from None
 
 
 def read_rows(path: Path):
