@@ -33,9 +33,9 @@ from karma.distributed import Dist, all_reduce_sum, barrier, clip_grad_norm, ful
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
 from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput, TrainingDiverged,
-                       adamw, autocast, check_flags, checkpoint_due, check_out_dir, drop_checkpoints_if_done, peak_memory_gib, resume,
-                       show_progress, warmup_cosine, write_config)
+from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput,
+                       TrainingDiverged, adamw, autocast, check_flags, check_out_dir, checkpoint_due,
+                       drop_checkpoints_if_done, peak_memory_gib, resume, show_progress, warmup_cosine, write_config)
 from karma.tokenizer import left_pad, load_tokenizer
 from karma.weights import inspect_model
 

@@ -48,7 +48,8 @@ def run_rm_report(rm_dirs: list, data_dir, out_dir, max_examples: int | None = N
     if not examples:
         raise ValueError(f"{data_dir}: no usable held-out examples ({read_report})")
     if max_examples and len(examples) > max_examples:
-        keep = np.sort(np.random.default_rng(stream_seed(seed, "subset")).choice(len(examples), max_examples, replace=False))
+        rng = np.random.default_rng(stream_seed(seed, "subset"))
+        keep = np.sort(rng.choice(len(examples), max_examples, replace=False))
         examples = [examples[i] for i in keep]
 
     report = rm_report(loaders, examples, seed=seed, n_resamples=n_resamples, log=log)
