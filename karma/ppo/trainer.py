@@ -348,13 +348,14 @@ def progress_line(record: dict) -> str:
 
 
 def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PPOConfig, seed: int, d: Dist) -> dict:
-    """`ppo_epochs` passes of minibatch updates over one rollout; returns averaged diagnostics.
+    """`ppo_epochs` passes of minibatch updates over one rollout; returns averaged diagnostics
+    (losses, clip fractions, approx KL, entropy, and the gradient norms before clipping).
 
     Each minibatch (minibatch / world sequences on every rank) is split into micro-batches; a
     micro-batch's token-mean losses are weighted by its share of the minibatch's tokens over ALL
     ranks (FSDP sums gradients over ranks), so one step follows the token mean of the whole
-    minibatch whatever the process count. Whether to skip a minibatch is agreed
-    by all ranks before any backward, so FSDP's collectives stay paired. A minibatch is skipped
+    minibatch whatever the process count. Whether to skip a minibatch is agreed by all ranks
+    before any backward, so FSDP's collectives stay paired. A minibatch is skipped
     (counted by reason, never applied) when a micro-batch has a non-finite loss, a mean ratio
     above --ratio-threshold, an approx KL above --max-approx-kl, or a value loss above
     VALUE_LOSS_LIMIT times that of a critic predicting 0; one without scored tokens is passed over.
