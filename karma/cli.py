@@ -11,9 +11,36 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from karma.run import RunLocked, TrainingDiverged
 
 EXPECTED = (OSError, ValueError, KeyError, RunLocked)
+
+
+def device_arg(value: str) -> str:
+    """argparse type of --device: cpu, cuda or cuda:N, and CUDA only where a CUDA device exists
+    (checked at parse time, so a bad value stops the program before any model loads)."""
+    kind, _, index = value.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{value!r}: no CUDA device is available here (torch "
+                                         f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+    if index and int(index) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{value!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return value
+
+
+def seed_arg(value: str) -> int:
+    """argparse type of --seed: an integer in [0, 2**32 - 1] (what numpy and torch both accept)."""
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an integer") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"{value}: must be in [0, 2**32 - 1]")
+    return seed
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
