@@ -6,12 +6,18 @@ target (os.replace is atomic within one filesystem), so a reader or a resumed ru
 file or the new one, never half of it. Directories (exports, checkpoints) are written whole into a
 temporary sibling and swapped in with two renames (`<dir>` -> `.<dir>.old`, temporary -> `<dir>`);
 if a process dies between the two, `recover_directory` puts the old one back.
+
+Temporary names carry a dot (hidden) or `.tmp`: `.<name>.<random>.tmp` (files), `.<dir>.tmp-<pid>`
+(directories), `checkpoints/<step>.tmp` (a checkpoint being written). A run killed mid-write leaves
+them behind; the next run that takes the lock of the same --out removes them (`remove_leftovers`).
+Nothing here follows a symbolic link when it deletes: a link is unlinked, its target left alone.
 """
 
 import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from karma.distributed import barrier
@@ -81,6 +88,19 @@ def read_json(path: str | os.PathLike):
 
 # ------------------------------------------------------------------------------ atomic directories
 
+def remove_path(path: Path) -> None:
+    """Delete a file, a directory tree or a symbolic link (only the link, never what it points to)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a dangling link too
+
+
 def _old(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
@@ -95,13 +115,11 @@ def recover_directory(target: str | os.PathLike) -> None:
 def replace_directory(tmp: Path, target: Path) -> None:
     """Move the complete directory `tmp` to `target`, replacing what was there."""
     recover_directory(target)
-    if target.exists():
-        if _old(target).exists():
-            shutil.rmtree(_old(target))
+    if _exists(target):
+        remove_path(_old(target))
         os.rename(target, _old(target))
     os.rename(tmp, target)
-    if _old(target).exists():
-        shutil.rmtree(_old(target))
+    remove_path(_old(target))
 
 
 @contextmanager
@@ -111,15 +129,45 @@ def atomic_directory(target: str | os.PathLike):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_path(tmp)
     tmp.mkdir()
     try:
         yield tmp
         replace_directory(tmp, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove_path(tmp)
+
+
+# atomic_write's `.<file>.<random>.tmp`, atomic_directory's `.<dir>.tmp-<pid>`
+TEMPORARY = re.compile(r"\..+\.tmp(-\d+)?")
+OLD = re.compile(r"\.(.+)\.old")  # replace_directory's `.<dir>.old`
+
+
+def remove_leftovers(out: Path) -> list[tuple[str, int]]:
+    """Delete what killed runs left in `out` and `out/checkpoints`, each as large as a model or a
+    checkpoint: temporary files and directories (see the module doc), partial checkpoints
+    (`<step>.tmp`), and a swap's `.<dir>.old` beside its `<dir>` (without it, it is put back).
+    Only the holder of the lock of `out` calls it, so no live process is writing them. Returns
+    [(path relative to out, bytes)] of what was removed."""
+    removed = []
+    for directory, partial in ((Path(out), None), (Path(out) / "checkpoints", re.compile(r".+\.tmp"))):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            old = OLD.fullmatch(path.name)
+            if old:
+                recover_directory(directory / old.group(1))
+            if TEMPORARY.fullmatch(path.name) or (partial and partial.fullmatch(path.name)) or (old and _exists(path)):
+                removed.append((str(path.relative_to(out)), _disk_bytes(path)))
+                remove_path(path)
+    return removed
+
+
+def _disk_bytes(path: Path) -> int:
+    """Bytes of a file, or of the files in a directory tree (links not followed)."""
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_symlink() or p.is_file())
 
 
 # -------------------------------------------------------------------------- training checkpoints
@@ -129,11 +177,12 @@ def save_training_state(directory: Path, trained: dict, trainer_state: dict, d, 
     torch.distributed.checkpoint (each rank writes its shards under FSDP), plus trainer.json
     (step counters, schedulers, controllers, RNG) from rank 0; written to `<dir>.tmp`, renamed to
     `<dir>` when complete, and recorded in `latest` beside it. Then all but the newest `keep`
-    checkpoints are deleted."""
+    checkpoints are deleted. A failed write (full disk, say) removes `<dir>.tmp` and raises an
+    error naming `<dir>` and the cause."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
-    if d.is_main and tmp.exists():
-        shutil.rmtree(tmp)
+    if d.is_main:
+        remove_path(tmp)
     barrier(d)
     state = {}
     for name, (model, optimizer) in trained.items():
@@ -144,8 +193,10 @@ def save_training_state(directory: Path, trained: dict, trainer_state: dict, d, 
             dcp.save(state, checkpoint_id=str(tmp))
         if d.is_main:
             atomic_write_json(tmp / "trainer.json", {**trainer_state, "torch_rng": torch.get_rng_state().tolist()})
-    except (OSError, RuntimeError) as e:
-        error = _disk_error(tmp, e)
+    except (OSError, RuntimeError, CheckpointException) as e:  # CheckpointException: a BaseException
+        if d.is_main:
+            remove_path(tmp)
+        error = _checkpoint_error(directory, _cause(e))
         if error is e:
             raise
         raise error from e
@@ -157,8 +208,17 @@ def save_training_state(directory: Path, trained: dict, trainer_state: dict, d, 
     barrier(d)
 
 
-def _disk_error(where: Path, error: Exception) -> Exception:
-    """A full disk surfaces from torch's writers as e.g. 'unexpected pos 704 vs 598': name it."""
+def _cause(error: BaseException) -> BaseException:
+    """torch.distributed.checkpoint wraps each rank's error in a CheckpointException: the first one."""
+    if isinstance(error, CheckpointException) and error.failures:
+        return error.failures[min(error.failures)][0]
+    return error
+
+
+def _checkpoint_error(where: Path, error: BaseException) -> BaseException:
+    """The error to raise for a failed checkpoint write: a full disk (which surfaces from torch's
+    writers as e.g. 'unexpected pos 704 vs 598') or another OSError, named with the checkpoint;
+    anything else (a bug) as it is."""
     full = getattr(error, "errno", None) == errno.ENOSPC
     try:
         free = shutil.disk_usage(where.parent).free
@@ -166,17 +226,22 @@ def _disk_error(where: Path, error: Exception) -> Exception:
         free = None
     if full or (free is not None and free < 64 * 2**20):
         return OSError(errno.ENOSPC, f"{where}: no space left on device while writing the checkpoint "
-                                     f"({free if free is not None else '?'} bytes free; {error}); free some space "
-                                     f"and continue with --resume from the previous checkpoint")
+                                     f"({free if free is not None else '?'} bytes free; {error}); the partial "
+                                     f"checkpoint was removed: free some space and continue with --resume from the "
+                                     f"previous checkpoint")
+    if isinstance(error, OSError):
+        return OSError(error.errno, f"{where}: could not write the checkpoint ({error}); the partial checkpoint "
+                                    f"was removed")
     return error
 
 
 def checkpoint_dirs(checkpoints: Path) -> list[Path]:
-    """Complete checkpoints under `checkpoints`, oldest first (their names sort by step)."""
+    """Complete checkpoints under `checkpoints`, oldest first (their names sort by step). A symbolic
+    link is not one of them: it was put there by hand, and is neither counted nor deleted."""
     checkpoints = Path(checkpoints)
     if not checkpoints.is_dir():
         return []
-    return sorted(p for p in checkpoints.iterdir() if p.is_dir() and not p.name.startswith(".")
+    return sorted(p for p in checkpoints.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
                   and not p.name.endswith(".tmp") and (p / "trainer.json").exists())
 
 
@@ -186,6 +251,16 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
     for old in checkpoint_dirs(checkpoints)[:-keep]:
         if old != latest:
             shutil.rmtree(old)
+
+
+def remove_checkpoints(checkpoints: Path) -> None:
+    """Delete a run's checkpoints directory; when it is a symbolic link (checkpoints kept on another
+    disk), the checkpoints in it and the link, not the directory it points to."""
+    checkpoints = Path(checkpoints)
+    if checkpoints.is_symlink() and checkpoints.is_dir():
+        for path in checkpoints.iterdir():
+            remove_path(path)
+    remove_path(checkpoints)
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -205,9 +280,12 @@ def load_training_state(directory: Path, trained: dict) -> dict:
     state = {}
     for name, (model, optimizer) in trained.items():
         state[name], state[name + "_optim"] = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(directory))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(directory))
+    except CheckpointException as e:  # a BaseException: would escape the scripts' error handling
+        raise ValueError(f"{directory}: could not load the checkpoint ({_cause(e)!r})") from e
     for name, (model, optimizer) in trained.items():
         set_state_dict(model, optimizer, model_state_dict=state[name], optim_state_dict=state[name + "_optim"])
     trainer = read_json(Path(directory) / "trainer.json")

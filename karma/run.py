@@ -1,18 +1,30 @@
 """What every training run shares: its output directory's lock, its config.json (and the check that
-a resumed run keeps the same settings), resuming from the latest checkpoint, the JSONL metrics log,
-bf16 autocast, the optimizer, the divergence error, peak memory.
+a resumed run keeps the same settings and inputs), resuming from the latest checkpoint, the JSONL
+metrics log, bf16 autocast, the optimizer, the divergence error, peak memory.
 
-Lock: `<out>/.lock` holds the owner's pid and host, created with O_EXCL (atomic), so a second run
-into the same --out is refused instead of interleaving logs and checkpoints. A lock whose process
-is gone (same host, pid not running) is stale: it is taken over with a message. A lock from another
-host cannot be checked and is refused with the path to delete.
+What a run does with its --out:
+  * a new run needs a new or empty --out: one holding an earlier run (config.json, logs, exports,
+    checkpoints) is refused, finished or not, so a forgotten --resume never overwrites it;
+  * --resume continues the run whose config.json is there: the same settings (except logging,
+    evaluation and checkpointing ones) and the same inputs (data, models: compared by content, so
+    they may move, see input_identity). --out itself may be spelled differently or moved. A run
+    that finished and deleted its checkpoints (--keep-checkpoints 0) has nothing to resume;
+  * one process at a time: `<out>/.lock` is held with flock(2) for the whole run. The kernel
+    releases it when the process ends, however it ends, so there is no stale lock to take over,
+    and two processes starting together cannot both get it. The file also holds the owner's pid,
+    host and command line, for the message to the process refused. A lock file naming another host
+    is refused (flock is not reliable across machines on every network filesystem);
+  * whoever takes the lock removes the temporary files and directories killed runs left there
+    (checkpoint.remove_leftovers) and says what it removed.
 """
 
+import errno
+import fcntl
+import hashlib
 import json
 import math
 import os
 import resource
-import shutil
 import socket
 import sys
 import time
@@ -22,8 +34,8 @@ from pathlib import Path
 import orjson
 import torch
 
-from karma.checkpoint import (atomic_directory, atomic_write_json, finite_json, latest_checkpoint, load_training_state, read_json,
-                              truncate_jsonl)
+from karma.checkpoint import (atomic_directory, atomic_write_json, finite_json, latest_checkpoint, load_training_state,
+                              read_json, remove_checkpoints, remove_leftovers, truncate_jsonl)
 from karma.distributed import Dist, barrier, full_state_dict
 from karma.tokenizer import Tokenizer, copy_tokenizer_files
 from karma.weights import write_hf_checkpoint
@@ -44,42 +56,87 @@ class RunLock:
     def __init__(self, directory: Path, enabled: bool = True):
         self.path = Path(directory) / ".lock"
         self.enabled = enabled
+        self.fd = None
 
     def __enter__(self):
+        # every rank enters (only the main one takes the lock): no rank may still be in check_out_dir
+        # when the main one starts writing into --out, or that rank would see an earlier run
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
         if not self.enabled:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = self._lock()
+        previous = _holder(fd)  # only there if its owner died without releasing: killed
+        if previous and previous["host"] != socket.gethostname():
+            os.close(fd)
+            raise RunLocked(f"{self.path}: another run (pid {previous['pid']} on {previous['host']}) may write into "
+                            f"this directory; if it is no longer running, delete {self.path}")
+        if previous:
+            why = "is not running" if not _alive(previous["pid"]) else "does not hold it"
+            print(f"{self.path}: taking over a stale lock (pid {previous['pid']} {why})", file=sys.stderr)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "argv": sys.argv}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return self
-        raise RunLocked(f"{self.path}: could not take the lock")
-
-    def _take_over_if_stale(self):
+        self.fd = fd
         try:
-            holder = json.loads(self.path.read_text())
-            pid, host = int(holder["pid"]), str(holder["host"])
-        except (OSError, ValueError, KeyError, TypeError):
-            holder, pid, host = None, None, None  # unreadable: written by a process killed mid-write
-        if holder is not None:
-            if host != socket.gethostname():
-                raise RunLocked(f"{self.path}: another run (pid {pid} on {host}) writes into this directory; "
-                                f"if it is no longer running, delete {self.path}")
-            if _alive(pid):
-                raise RunLocked(f"{self.path}: another run (pid {pid}, started "
-                                f"{time.ctime(holder.get('started', 0))}) writes into this directory")
-        print(f"{self.path}: taking over a stale lock (pid {pid} is not running)", file=sys.stderr)
-        self.path.unlink(missing_ok=True)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            removed = remove_leftovers(self.path.parent)
+        except BaseException:  # __exit__ is not called when __enter__ fails
+            self.__exit__()
+            raise
+        if removed:
+            print(f"{self.path.parent}: removed leftovers of interrupted runs: "
+                  f"{', '.join(f'{name} ({size / 2**20:.1f} MiB)' for name, size in removed)}", file=sys.stderr)
+        return self
+
+    def _lock(self) -> int:
+        """flock the file at self.path; returns its descriptor. The owner deletes the file while it
+        still holds the lock (__exit__): a process that opened it just before then locks a file
+        that is no longer there, sees that, and tries again with the new one."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise RunLocked(f"{self.path}: another run ({_describe(holder)}) writes into this directory") from None
+            if _is_at(fd, self.path):
+                return fd
+            os.close(fd)
 
     def __exit__(self, *exc):
-        if self.enabled:
-            self.path.unlink(missing_ok=True)
+        if self.fd is not None:
+            if _is_at(self.fd, self.path):
+                self.path.unlink()
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+
+def _holder(fd: int) -> dict | None:
+    """The owner a lock file names ({pid, host, started, argv}), or None (empty or torn)."""
+    try:
+        holder = json.loads(os.pread(fd, 1 << 16, 0))
+        return holder if isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str) else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def _describe(holder: dict | None) -> str:
+    if holder is None:
+        return "just starting"
+    where = "" if holder["host"] == socket.gethostname() else f" on {holder['host']}"
+    return f"pid {holder['pid']}{where}, started {time.ctime(holder.get('started', 0))}"
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the one `path` names now (not deleted or replaced since)."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _alive(pid: int) -> bool:
@@ -94,48 +151,226 @@ def _alive(pid: int) -> bool:
 
 # ----------------------------------------------------------------------------------- run config
 
+# where a script's flag is not --<field name>
+FLAGS = {"out_dir": "--out", "whiten_advantages": "--no-whiten-advantages"}
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a config field, for messages."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def config_dict(cfg) -> dict:
     """A run config dataclass as JSON-ready values (paths as strings, also in lists)."""
     json_ready = lambda v: str(v) if isinstance(v, Path) else [json_ready(x) for x in v] if isinstance(v, list) else v
     return {k: json_ready(v) for k, v in asdict(cfg).items()}
 
 
-def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
-    """A resumed run must continue the run that wrote `out/config.json`: every setting outside
-    `may_change` (logging, checkpointing, stopping) must be the same, or the resumed run would not
-    be the run its checkpoint and logs describe. Refused with the differences listed."""
-    saved = read_json(Path(out) / "config.json")
-    now = config_dict(cfg)
-    changed = [f"--{k.replace('_', '-')}: {saved[k]!r} -> {now[k]!r}"
-               for k in (f.name for f in fields(cfg))
-               if k not in may_change and k in saved and saved[k] != now[k]]
-    if changed:
-        raise ValueError(f"{out}: --resume continues the run exactly as it was configured, but these settings "
-                         f"differ from its config.json: {'; '.join(changed)}. Run with the original settings, or "
-                         f"start a new run in another --out")
+def write_config(out: Path, cfg, **extra) -> None:
+    """config.json: the settings, `extra` facts about the run, and under "inputs" the identity of
+    every file or directory a setting names (input_identities), for check_resumable. Called under
+    the lock; a new run checks --out once more first: a run that ended between this one's
+    check_out_dir and its taking the lock is not overwritten either."""
+    out = Path(out)
+    if not cfg.resume:
+        check_out_dir(out, cfg, set())
+    atomic_write_json(out / "config.json", {**config_dict(cfg), **extra, "inputs": input_identities(cfg, out)})
 
 
 def check_out_dir(out: Path, cfg, may_change: set[str]) -> None:
-    """--out of a new run must not hold an earlier run's checkpoints (a forgotten --resume would
-    overwrite its logs); a resumed run must keep its settings (check_resumable)."""
-    latest = latest_checkpoint(Path(out) / "checkpoints")
-    if latest is None:
+    """--out of a new run must be new or empty: an earlier run there, finished or not, is refused
+    (a forgotten --resume would overwrite its logs and exports). A resumed run must have something
+    to resume and keep its settings and inputs (check_resumable)."""
+    out = Path(out)
+    held = _entries(out)
+    if not held:
         return
+    listing = ", ".join(held[:8]) + (f", ... ({len(held)} entries)" if len(held) > 8 else "")
+    if not (out / "config.json").is_file():
+        raise ValueError(f"{out}: is not empty ({listing}) and holds no run (no config.json); give a run a new or "
+                         f"empty --out")
+    saved = read_json(out / "config.json")
+    if saved.get("checkpoints_deleted"):
+        if cfg.resume:
+            raise ValueError(f"{out}: holds a run that finished and deleted its checkpoints (--keep-checkpoints 0): "
+                             f"there is nothing to resume; start a new run in another --out")
+        raise ValueError(f"{out}: holds a finished run ({listing}); use a new --out, or delete {out} to replace it")
+    latest = latest_checkpoint(out / "checkpoints")
     if not cfg.resume:
-        raise ValueError(f"{out}: holds an earlier run (checkpoint {latest.name}); pass --resume to continue it, "
-                         f"or use a new --out (or delete {out})")
+        hint = (f"pass --resume to continue it from {latest.name}" if latest else
+                "it has no checkpoint yet: --resume starts it over with the same settings")
+        raise ValueError(f"{out}: holds an earlier run ({listing}); {hint}, or use a new --out (or delete {out})")
     check_resumable(out, cfg, may_change)
+
+
+def _entries(out: Path) -> list[str]:
+    """What `out` holds, as `ls` shows it: not the hidden names (the lock, temporary files) nor
+    empty directories (e.g. a checkpoints/ link to another disk, made beforehand)."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise NotADirectoryError(f"{out}: not a directory")
+    return [p.name + "/" if p.is_dir() else p.name for p in sorted(out.iterdir())
+            if not p.name.startswith(".") and not (p.is_dir() and not any(p.iterdir()))]
+
+
+def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
+    """A resumed run must continue the run that wrote `out/config.json`: every setting outside
+    `may_change` (logging, checkpointing, stopping) must be the same, and every input the same
+    content (wherever it is now), or the resumed run would not be the run its checkpoint and logs
+    describe. --out itself is where the run lives, not a setting: it may have moved. A setting
+    added after the run started is compared with the value its field's metadata["before_added"]
+    names (what runs had before it existed). Refused with the differences listed."""
+    saved = read_json(Path(out) / "config.json")
+    recorded, now = saved.get("inputs", {}), config_dict(cfg)
+    differences = []
+    for f in fields(cfg):
+        k = f.name
+        if k not in saved and "before_added" in f.metadata:  # a run older than the setting: what it had then
+            saved[k] = f.metadata["before_added"]
+        if k in may_change or k == "out_dir" or k not in saved:
+            continue
+        if k in recorded:
+            difference = _input_difference(k, getattr(cfg, k), saved[k], now[k], recorded[k], out)
+        else:
+            difference = None if saved[k] == now[k] else f"{flag_name(k)}: {saved[k]!r} -> {now[k]!r}"
+        if difference:
+            differences.append(difference)
+    if differences:
+        raise ValueError(f"{out}: --resume continues the run exactly as it was configured, but these settings or "
+                         f"inputs differ from its config.json: {'; '.join(differences)}. Run with the original "
+                         f"settings and inputs, or start a new run in another --out")
+
+
+# -------------------------------------------------------------------------------- input identity
+# What "the same input" means for --resume: the same content, not the same path (a moved or copied
+# directory is the same input; a file rewritten in place is not). Files up to FULL_HASH_BYTES are
+# hashed whole (SHA-256; about 0.1 s for 32 MiB); a larger one (a model's weights, a big data shard)
+# by its size and the hash of its first and last MiB and of SAMPLES evenly spaced 64 KiB blocks,
+# about 4 MiB read whatever its size. That sees any change of length, a retrained model (every block
+# differs) and edits near the ends; it can miss a same-length edit confined to unread bytes of a big
+# file. Modification times are left out on purpose: a copy must keep its identity.
+
+FULL_HASH_BYTES = 32 * 2**20
+EDGE_BYTES, SAMPLES, SAMPLE_BYTES = 2**20, 32, 64 * 2**10
+
+
+def file_identity(path: Path) -> dict:
+    """{"bytes", "sha256"} of a small file, {"bytes", "sampled_sha256"} of a large one (see above)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                digest.update(chunk)
+            return {"bytes": size, "sha256": digest.hexdigest()}
+        stride = (size - 2 * EDGE_BYTES) // (SAMPLES + 1)
+        spans = [(0, EDGE_BYTES), *((EDGE_BYTES + i * stride, SAMPLE_BYTES) for i in range(1, SAMPLES + 1)),
+                 (size - EDGE_BYTES, EDGE_BYTES)]
+        for offset, length in spans:
+            f.seek(offset)
+            digest.update(f.read(length))
+    return {"bytes": size, "sampled_sha256": digest.hexdigest()}
+
+
+def input_identity(path: Path, skip: Path | None = None) -> dict | None:
+    """A file's identity; a directory's as {"files": {relative path: identity}} over its files at any
+    depth, leaving out hidden names (temporary files, caches) and the directory `skip` (the run's
+    own --out, were it inside an input); None if nothing is there."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return file_identity(path)
+    if not path.is_dir():
+        return None
+    skip = Path(skip).resolve() if skip is not None else None
+    files = {}
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != skip)
+        for name in sorted(names):
+            if not name.startswith(".") and Path(root, name).is_file():
+                files[str(Path(root, name).relative_to(path))] = file_identity(Path(root, name))
+    return {"files": files}
+
+
+def input_identities(cfg, out: Path) -> dict:
+    """field -> {"path": resolved path(s), "identity": input_identity(s)} for every setting (a path,
+    a string, or a list of them) that names something on disk, other than --out: the data, and the
+    models when given as local directories. No trainer lists its inputs: any such setting is one."""
+    inputs = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, list) else [value]
+        if f.name == "out_dir" or not values or not all(isinstance(v, (str, Path)) and str(v) for v in values):
+            continue
+        path, identity = _locate(value, out)
+        if not _absent(identity):
+            inputs[f.name] = {"path": path, "identity": identity}
+    return inputs
+
+
+def _locate(value, out: Path) -> tuple:
+    """(resolved path, input_identity) of a setting's value; of each element of a list."""
+    if isinstance(value, list):
+        located = [_locate(v, out) for v in value]
+        return [p for p, _ in located], [i for _, i in located]
+    path = Path(value).expanduser()
+    return str(path.resolve()), input_identity(path, skip=out)
+
+
+def _absent(identity) -> bool:
+    return identity is None or isinstance(identity, list) and all(i is None for i in identity)
+
+
+def _input_difference(name: str, value, saved, now, recorded: dict, out: Path) -> str | None:
+    """How an input differs from when the run started, or None: the same content is the same input
+    wherever it is now; content changed under the same path, or another path with other content,
+    is a difference."""
+    path, identity = _locate(value, out)
+    if identity == recorded["identity"]:
+        return None
+    if _absent(identity) and saved == now:
+        return None  # gone, and unused: the trainers check the inputs they read before check_out_dir
+    if path != recorded["path"]:
+        return f"{flag_name(name)}: {saved!r} -> {now!r}"
+    if isinstance(value, list):
+        changes = [f"{Path(p).name}: {c}" for p, a, b in zip(path, recorded["identity"], identity) if a != b
+                   for c in _changes(a, b)]
+    else:
+        changes = _changes(recorded["identity"], identity)
+    more = f", and {len(changes) - 3} more" if len(changes) > 3 else ""
+    shown = " ".join(map(str, value)) if isinstance(value, list) else value
+    return f"{flag_name(name)} {shown}: content changed since the run started ({', '.join(changes[:3])}{more})"
+
+
+def _changes(before, after) -> list[str]:
+    """What differs between two identities of one input, as 'file: what' strings."""
+    if before is None or after is None:
+        return ["removed" if after is None else "created"]
+    if "files" in before and "files" in after:
+        return [f"{name}: {_file_change(before['files'].get(name), after['files'].get(name))}"
+                for name in sorted(before["files"].keys() | after["files"].keys())
+                if before["files"].get(name) != after["files"].get(name)]
+    if "files" in before or "files" in after:
+        return ["was a directory, now a file" if "files" in before else "was a file, now a directory"]
+    return [_file_change(before, after)]
+
+
+def _file_change(before: dict | None, after: dict | None) -> str:
+    if before is None or after is None:
+        return "new file" if before is None else "removed"
+    if before["bytes"] != after["bytes"]:
+        return f"{before['bytes']} -> {after['bytes']} bytes"
+    return "same size, other content"
 
 
 def drop_checkpoints_if_done(out: Path, keep: int, is_main: bool) -> None:
     """--keep-checkpoints 0: once a run has finished and exported, delete its checkpoints (model
-    and optimizer state, several times the model's size). Such a run can no longer be resumed."""
-    if keep == 0 and is_main and (Path(out) / "checkpoints").exists():
-        shutil.rmtree(Path(out) / "checkpoints")
-
-
-def write_config(out: Path, cfg, **extra) -> None:
-    atomic_write_json(Path(out) / "config.json", {**config_dict(cfg), **extra})
+    and optimizer state, several times the model's size). Such a run can no longer be resumed:
+    config.json records it ("checkpoints_deleted"), for check_out_dir's message."""
+    if keep == 0 and is_main:
+        config = Path(out) / "config.json"
+        atomic_write_json(config, {**read_json(config), "checkpoints_deleted": True})
+        remove_checkpoints(Path(out) / "checkpoints")
 
 
 # ---------------------------------------------------------------------------------- metrics log
@@ -146,7 +381,7 @@ class MetricsLog:
     resumed one appends. Only the main rank writes: elsewhere `write` does nothing."""
 
     def __init__(self, path: Path, append: bool, enabled: bool = True):
-        self.file = open(path, "ab" if append else "wb") if enabled else None
+        self.file = _open_log(Path(path), append) if enabled else None
 
     def write(self, record: dict) -> None:
         if self.file is None:
@@ -160,6 +395,20 @@ class MetricsLog:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+def _open_log(path: Path, append: bool):
+    """The log file for appending or rewriting, never through a symbolic link (a link planted in
+    --out would make the run overwrite whatever it points to; every other file is replaced by rename)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise OSError(errno.ELOOP, f"{path}: is a symbolic link; a run writes its logs only to files of its own "
+                                   f"(remove the link)") from None
+    return os.fdopen(fd, "ab" if append else "wb")
 
 
 def show_progress(is_main: bool = True) -> bool:
@@ -183,6 +432,12 @@ NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 UNIT_INTERVAL = (lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
+def in_range(lo, hi) -> tuple:
+    """A check_flags rule: lo <= value <= hi. The upper bound turns an absurd value (a 1e9-wide
+    layer, a 1e8-sequence batch) into a one-line flag error instead of an allocator traceback."""
+    return (lambda v: lo <= v <= hi, f"in [{lo}, {hi}]")
+
+
 def check_flags(cfg, **rules) -> None:
     """rules: field name -> (test, what the value must be). A value that fails its test, or a
     non-finite float, is a ValueError naming the flag; None (an unset option) passes."""
@@ -191,7 +446,7 @@ def check_flags(cfg, **rules) -> None:
         if value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value) or not test(value):
-            raise ValueError(f"--{name.replace('_', '-')} {value}: must be {must}")
+            raise ValueError(f"{flag_name(name)} {value}: must be {must}")
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -77,8 +77,12 @@ def test_a_fresh_run_never_appends_to_or_overwrites_an_earlier_run(checkpoint_fa
     out = tmp_path / "run"
     cfg = config(checkpoint_factory("llama_tied").path, prompts, out, rollouts=2, rollout_batch=4, minibatch=4,
                  micro_batch=4)
-    (out).mkdir()
-    (out / "metrics.jsonl").write_text('{"rollout": 7}\n')  # logs of a run that died before its first save
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"rollout": 7}\n')  # logs, but no config.json: not a run of ours
+    with pytest.raises(ValueError, match="is not empty.*holds no run"):
+        karma.ppo.trainer.train(cfg, CPU, reward=LetterReward())
+    assert (out / "metrics.jsonl").read_text() == '{"rollout": 7}\n'
+    (out / "metrics.jsonl").unlink()
     karma.ppo.trainer.train(cfg, CPU, reward=LetterReward())
     log = (out / "metrics.jsonl").read_text()
     assert [json.loads(line)["rollout"] for line in log.splitlines()] == [1, 2]

@@ -9,6 +9,7 @@ import errno
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import socket
@@ -34,7 +35,7 @@ from karma.distributed import Dist
 from karma.generate import generate
 from karma.reward import RewardConfig, build_reward_model, load_reward_model, save_reward_model
 from karma.reward_train import TrainRMConfig
-from karma.run import TrainingDiverged
+from karma.run import RunLock, TrainingDiverged
 from karma.weights import load_model, save_model
 from test_ppo_trainer import LetterReward
 from test_ppo_trainer import config as ppo_config
@@ -408,11 +409,20 @@ def _write_lock(out: Path, pid: int, host: str | None = None):
                                            "started": time.time(), "argv": ["train_rm.py"]}))
 
 
+def _hold_lock(out: Path, held, release):
+    with RunLock(out):
+        held.set()
+        release.wait(60)
+
+
 def test_lock_held_by_a_live_process_refuses_a_second_run(tmp_path, base, data, capsys):
     out = tmp_path / "rm"
-    holder = subprocess.Popen(["sleep", "60"])
+    fork = multiprocessing.get_context("fork")
+    held, release = fork.Event(), fork.Event()
+    holder = fork.Process(target=_hold_lock, args=(out, held, release))
+    holder.start()
     try:
-        _write_lock(out, holder.pid)
+        assert held.wait(30)
         rc, _, err = cli(train_rm_script, rm_argv(base, data, out), capsys, "train_rm.py")
         assert rc == 2
         line = error_line(err, "train_rm.py")
@@ -420,8 +430,8 @@ def test_lock_held_by_a_live_process_refuses_a_second_run(tmp_path, base, data, 
         assert json.loads((out / ".lock").read_text())["pid"] == holder.pid  # the holder's lock is kept
         assert not (out / "config.json").exists() and not (out / "metrics.jsonl").exists()
     finally:
-        holder.kill()
-        holder.wait()
+        release.set()
+        holder.join()
 
 
 def test_lock_from_another_host_is_refused(tmp_path, base, data, capsys):
