@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from karma.cli import add_debug_flag, run_main
+from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
 from karma.distributed import cleanup, init_distributed
 from karma.ppo.trainer import PPOConfig, train
 
@@ -74,12 +74,12 @@ def parse_args(argv=None):
       help=f"checkpoints kept on disk, newest first (default {d.keep_checkpoints}); 0 keeps one while running, none "
                         f"once the run has finished and exported (it cannot be resumed then)")
     a("--stop-after-rollouts", type=int, default=None, help="checkpoint and exit after this rollout; --resume continues")
-    a("--seed", type=int, default=d.seed)
+    a("--seed", type=seed_arg, default=d.seed, help="generation and minibatch order (0 to 2**32 - 1)")
     a("--activation-checkpointing", action="store_true", help="recompute block activations in backward (saves memory)")
     a("--resume", action="store_true",
       help="continue from the latest checkpoint in --out, with the same settings (a changed setting other than "
            "logging and checkpointing is refused)")
-    a("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    a("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
     args = vars(p.parse_args(argv))
     device = args.pop("device")

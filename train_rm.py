@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from karma.cli import add_debug_flag, run_main
+from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
 from karma.distributed import cleanup, init_distributed
 from karma.reward_train import TrainRMConfig, train
 
@@ -58,12 +58,14 @@ def parse_args(argv=None) -> TrainRMConfig:
     p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
                    help=f"stop after this many consecutive steps skipped for a non-finite loss or gradient "
                         f"(default {d.max_bad_steps})")
-    p.add_argument("--seed", type=int, default=d.seed, help="data order and head initialisation")
+    p.add_argument("--seed", type=seed_arg, default=d.seed,
+                   help="data order and head initialisation (0 to 2**32 - 1)")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations in backward")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out, with the same settings (a changed "
                         "setting other than logging, evaluation and checkpoint intervals is refused)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
     args = vars(p.parse_args(argv))
     device = args.pop("device")

@@ -21,14 +21,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from karma.checkpoint import atomic_directory, atomic_write, atomic_write_json, read_json, recover_directory
+from karma.config import POSITIVE_INT, STRING, check_field
 from karma.data.format import FORMATS, header, render, render_prompt
 from karma.model import Transformer
 from karma.tokenizer import Tokenizer, copy_tokenizer_files, left_pad, load_tokenizer
-from karma.weights import load_model, write_hf_checkpoint
+from karma.weights import inspect_model, load_model, write_hf_checkpoint
+
+# The widest MLP head accepted (--head-hidden, reward_config.json): 4x the widest decoder in use
+# (Llama 3.1 405B, hidden size 16384). Wider is a typo, and would fail in the allocator.
+MAX_HEAD_HIDDEN = 2**16
+
 
 @dataclass
 class RewardConfig:
@@ -47,9 +54,8 @@ class RewardModel(nn.Module):
         super().__init__()
         self.backbone, self.cfg, self.tokenizer = backbone, cfg, tokenizer
         hidden = backbone.config.hidden_size
-        width = cfg.head_hidden or hidden
         w = backbone.embed.weight
-        self.head = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1)).to(w.device, w.dtype)
+        self.head = mlp_head(hidden, cfg.head_hidden or hidden).to(w.device, w.dtype)
         freeze_unused_lm_head(backbone)
 
     def forward(self, input_ids, attention_mask) -> torch.Tensor:
@@ -76,6 +82,12 @@ class RewardModel(nn.Module):
             ids, mask = left_pad([seqs[i] for i in rows], self.tokenizer.pad_id)
             probs[rows] = torch.sigmoid(self(ids.to(device), mask.to(device)).float())
         return probs
+
+
+def mlp_head(hidden: int, width: int) -> nn.Sequential:
+    """hidden -> width -> 1; its state dict keys (0.weight, 0.bias, 2.weight, 2.bias) are
+    reward_head.safetensors' tensor names."""
+    return nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1))
 
 
 def encode(tokenizer: Tokenizer, messages: list[dict], response: str | None, meta: dict | None,
@@ -139,8 +151,19 @@ def save_reward_model(rm: RewardModel, directory, state_dict: dict | None = None
     return directory
 
 
+# what each reward_config.json key must be (check_field rules)
+REWARD_CONFIG_RULES = {
+    "format": (lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}"),
+    "max_length": POSITIVE_INT,
+    "head_hidden": (lambda v: v is None or POSITIVE_INT[0](v) and v <= MAX_HEAD_HIDDEN,
+                    f"null or an integer in [1, {MAX_HEAD_HIDDEN}]"),
+    "base_model": STRING,
+}
+
+
 def read_reward_config(directory) -> RewardConfig:
-    """reward_config.json of a saved reward model, checked key by key."""
+    """reward_config.json of a saved reward model, checked key by key (one error naming the file,
+    the key and what was expected)."""
     recover_directory(directory)
     path = Path(directory) / "reward_config.json"
     if not path.exists():
@@ -150,12 +173,38 @@ def read_reward_config(directory) -> RewardConfig:
     if not isinstance(raw, dict) or set(raw) - known or "format" not in raw:
         bad = sorted(set(raw) - known) if isinstance(raw, dict) else "not an object"
         raise ValueError(f"{path}: expected the keys {sorted(known)} (format required); unexpected: {bad}")
-    if not isinstance(raw.get("max_length", 1), int) or raw.get("max_length", 1) < 1:
-        raise ValueError(f"{path}: max_length must be a positive integer, got {raw['max_length']!r}")
+    for key, value in raw.items():
+        check_field(str(path), key, value, REWARD_CONFIG_RULES[key])
+    return RewardConfig(**raw)
+
+
+def inspect_reward_model(directory) -> RewardConfig:
+    """Check a saved reward model without loading its weights: reward_config.json, the backbone
+    (config.json and weight-file headers), the head's tensor names and shapes against both, and
+    the tokenizer. Scripts call this before loading anything large."""
+    directory = Path(directory)
+    cfg = read_reward_config(directory)
+    backbone = inspect_model(directory)
+    path = directory / "reward_head.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory}: no reward_head.safetensors (not a complete reward model)")
     try:
-        return RewardConfig(**raw)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        with safe_open(path, framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error type for truncated or corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    _check_head(path, shapes, backbone.hidden_size, cfg)
+    load_tokenizer(directory)
+    return cfg
+
+
+def _check_head(path: Path, shapes: dict, hidden: int, cfg: RewardConfig) -> None:
+    """The head file's {name: shape} must be mlp_head(backbone hidden size, head_hidden)'s."""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in mlp_head(hidden, cfg.head_hidden or hidden).state_dict().items()}
+    if shapes != want:
+        raise ValueError(f"{path}: tensors {shapes} are not the head that reward_config.json (head_hidden "
+                         f"{cfg.head_hidden}) and the backbone (hidden size {hidden}) describe: {want}")
 
 
 def load_reward_model(directory, dtype=None, device=None) -> RewardModel:
@@ -169,7 +218,6 @@ def load_reward_model(directory, dtype=None, device=None) -> RewardModel:
         raise FileNotFoundError(f"{path}: no such file (the reward model's head)") from None
     except Exception as e:  # safetensors raises its own error type for truncated or corrupt files
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    missing, unexpected = rm.head.load_state_dict(head, strict=False)
-    if missing or unexpected:
-        raise KeyError(f"{directory / 'reward_head.safetensors'}: missing {missing}, unexpected {unexpected}")
+    _check_head(path, {k: tuple(v.shape) for k, v in head.items()}, rm.backbone.config.hidden_size, cfg)
+    rm.head.load_state_dict(head)
     return rm.eval()

@@ -32,11 +32,13 @@ from karma.data.examples import read_examples, split_files
 from karma.distributed import Dist, all_reduce_sum, barrier, clip_grad_norm, full_state_dict, gather_lists, shard
 from karma.metrics import binary_metrics
 from karma.plot import plot_run
-from karma.reward import RewardConfig, RewardModel, bce_loss, build_reward_model, encode, save_reward_model
+from karma.reward import (MAX_HEAD_HIDDEN, RewardConfig, RewardModel, bce_loss, build_reward_model, encode,
+                          save_reward_model)
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput,
                        TrainingDiverged, adamw, autocast, check_flags, check_out_dir, checkpoint_due,
-                       drop_checkpoints_if_done, peak_memory_gib, resume, show_progress, warmup_cosine, write_config)
-from karma.tokenizer import left_pad, load_tokenizer
+                       drop_checkpoints_if_done, in_range, peak_memory_gib, resume, show_progress, warmup_cosine,
+                       write_config)
+from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
 from karma.weights import inspect_model
 
 BUCKET_BATCHES = 50  # batches per length-sorting window
@@ -72,7 +74,9 @@ class TrainRMConfig:
     resume: bool = False
 
     def check(self) -> None:
-        """Flag values a run can use (ValueError naming the flag)."""
+        """Flag values a run can use (ValueError naming the flag). Sizes also have an upper bound no
+        real run reaches, so a typo (--head-hidden 1000000000) is refused here, not in the allocator
+        after the model loads; --max-length is bounded by the model's context (check_inputs)."""
         check_flags(self, max_length=(lambda v: v >= MIN_MAX_LENGTH, f"at least {MIN_MAX_LENGTH} tokens (a context "
                                       f"turn, the chat template and a reply)"),
                     head_hidden=AT_LEAST_1, batch_size=AT_LEAST_1, micro_batch_size=AT_LEAST_1, lr=POSITIVE,
@@ -81,26 +85,34 @@ class TrainRMConfig:
                     stop_after_steps=AT_LEAST_1, eval_every=AT_LEAST_1, eval_batch_size=AT_LEAST_1,
                     max_eval_examples=AT_LEAST_1, save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE,
                     log_every=AT_LEAST_1, max_bad_steps=AT_LEAST_1)
+        check_flags(self, head_hidden=in_range(1, MAX_HEAD_HIDDEN), batch_size=in_range(1, MAX_BATCH),
+                    micro_batch_size=in_range(1, MAX_BATCH), eval_batch_size=in_range(1, MAX_BATCH))
 
 
 MIN_MAX_LENGTH = 32
+# Examples per optimizer step or forward pass, at most: the paper's batch is 16 and reward-model
+# recipes stay within a few hundred, so more than 2**16 is a typo.
+MAX_BATCH = 2**16
 # settings a resumed run may change: they decide what is logged, evaluated and saved, not the weights
 RESUMABLE_CHANGES = {"stop_after_steps", "eval_every", "eval_batch_size", "max_eval_examples", "save_every",
                      "keep_checkpoints", "log_every", "max_bad_steps", "activation_checkpointing", "resume"}
 
 
-def check_inputs(cfg: TrainRMConfig) -> None:
+def check_inputs(cfg: TrainRMConfig) -> "Data":
     """Everything that can be checked before a model is loaded: flags, data files, the base
-    checkpoint (config and weight-file headers, tokenizer), --max-length against its context."""
+    checkpoint (config, weight-file headers, tokenizer), --max-length against its context, --out;
+    then the examples are read and tokenized (which needs only the tokenizer), so data without
+    usable examples is refused before the model loads and before --out holds anything. Returns them."""
     cfg.check()
     split_files(cfg.data, "train")
     split_files(cfg.data, "heldout")
     model_cfg = inspect_model(cfg.model)
-    load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
     if cfg.max_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-length {cfg.max_length}: more than {cfg.model}'s max_position_embeddings "
                          f"({model_cfg.max_position_embeddings})")
     check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
+    return Data.load(cfg, tokenizer)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -122,24 +134,23 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
 
 def train(cfg: TrainRMConfig, d: Dist) -> dict:
     """Check the inputs, take the lock on --out, then train (see the module doc)."""
-    check_inputs(cfg)
+    data = check_inputs(cfg)
     with RunLock(cfg.out_dir, enabled=d.is_main):
-        return _train(cfg, d)
+        return _train(cfg, d, data)
 
 
-def _train(cfg: TrainRMConfig, d: Dist) -> dict:
+def _train(cfg: TrainRMConfig, d: Dist, data: "Data") -> dict:
     """The loop: batch -> step (skipped if not finite) -> log -> evaluate (export best/) -> checkpoint."""
     out = Path(cfg.out_dir)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out, cfg)
     torch.manual_seed(cfg.seed)
     rm_cfg = RewardConfig(format=cfg.format, max_length=cfg.max_length, head_hidden=cfg.head_hidden)
     rm = build_reward_model(cfg.model, rm_cfg, dtype=torch.float32, device=d.device, seed=cfg.seed)
     rm.backbone.activation_checkpointing = cfg.activation_checkpointing
     rm.train()
     shard(rm, rm.backbone.blocks, d)
-    data = Data.load(cfg, rm)
+    if d.is_main:  # only once the model has loaded: a run refused before it leaves no config.json
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, cfg)
     total_steps = cfg.max_steps or cfg.epochs * data.steps_per_epoch
     optimizer = adamw(rm, cfg.lr, cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
@@ -208,14 +219,16 @@ class Data:
         self._epoch, self._batches = None, None
 
     @classmethod
-    def load(cls, cfg: TrainRMConfig, rm: RewardModel) -> "Data":
+    def load(cls, cfg: TrainRMConfig, tokenizer: Tokenizer) -> "Data":
+        """Read and tokenize (in cfg.format, cut to cfg.max_length) the train and held-out splits."""
         needs_meta = cfg.format == "conditioned"
+        rm_cfg = RewardConfig(format=cfg.format, max_length=cfg.max_length)  # what encode reads
         train, train_report = read_examples(split_files(cfg.data, "train"), needs_meta)
         held_out, eval_report = read_examples(split_files(cfg.data, "heldout"), needs_meta)
         held_out = held_out[:cfg.max_eval_examples] if cfg.max_eval_examples else held_out
         if not train or not held_out:
             raise ValueError(f"{cfg.data}: no usable train or held-out examples ({train_report}, {eval_report})")
-        tokenize = lambda examples: [encode(rm.tokenizer, e["messages"], e["response"], e.get("meta"), rm.cfg)
+        tokenize = lambda examples: [encode(tokenizer, e["messages"], e["response"], e.get("meta"), rm_cfg)
                                      for e in examples]
         return cls(tokenize(train), np.array([e["label"] for e in train], dtype=np.float32),
                    tokenize(held_out), np.array([e["label"] for e in held_out]),

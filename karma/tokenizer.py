@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 
 from karma.checkpoint import atomic_write, read_json
+from karma.config import TOKEN_IDS, check_field
 from karma.weights import resolve
 
 
@@ -33,6 +34,17 @@ class Tokenizer:
         for name in ("config.json", "generation_config.json", "special_tokens_map.json", "tokenizer_config.json"):
             if (directory / name).exists():
                 meta[name] = read_json(directory / name)
+                if not isinstance(meta[name], dict):
+                    raise ValueError(f"{directory / name}: expected a JSON object, got "
+                                     f"{type(meta[name]).__name__} {meta[name]!r:.40}")
+
+        def ids(name, key) -> list[int]:
+            """The token id(s) under `key` of the file `name`, checked: [] when absent."""
+            value = meta.get(name, {}).get(key)
+            if value is None:
+                return []
+            value = check_field(str(directory / name), key, value, TOKEN_IDS)
+            return value if isinstance(value, list) else [value]
 
         def token_id(field):
             """Id of a special token named in tokenizer_config / special_tokens_map, else config.json."""
@@ -41,8 +53,7 @@ class Tokenizer:
                 token = token.get("content") if isinstance(token, dict) else token
                 if isinstance(token, str) and self.tok.token_to_id(token) is not None:
                     return self.tok.token_to_id(token)
-            value = meta.get("config.json", {}).get(f"{field}_id")
-            return value[0] if isinstance(value, list) else value
+            return next(iter(ids("config.json", f"{field}_id")), None)
 
         self.bos_id: int | None = token_id("bos_token")
         eos = token_id("eos_token")
@@ -53,8 +64,7 @@ class Tokenizer:
             raise ValueError(f"{directory}: no EOS token in tokenizer_config.json, special_tokens_map.json "
                              f"or config.json")
         self.eos_id: int = eos
-        extra = meta.get("generation_config.json", {}).get("eos_token_id", [])
-        self.stop_ids: list[int] = sorted({eos, *([extra] if isinstance(extra, int) else extra)})
+        self.stop_ids: list[int] = sorted({eos, *ids("generation_config.json", "eos_token_id")})
         pad = token_id("pad_token")
         self.pad_id: int = eos if pad is None else pad
         self.vocab_size: int = self.tok.get_vocab_size()

@@ -177,11 +177,11 @@ class CheckpointFiles:
         index = directory / "model.safetensors.index.json"
         bin_index = directory / "pytorch_model.bin.index.json"
         if index.exists():
-            self.where = {k: directory / f for k, f in read_json(index)["weight_map"].items()}
+            self.where = {k: directory / f for k, f in weight_map(index).items()}
         elif (directory / "model.safetensors").exists():
             self.where = {k: directory / "model.safetensors" for k in self._keys(directory / "model.safetensors")}
         elif bin_index.exists() or (directory / "pytorch_model.bin").exists():
-            self.where = ({k: directory / f for k, f in read_json(bin_index)["weight_map"].items()}
+            self.where = ({k: directory / f for k, f in weight_map(bin_index).items()}
                           if bin_index.exists() else
                           {k: directory / "pytorch_model.bin" for k in self._keys(directory / "pytorch_model.bin")})
         else:
@@ -212,15 +212,41 @@ class CheckpointFiles:
         except Exception as e:
             raise ValueError(f"{self.where[key]}: cannot read tensor {key!r} ({e})") from None
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The tensor's shape from the file header (safetensors) or the memory-mapped pickle: no data read."""
+        f = self._file(self.where[key])
+        try:
+            return tuple(f.get_slice(key).get_shape() if hasattr(f, "get_slice") else f[key].shape)
+        except Exception as e:
+            raise ValueError(f"{self.where[key]}: cannot read tensor {key!r} ({e})") from None
+
+
+def weight_map(index: Path) -> dict[str, str]:
+    """The "weight_map" of a sharded checkpoint's index (tensor name -> file name in the directory),
+    checked: a malformed index is one error naming it, not a KeyError deep in the loader."""
+    raw = read_json(index)
+    if not isinstance(raw, dict) or "weight_map" not in raw:
+        raise ValueError(f"{index}: no \"weight_map\" (expected a JSON object whose weight_map maps each tensor "
+                         f"name to its file)")
+    files = raw["weight_map"]
+    if not (isinstance(files, dict) and files and all(isinstance(f, str) and f and Path(f).name == f
+                                                      for f in files.values())):
+        raise ValueError(f"{index}: weight_map: expected a non-empty object of tensor name -> file name in "
+                         f"this directory, got {files!r:.60}")
+    return files
+
 
 def inspect_model(name_or_path) -> ModelConfig:
-    """Check a checkpoint without loading its weights: it resolves, its config.json parses and its
-    weight files open (headers only). Scripts call this before loading anything large."""
+    """Check a checkpoint without loading its weights: it resolves, its config.json parses, its
+    weight files open and their headers hold exactly the tensors config.json implies, with the
+    shapes it implies (check_weights). Scripts call this before loading anything large."""
     directory = resolve(name_or_path)
     cfg = ModelConfig.from_json(directory / "config.json")
     files = CheckpointFiles(directory)
     for path in sorted(set(files.where.values())):
         files._file(path)
+    with torch.device("meta"):
+        check_weights(files, cfg, Transformer(cfg).state_dict())
     return cfg
 
 
@@ -239,32 +265,40 @@ def load_model(name_or_path, dtype: torch.dtype | None = None, device=None) -> T
     return model.eval()
 
 
-def load_state_dict(directory: Path, cfg: ModelConfig, expected: dict, dtype, device) -> dict:
-    """Read and convert every tensor of `expected` (name -> meta tensor) from the checkpoint,
-    checking for missing, unexpected and wrongly shaped keys."""
-    files = CheckpointFiles(directory)
-    layout = hf_layout(cfg, expected)
-    state, used = {}, set()
+def check_weights(files: CheckpointFiles, cfg: ModelConfig, expected: dict) -> dict[str, HFSlot]:
+    """Every HF tensor that `expected` (name -> meta tensor) needs is in the checkpoint with the
+    shape config.json implies, and nothing else is (from the headers: no tensor data is read).
+    Returns the layout (our name -> HF slot)."""
+    directory, layout = files.directory, hf_layout(cfg, expected)
+    used = set()
     for name, meta in expected.items():
         slot = layout[name]
-        parts = []
         for key, want in zip(slot.keys, to_hf(slot, meta, cfg)):
             if key not in files.where:
                 raise KeyError(f"missing weight {key!r} in checkpoint {directory} (needed for {cfg.family} "
                                f"model parameter {name!r})")
-            tensor = files.get(key)
-            if tensor.shape != want.shape:
-                raise ValueError(f"shape mismatch for {files.describe(key)}: checkpoint has {tuple(tensor.shape)}, "
+            if files.shape(key) != tuple(want.shape):
+                raise ValueError(f"shape mismatch for {files.describe(key)}: checkpoint has {files.shape(key)}, "
                                  f"config.json implies {tuple(want.shape)}")
-            parts.append(tensor.to(device=device, dtype=dtype))
             used.add(key)
-        state[name] = from_hf(slot, parts, cfg)
     tied_head = {"lm_head.weight"} if cfg.tie_word_embeddings else set()  # some tied checkpoints store a copy
     unexpected = sorted(k for k in files.where if k not in used and k not in tied_head and not IGNORED_KEYS.search(k))
     if unexpected:
         shown = ", ".join(files.describe(k) for k in unexpected[:5])
         raise ValueError(f"unexpected weights in checkpoint {directory} for a {cfg.family} model: {shown}"
                          + (f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+    return layout
+
+
+def load_state_dict(directory: Path, cfg: ModelConfig, expected: dict, dtype, device) -> dict:
+    """Read and convert every tensor of `expected` (name -> meta tensor) from the checkpoint, after
+    check_weights has found every key present, in its expected shape, and no unexpected one."""
+    files = CheckpointFiles(directory)
+    layout = check_weights(files, cfg, expected)
+    state = {}
+    for name in expected:
+        parts = [files.get(key).to(device=device, dtype=dtype) for key in layout[name].keys]
+        state[name] = from_hf(layout[name], parts, cfg)
     return state
 
 

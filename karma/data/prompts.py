@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from karma.checkpoint import atomic_write
+from karma.data.format import FORMATS, ROLE_LABELS, header
 
 
 def write_prompts(prompts: list[dict], path: str | os.PathLike) -> None:
@@ -20,9 +21,15 @@ def write_prompts(prompts: list[dict], path: str | os.PathLike) -> None:
     atomic_write(path, write)
 
 
-def read_prompts(path: str | os.PathLike) -> list[dict]:
-    """Read a prompts JSONL file; a line that is not an object with a string "id" and a non-empty
-    "messages" list of {"role": str, "content": str}, or a repeated id, is a ValueError naming file:line."""
+def read_prompts(path: str | os.PathLike, fmt: str | None = None) -> list[dict]:
+    """Read a prompts JSONL file, every line checked: an object with a unique string "id" and a
+    non-empty "messages" list of {"role": str, "content": str}. With `fmt` (a karma.data.format
+    format: PPO renders its prompts in the reward model's), also what rendering in it needs: only
+    the roles it has (user, assistant) and, for "conditioned", a "meta" with the subreddit and the
+    time. The first bad line is a ValueError naming file:line and the bad value, so a bad prompt
+    set is refused before any model loads rather than at the rollout that draws the bad prompt."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -35,14 +42,46 @@ def read_prompts(path: str | os.PathLike) -> list[dict]:
                 p = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-            ok = (isinstance(p, dict) and isinstance(p.get("id"), str) and isinstance(p.get("messages"), list)
-                  and p["messages"] and all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                                            and isinstance(m.get("content"), str) for m in p["messages"]))
-            if not ok:
-                raise ValueError(f'{path}:{n}: a prompt needs a string "id" and a non-empty "messages" '
-                                 'list of {"role": str, "content": str}')
+            problem = prompt_problem(p, fmt)
+            if problem:
+                raise ValueError(f"{path}:{n}: {problem}")
             if p["id"] in ids:
                 raise ValueError(f"{path}:{n}: duplicate id {p['id']!r}")
             ids.add(p["id"])
             prompts.append(p)
     return prompts
+
+
+def prompt_problem(p, fmt: str | None) -> str | None:
+    """What makes `p` unusable as a prompt (rendered in `fmt` when given), or None."""
+    shape = 'a prompt needs a string "id" and a non-empty "messages" list of {"role": str, "content": str}'
+    if not isinstance(p, dict):
+        return f"{shape}; got {type(p).__name__} {p!r:.60}"
+    if not isinstance(p.get("id"), str):
+        return f'{shape}; "id" is {p.get("id")!r:.60}'
+    if not isinstance(p.get("messages"), list) or not p["messages"]:
+        return f'{shape}; "messages" is {p.get("messages")!r:.60}'
+    for i, m in enumerate(p["messages"]):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            return f"{shape}; messages[{i}] is {m!r:.60}"
+        if fmt is not None and m["role"] not in ROLE_LABELS:
+            # The reward model was trained on Reddit threads rendered as User/Assistant turns only: a
+            # "System:" turn would be text it never saw, so it is refused rather than guessed at.
+            return (f"messages[{i}]: role {m['role']!r} has no form in the reward model's text format (roles: "
+                    f"{', '.join(ROLE_LABELS)}); put a system message's text into the first user turn")
+    if fmt == "conditioned":
+        return _meta_problem(p.get("meta"))
+    return None
+
+
+def _meta_problem(meta) -> str | None:
+    """The conditioned format's header needs meta = {"subreddit": str, "created_utc": int seconds}."""
+    need = 'the conditioned reward model needs "meta": {"subreddit": str, "created_utc": int}'
+    if not (isinstance(meta, dict) and isinstance(meta.get("subreddit"), str) and meta["subreddit"]
+            and isinstance(meta.get("created_utc"), int) and not isinstance(meta["created_utc"], bool)):
+        return f'{need}; "meta" is {meta!r:.60}'
+    try:
+        header(meta)
+    except (ValueError, OverflowError, OSError):  # a time datetime cannot represent
+        return f"{need}; created_utc {meta['created_utc']} is not a representable time"
+    return None

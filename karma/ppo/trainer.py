@@ -33,11 +33,11 @@ from karma.ppo.core import (AdaptiveKLController, FixedKLController, explained_v
                             value_loss)
 from karma.ppo.rollout import collect_rollout, reduce_sums
 from karma.ppo.value import check_same_tokenizer, value_from_policy, value_from_reward_model
-from karma.reward import load_reward_model, read_reward_config
+from karma.reward import inspect_reward_model, load_reward_model
 from karma.tokenizer import load_tokenizer
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
                        adamw, autocast, check_flags, check_out_dir, checkpoint_due, drop_checkpoints_if_done,
-                       export_model, peak_memory_gib, resume, show_progress, write_config)
+                       export_model, in_range, peak_memory_gib, resume, show_progress, write_config)
 from karma.weights import inspect_model, load_model
 
 PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultrachat.jsonl"}
@@ -88,18 +88,32 @@ class PPOConfig:
     resume: bool = False
 
     def check(self) -> None:
-        """Flag values a run can use (ValueError naming the flag)."""
+        """Flag values a run can use (ValueError naming the flag). Batch sizes also have an upper
+        bound no real run reaches, so a typo (--rollout-batch 100000000) is refused here, not in the
+        allocator after three models load; token budgets are bounded by the policy's context
+        (check_inputs)."""
         check_flags(self, rollouts=AT_LEAST_1, rollout_batch=AT_LEAST_1, micro_batch=AT_LEAST_1,
                     minibatch=AT_LEAST_1,
                     ppo_epochs=AT_LEAST_1, lr=POSITIVE, value_lr=POSITIVE, min_lr_ratio=UNIT_INTERVAL,
                     grad_clip=POSITIVE, clip=POSITIVE, value_clip=POSITIVE, gamma=UNIT_INTERVAL, lam=UNIT_INTERVAL,
                     init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=POSITIVE,
-                    temperature=(lambda v: v >= 0, ">= 0 (0 = greedy)"), top_k=AT_LEAST_1,
+                    temperature=(lambda v: v == 0 or v >= MIN_TEMPERATURE,
+                                 f">= 0 (0 = greedy; otherwise at least {MIN_TEMPERATURE})"), top_k=AT_LEAST_1,
                     top_p=(lambda v: 0 < v <= 1, "in (0, 1]"), max_new_tokens=AT_LEAST_1, max_prompt_tokens=AT_LEAST_1,
                     missing_eos_penalty=(lambda v: True, "a finite number"),
                     ratio_threshold=(lambda v: v > 1, "> 1"), max_approx_kl=POSITIVE, divergence_patience=AT_LEAST_1,
                     samples_per_rollout=NON_NEGATIVE, save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE,
                     stop_after_rollouts=AT_LEAST_1)
+        check_flags(self, rollout_batch=in_range(1, MAX_BATCH), minibatch=in_range(1, MAX_BATCH),
+                    micro_batch=in_range(1, MAX_BATCH))
+
+
+# Prompts per rollout (generated as one batch) and sequences per minibatch, at most: PPO recipes
+# use tens to about a thousand prompts per rollout, so more than 2**16 is a typo.
+MAX_BATCH = 2**16
+# Sampling divides the logits by the temperature: below this it is greedy in all but name, and a
+# denormal one (1e-40) overflows the logits to inf. 0 asks for greedy decoding.
+MIN_TEMPERATURE = 1e-3
 
 
 # settings a resumed run may change: they decide what is logged and saved, not the weights
@@ -118,12 +132,14 @@ def variant(cfg: PPOConfig, rm_format: str) -> str:
     return {"reddit": "karmaToxic", "ultrachat": "karmaBenign"}.get(cfg.prompts, "custom")
 
 
-def load_prompt_set(cfg: PPOConfig) -> list[dict]:
+def load_prompt_set(cfg: PPOConfig, rm_format: str) -> list[dict]:
+    """The prompt set, every prompt checked for rendering in the reward model's format (its roles,
+    and the conditioned format's meta) before any model loads."""
     path = Path(cfg.data) / PROMPT_FILES[cfg.prompts] if cfg.prompts in PROMPT_FILES else Path(cfg.prompts)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no prompt set (data_prep.py writes prompts-reddit.jsonl, and "
                                 f"prompts-ultrachat.jsonl with --ultrachat)")
-    prompts = read_prompts(path)
+    prompts = read_prompts(path, fmt=rm_format)
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts
@@ -136,29 +152,25 @@ def prompt_batch(n_prompts: int, batch: int, rollout: int, seed: int) -> list[in
     return [int(perms[k // n_prompts][k % n_prompts]) for k in ks]
 
 
-def check_inputs(cfg: PPOConfig, d: Dist, custom_reward: bool) -> list[dict]:
-    """Everything that can be checked before a model is loaded: flags, the prompt set, the reward
-    model directory (its config, head, backbone headers and tokenizer), the policy checkpoint and
-    its context length, the critic's tokenizer rule, and a resumed run's settings. Returns the prompts."""
+def check_inputs(cfg: PPOConfig, d: Dist, reward=None) -> list[dict]:
+    """Everything that can be checked before a model is loaded: flags, the reward model directory
+    (its config, backbone and head headers, tokenizer), the prompt set in the reward model's format,
+    the policy checkpoint and its context length, the critic's tokenizer rule, and a resumed run's
+    settings. `reward`: train's custom reward, if any. Returns the prompts."""
     cfg.check()
     if cfg.rollout_batch % d.world_size or cfg.minibatch % d.world_size:
         raise ValueError(f"--rollout-batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples "
                          f"of the {d.world_size} processes")
-    prompts = load_prompt_set(cfg)
+    if reward is not None and cfg.value_init == "reward":
+        raise ValueError("--value-init reward needs a reward model with a backbone; use --value-init policy")
+    rm_format = reward.cfg.format if reward is not None else inspect_reward_model(cfg.reward_model).format
+    prompts = load_prompt_set(cfg, rm_format)
     policy_cfg, policy_tok = inspect_model(cfg.model), load_tokenizer(cfg.model)
     if cfg.max_prompt_tokens + cfg.max_new_tokens > policy_cfg.max_position_embeddings:
         raise ValueError(f"--max-prompt-tokens {cfg.max_prompt_tokens} + --max-new-tokens {cfg.max_new_tokens}: more "
                          f"than {cfg.model}'s max_position_embeddings ({policy_cfg.max_position_embeddings})")
-    if not custom_reward:
-        read_reward_config(cfg.reward_model)
-        if not (Path(cfg.reward_model) / "reward_head.safetensors").exists():
-            raise FileNotFoundError(f"{cfg.reward_model}: no reward_head.safetensors (not a complete reward model)")
-        inspect_model(cfg.reward_model)
-        rm_tok = load_tokenizer(cfg.reward_model)
-        if cfg.value_init == "reward":
-            check_same_tokenizer(rm_tok, policy_tok)
-    elif cfg.value_init == "reward":
-        raise ValueError("--value-init reward needs a reward model with a backbone; use --value-init policy")
+    if cfg.value_init == "reward":
+        check_same_tokenizer(load_tokenizer(cfg.reward_model), policy_tok)
     check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
     return prompts
 
@@ -167,7 +179,7 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
     """Run PPO. `reward`: any object with .score(contexts, responses, metas) -> probabilities and
     .cfg.format, used instead of loading cfg.reward_model (tests use rewards with a known optimum;
     such a reward has no backbone, so it needs value_init="policy")."""
-    prompts = check_inputs(cfg, d, custom_reward=reward is not None)
+    prompts = check_inputs(cfg, d, reward)
     with RunLock(cfg.out_dir, enabled=d.is_main):
         return _train(cfg, d, reward, prompts)
 
