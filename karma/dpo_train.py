@@ -9,24 +9,41 @@
        log-probs; prompt tokens and padding masked; per-token averages for IPO, as TRL does) and
        minimises the DPO loss of karma.dpo (sigmoid, conservative/label-smoothed, or IPO)
        averaged over the pairs;
-    3. AdamW, linear warmup + cosine decay, gradient clipping; held-out pairs (a hash split by id)
-       are scored every `eval_every` steps with the same metrics.
+    3. AdamW, optional linear warmup, linear (TRL's default) or cosine decay, gradient clipping;
+       held-out pairs (a hash split by id) are scored every `eval_every` steps with the same metrics.
 
 Prompts are rendered as the reward model and PPO render them ("User: ...\\n\\nAssistant:",
 karma.data.format), truncated from the oldest turn to `max_prompt_length` tokens; a reply is its
 text after one space, plus EOS, cut to fit `max_length`. Pair order per epoch is a function of
 (seed, epoch), so a checkpoint (weights, optimizer, scheduler, step) resumes exactly.
 
+The reference cache records what it was computed from (the reference model's name and files, sums
+or per-token means, the lengths, the tokenized pairs); a cache that does not match is recomputed,
+with a message, or, where the reference is gone (a resumed run whose policy was the reference),
+refused. The reference pass scores each pair in the micro-batch that training (epoch 0) or
+evaluation puts it in: float32 log-probs depend slightly on a batch's padding, and only the same
+batches make a policy equal to its reference score margins of exactly 0 (so step 1 shows accuracy
+0, not float noise counted as won pairs).
+
+A step whose loss or gradient is not finite is skipped, never applied; `max_bad_steps` of them in a
+row stop the run with TrainingDiverged (naming the step and the last checkpoint), as train_rm.py
+does. A starting policy or reference with a NaN/inf weight is refused, and non-finite weights are
+never exported.
+
 Metrics (metrics.jsonl) carry TRL's names: loss, rewards/chosen, rewards/rejected (beta times the
-policy-reference log-ratio), rewards/accuracies, rewards/margins, logps/chosen, logps/rejected.
+policy-reference log-ratio), rewards/accuracies (the share of pairs with rewards/chosen strictly
+above rewards/rejected, as TRL), rewards/margins, logps/chosen, logps/rejected.
 """
 
 import hashlib
 import math
-from dataclasses import dataclass
+import pickle
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 import torch
 from tqdm import tqdm
 
@@ -36,17 +53,23 @@ from karma.dpo import IGNORE_INDEX, dpo_loss, sequence_logprobs
 from karma.plot import plot_run
 from karma.records import Skips, input_files, jsonl_objects
 from karma.reward import RewardConfig, encode
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput, adamw,
-                       autocast, check_flags, check_out_dir, checkpoint_due, drop_checkpoints_if_done, export_model,
-                       peak_memory_gib, resume, show_progress, warmup_cosine, write_config)
+from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput,
+                       TrainingDiverged, adamw, autocast, check_flags, check_out_dir, checkpoint_due,
+                       drop_checkpoints_if_done, export_model, input_identity, peak_memory_gib, resume, show_progress,
+                       warmup_cosine, write_config)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
-from karma.weights import inspect_model, load_model
+from karma.weights import inspect_model, load_model, resolve
 
 LOSS_TYPES = ("sigmoid", "ipo")
+STEPS = (lambda v: 1 <= v <= 10**12, "in [1, 10**12]")  # a step count must fit the logs' 64-bit integers
+LR_SCHEDULERS = ("linear", "cosine")
+REFERENCE_FILE = "reference_logps.pt"
 
 
 @dataclass
 class DPOConfig:
+    """Defaults: TRL 0.28's DPOConfig where it has one (beta, lr, schedule, warmup, AdamW, clipping,
+    lengths, logging); dpo.py's module doc lists every difference."""
     model: str = "smollm2-135m"
     data: list = None  # preference JSONL files (data_prep.py kinship writes them)
     out_dir: Path = Path("runs/dpo")
@@ -54,13 +77,16 @@ class DPOConfig:
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
-    max_length: int = 512
-    max_prompt_length: int = 256
+    max_length: int = 1024
+    max_prompt_length: int = 512
     batch_size: int = 16
     micro_batch_size: int = 4
     lr: float = 1e-6
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
+    # runs started before these settings existed had AdamW beta2 0.95 and a cosine schedule (run.check_resumable)
+    adam_beta2: float = field(default=0.999, metadata={"before_added": 0.95})
+    lr_scheduler: str = field(default="linear", metadata={"before_added": "cosine"})
+    warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     epochs: int = 1
@@ -71,6 +97,7 @@ class DPOConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
+    max_bad_steps: int = 10
     seed: int = 0
     activation_checkpointing: bool = False
     resume: bool = False
@@ -80,31 +107,34 @@ class DPOConfig:
                     loss_type=(lambda v: v in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}"),
                     max_length=AT_LEAST_1, max_prompt_length=AT_LEAST_1, batch_size=AT_LEAST_1,
                     micro_batch_size=AT_LEAST_1, lr=POSITIVE, weight_decay=NON_NEGATIVE,
+                    adam_beta2=(lambda v: 0 <= v < 1, "in [0, 1)"),
+                    lr_scheduler=(lambda v: v in LR_SCHEDULERS, f"one of {', '.join(LR_SCHEDULERS)}"),
                     warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"), min_lr_ratio=UNIT_INTERVAL, grad_clip=POSITIVE,
-                    epochs=AT_LEAST_1, max_steps=AT_LEAST_1, stop_after_steps=AT_LEAST_1,
+                    epochs=(lambda v: 1 <= v <= 10**6, "in [1, 10**6]"), max_steps=STEPS, stop_after_steps=STEPS,
                     heldout_percent=(lambda v: 0 <= v < 100, "in [0, 100)"), eval_every=AT_LEAST_1,
-                    save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE, log_every=AT_LEAST_1)
+                    save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE, log_every=AT_LEAST_1,
+                    max_bad_steps=AT_LEAST_1)
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"--max-prompt-length {self.max_prompt_length} must be below --max-length {self.max_length}")
+            raise ValueError(f"--max-prompt-length {self.max_prompt_length} must be below --max-length "
+                             f"{self.max_length}")
         if self.label_smoothing and self.loss_type == "ipo":
             raise ValueError("--label-smoothing applies to the sigmoid loss, not to IPO")
 
 
 # settings a resumed run may change: they decide what is logged, evaluated and saved, not the weights
 RESUMABLE_CHANGES = {"stop_after_steps", "eval_every", "save_every", "keep_checkpoints", "log_every",
-                     "activation_checkpointing", "resume"}
+                     "max_bad_steps", "activation_checkpointing", "resume"}
 
 
 def train(cfg: DPOConfig, d: Dist) -> dict:
     """Check the inputs, take the lock on --out, then train (see the module doc)."""
     cfg.check()
     files = preference_files(cfg.data)
-    model_cfg = inspect_model(cfg.model)
-    if cfg.max_length > model_cfg.max_position_embeddings:
-        raise ValueError(f"--max-length {cfg.max_length}: more than {cfg.model}'s max_position_embeddings "
-                         f"({model_cfg.max_position_embeddings})")
-    if cfg.ref_model:
-        inspect_model(cfg.ref_model)
+    for flag, name in (("--model", cfg.model), ("--ref-model", cfg.ref_model)):
+        positions = inspect_model(name).max_position_embeddings if name else cfg.max_length
+        if cfg.max_length > positions:
+            raise ValueError(f"--max-length {cfg.max_length}: more than {flag} {name}'s max_position_embeddings "
+                             f"({positions})")
     check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
     with RunLock(cfg.out_dir, enabled=d.is_main):
         return _train(cfg, d, files)
@@ -119,16 +149,25 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     data = Pairs.load(files, tokenizer, cfg)
+    trained = cfg.resume and latest_checkpoint(out / "checkpoints") is not None  # the policy is no longer the start
+    identity = reference_identity(cfg, data)
+    data.reference = cached_reference(out / REFERENCE_FILE, identity, len(data), trained, cfg, d.is_main)
     policy = load_model(cfg.model, dtype=torch.float32, device=d.device)
+    refuse_nonfinite_weights(policy, cfg.model)
     policy.activation_checkpointing = cfg.activation_checkpointing
     shard(policy, policy.blocks, d)
-    data.reference = reference_logps(policy, data, cfg, out, d)
+    if data.reference is None:
+        data.reference = reference_pass(policy, data, cfg, identity, out, d)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     optimizer = adamw(policy, cfg.lr, cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+    for group in optimizer.param_groups:  # karma.run.adamw's betas are (0.9, 0.95); TRL's beta2 is 0.999
+        group["betas"] = (0.9, cfg.adam_beta2)
+    scheduler = lr_schedule(optimizer, total_steps, cfg)
 
-    state = {"step": 0, "log_sums": {}, "log_pairs": 0}  # metric sums since the last train record
+    # log_sums / log_pairs: metric sums over the applied steps' pairs since the last train record;
+    # skipped_steps / bad_streak: steps skipped for a non-finite loss or gradient (all checkpointed)
+    state = {"step": 0, "log_sums": {}, "log_pairs": 0, "skipped_steps": 0, "bad_streak": 0}
     resumed = resume(out, {"policy": (policy, optimizer)}, "step", ["metrics.jsonl"], d) if cfg.resume else None
     if resumed:
         state.update(resumed)
@@ -142,43 +181,83 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
         while state["step"] < total_steps:
             epoch, index = divmod(state["step"], steps_per_epoch)
             batch = epoch_order(len(data.train), cfg.seed, epoch)[index * cfg.batch_size:(index + 1) * cfg.batch_size]
-            sums, grad_norm = train_step(policy, optimizer, data, batch, cfg, d)
+            sums, grad_norm, applied = train_step(policy, optimizer, data, batch, cfg, d)
             scheduler.step()
             state["step"] = step = state["step"] + 1
             bar.update(1)
-            for k, v in sums.items():
-                state["log_sums"][k] = state["log_sums"].get(k, 0.0) + v
-            state["log_pairs"] += len(batch)
+            count_step(state, sums if applied else None, len(batch))
             throughput.add(len(batch), int(sum(data.train[i].tokens for i in batch)))
-            if step % cfg.log_every == 0 or step == total_steps:
+            if step % cfg.log_every == 0 or step == total_steps or state["bad_streak"] >= cfg.max_bad_steps:
                 record = train_record(state, epoch, scheduler.get_last_lr()[0], grad_norm, throughput, d)
                 log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
+                if record["loss"] is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
+            if state["bad_streak"] >= cfg.max_bad_steps:
+                raise TrainingDiverged(
+                    f"{state['bad_streak']} consecutive steps had a non-finite loss or gradient and were skipped "
+                    f"(never applied): the data or the weights hold NaN/inf, or --lr {cfg.lr:g} is too high. "
+                    f"Stopped at step {step}, nothing exported; last checkpoint: "
+                    f"{latest_checkpoint(out / 'checkpoints') or 'none (the run stopped before its first save)'}")
             if data.heldout and (step % cfg.eval_every == 0 or step == total_steps):
                 evaluate_and_log(policy, data, cfg, step, log, bar, d)
             stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
             if checkpoint_due(step, total_steps, cfg.save_every, stopping, cfg.keep_checkpoints):
                 save_training_state(out / "checkpoints" / f"step-{step:08d}", {"policy": (policy, optimizer)},
-                                    {**state, "scheduler": scheduler.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
+                                    {**state, "scheduler": scheduler.state_dict()}, d,
+                                    keep=max(1, cfg.keep_checkpoints))
             if stopping:
                 break
     finally:  # also on errors: an open bar would share its line with the error message
         bar.close()
+        log.close()
     if state["step"] >= total_steps:
+        bad = int(all_reduce_sum(torch.tensor(nonfinite_weights(policy), device=d.device), d))
+        if bad:
+            raise TrainingDiverged(f"step {state['step']}: the trained policy holds {bad} non-finite weights; not "
+                                   f"exported. Last checkpoint: {latest_checkpoint(out / 'checkpoints') or 'none'}")
         export_model(policy, tokenizer, out / "policy", d)
         drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
-    log.close()
     if d.is_main:
         plot_run(out)
     return state
 
 
+def lr_schedule(optimizer, total_steps: int, cfg: DPOConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over warmup_ratio * total_steps, then decay to min_lr_ratio * peak at the last
+    step: linear (TRL's default: transformers' get_linear_schedule_with_warmup, exactly, when there is
+    no warmup and min_lr_ratio is 0) or cosine (karma.run.warmup_cosine). Warmup reaches
+    (step + 1) / warmup_steps at step `step`, so its first step trains (transformers' starts at lr 0)."""
+    if cfg.lr_scheduler == "cosine":
+        return warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+    warmup_steps = round(cfg.warmup_ratio * total_steps)
+
+    def multiplier(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * max(0.0, 1 - progress)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def count_step(state: dict, sums: dict | None, n_pairs: int) -> None:
+    """Book-keeping of one step: the metric sums of an applied step (None: skipped, non-finite)."""
+    if sums is None:
+        state["skipped_steps"] += 1
+        state["bad_streak"] += 1
+        return
+    state["bad_streak"] = 0
+    for k, v in sums.items():
+        state["log_sums"][k] = state["log_sums"].get(k, 0.0) + v
+    state["log_pairs"] += n_pairs
+
+
 def train_record(state: dict, epoch: int, lr: float, grad_norm: float, throughput: Throughput, d: Dist) -> dict:
-    """The train record: metric means over the pairs since the last record (then reset), rates, memory."""
-    means = {k: v / state["log_pairs"] for k, v in state["log_sums"].items()}
+    """The train record: metric means over the applied steps' pairs since the last record (then
+    reset; loss None when every step since was skipped), skipped steps so far, rates, memory."""
+    means = {k: v / state["log_pairs"] for k, v in state["log_sums"].items()} or {"loss": None}
     state["log_sums"], state["log_pairs"] = {}, 0
     return {"event": "train", "step": state["step"], "epoch": epoch, **means, "lr": lr, "grad_norm": grad_norm,
-            **throughput.rates(), "peak_mem_gib": peak_memory_gib(d.device)}
+            "skipped_steps": state["skipped_steps"], **throughput.rates(), "peak_mem_gib": peak_memory_gib(d.device)}
 
 
 def evaluate_and_log(policy, data: "Pairs", cfg: DPOConfig, step: int, log: MetricsLog, bar, d: Dist) -> None:
@@ -212,9 +291,25 @@ class Pairs:
         self.train, self.heldout, self.report, self.pad_id = train, heldout, report, pad_id
         self.reference: torch.Tensor | None = None
 
+    def __len__(self) -> int:
+        return len(self.train) + len(self.heldout)
+
+    @property
+    def fingerprint(self) -> str:
+        """The pairs as the reference scores them (ids and token ids, in order: train, then held out)."""
+        h = hashlib.sha256()
+        for split in ("train", "heldout"):
+            for p in getattr(self, split):
+                h.update(orjson.dumps([split, p.id, p.prompt, p.chosen, p.rejected]))
+        return f"{len(self.train)} train + {len(self.heldout)} held-out pairs, sha256 {h.hexdigest()[:16]}"
+
     @classmethod
     def load(cls, files: list[Path], tokenizer: Tokenizer, cfg: DPOConfig) -> "Pairs":
         skips, pairs = Skips(), {"train": [], "heldout": []}
+        start = len(tokenizer.encode(""))  # BOS, for tokenizers that add one
+        if cfg.max_prompt_length <= start:
+            raise ValueError(f"--max-prompt-length {cfg.max_prompt_length}: no room for a prompt after the "
+                             f"tokenizer's {start}-token start")
         prompt_cfg = RewardConfig(format="generalized", max_length=cfg.max_prompt_length)
         for path in files:
             for where, row in jsonl_objects(path, skips):
@@ -227,11 +322,18 @@ class Pairs:
                 room = cfg.max_length - len(prompt)
                 reply = lambda text: (tokenizer.encode(" " + text.strip(), add_special_tokens=False)
                                       + [tokenizer.eos_id])[:room]
-                pairs[split_of(pair_id, cfg.heldout_percent)].append(Pair(pair_id, prompt, reply(chosen), reply(rejected)))
+                pair = Pair(pair_id, prompt, reply(chosen), reply(rejected))
+                pairs[split_of(pair_id, cfg.heldout_percent)].append(pair)
         read = len(pairs["train"]) + len(pairs["heldout"]) + skips.total()
         if not pairs["train"]:
-            raise ValueError(f"{', '.join(map(str, files))}: no usable preference pairs "
-                             f"({read} lines read; skipped: {dict(skips.counts)})")
+            names = ", ".join(map(str, files))
+            skipped = f"{skips.total()} lines skipped: {dict(skips.counts.most_common())}" if skips.total() \
+                else "no line skipped"
+            if pairs["heldout"]:
+                raise ValueError(f"{names}: all {len(pairs['heldout'])} usable pairs fell in the held-out split "
+                                 f"(--heldout-percent {cfg.heldout_percent:g} of a hash of each pair's id; 0 train; "
+                                 f"{skipped}), none is left to train on: lower --heldout-percent or add pairs")
+            raise ValueError(f"{names}: no usable preference pairs ({read} lines read; {skipped})")
         return cls(pairs["train"], pairs["heldout"], {"read": read, **skips.report()}, tokenizer.pad_id)
 
     def rows(self, split: str, index) -> list[Pair]:
@@ -315,64 +417,157 @@ def reply_logps(policy, pairs: list[Pair], pad_id: int, device, average: bool) -
     Logits are computed only from the last prompt position on, not over the whole prompt."""
     ids, mask, reply, reply_mask = batch_tensors(pairs, pad_id, device)
     P = ids.shape[1] - reply.shape[1]
-    hidden = policy(ids, mask, output="hidden")[:, P - 1:]  # [2n, R + 1, H]: position P - 1 predicts the first reply token
+    hidden = policy(ids, mask, output="hidden")[:, P - 1:]  # [2n, R + 1, H]: P - 1 predicts the first reply token
     labels = torch.cat([torch.full_like(reply[:, :1], IGNORE_INDEX),
                         torch.where(reply_mask.bool(), reply, IGNORE_INDEX)], 1)  # [2n, R + 1]
     logps = sequence_logprobs(policy.logits(hidden), labels, average=average)  # [2n]
     return logps[:len(pairs)], logps[len(pairs):]
 
 
-@torch.no_grad()
-def reference_logps(policy, data: Pairs, cfg: DPOConfig, out: Path, d: Dist) -> torch.Tensor:
-    """[N, 2] reference log-probs of (chosen, rejected), train pairs then held-out ones: read from
-    <out>/reference_logps.pt, or computed now (with --ref-model, or the starting policy) and cached."""
-    path = out / "reference_logps.pt"
-    n = len(data.train) + len(data.heldout)
-    if path.exists():
-        cached = torch.load(path, map_location="cpu")
-        if cached.shape != (n, 2):
-            raise ValueError(f"{path}: holds {tuple(cached.shape)} reference log-probs for {n} pairs; the data "
-                             f"changed since it was written (delete it to recompute)")
+def micro_batches(index, size: int, d: Dist) -> list[tuple[list[int], float]]:
+    """This rank's share of `index` (every world_size-th) as (micro-batch of at most `size`, weight 1).
+    Every rank gets the same number (FSDP's collectives pair up): a rank short of pairs repeats the
+    first one with weight 0. Training, evaluation and the reference pass all batch this way."""
+    index = list(index)
+    mine = index[d.rank::d.world_size]
+    n_micro = math.ceil(math.ceil(len(index) / d.world_size) / size)
+    parts = [mine[m * size:(m + 1) * size] for m in range(n_micro)]
+    return [(part, 1.0) if part else (index[:1], 0.0) for part in parts]
+
+
+def nonfinite_weights(model) -> int:
+    """How many weights of `model` this process holds (its shards under FSDP) are NaN or inf."""
+    local = lambda p: p.to_local() if hasattr(p, "to_local") else p
+    return int(sum((~torch.isfinite(local(p.detach()))).sum() for p in model.parameters()))
+
+
+def refuse_nonfinite_weights(model, name: str) -> None:
+    """A NaN or inf weight makes every log-prob, loss and gradient NaN: refuse the checkpoint (before sharding)."""
+    bad = nonfinite_weights(model)
+    if bad:
+        raise ValueError(f"{name}: {bad} weights are not finite (NaN/inf); every log-prob, loss and gradient "
+                         f"of a DPO run from it would be NaN")
+
+
+# --------------------------------------------------------------------------------- reference pass
+
+def reference_identity(cfg: DPOConfig, data: "Pairs") -> dict:
+    """What the reference log-probs are computed from: any change makes them other numbers. The
+    batching is not part of it (it moves them by float32 rounding only: a run resumed on another
+    number of processes keeps its cache)."""
+    reference = cfg.ref_model or cfg.model
+    return {"reference": str(reference), "reference files": input_identity(resolve(reference)),
+            "log-probs (--loss-type)": "per-token mean" if cfg.loss_type == "ipo" else "sum",
+            "--max-length": cfg.max_length, "--max-prompt-length": cfg.max_prompt_length,
+            "tokenizer (--model)": str(cfg.model), "pairs": data.fingerprint}
+
+
+def cached_reference(path: Path, identity: dict, n_pairs: int, trained: bool, cfg: DPOConfig,
+                     is_main: bool) -> torch.Tensor | None:
+    """The [N, 2] reference log-probs cached in `path` when they were computed from `identity`;
+    else None, to recompute them (with a message). A resumed run whose policy was the reference (no
+    --ref-model) has trained away from it and cannot recompute them: there a missing, unreadable or
+    mismatched cache is an error naming the file. A resumed run does not compare the reference's
+    files (its policy comes from the checkpoint; the cache is its record of where it started), and
+    keeps the bare tensor an older dpo.py cached (check_out_dir compared its settings with config.json)."""
+    recomputable = not trained or cfg.ref_model is not None
+    if not path.exists():
+        if not recomputable:
+            raise FileNotFoundError(f"{path}: missing, and the policy has trained since the start, so it is no longer "
+                                    f"the reference; restore the file or start a new run")
+        return None
+    try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text on this is a page about weights_only
+        cached, why = None, "unreadable (not a torch file of tensors and plain containers)"
+    except Exception as e:  # torch raises many types for a truncated, corrupt or foreign file
+        first_sentence = " ".join(str(e).split()).split(". ")[0][:160]  # the message stays one line
+        cached, why = None, f"unreadable ({type(e).__name__}: {first_sentence})"
+    else:
+        why = cache_mismatch(cached, identity, n_pairs, ignore={"reference files"} if trained else set())
+    if not why:
+        return cached["logps"]
+    if trained and isinstance(cached, torch.Tensor) and cached.shape == (n_pairs, 2):
+        if is_main:
+            print(f"{path}: {why}; kept as this resumed run's own", file=sys.stderr)
         return cached
-    if cfg.resume and latest_checkpoint(out / "checkpoints") is not None:
-        raise FileNotFoundError(f"{path}: missing, and the policy has trained since the start, so it is no longer the "
-                                f"reference; restore the file or start a new run")
-    model = load_model(cfg.ref_model, dtype=torch.float32, device=d.device) if cfg.ref_model else policy
+    if not recomputable:
+        raise ValueError(f"{path}: {why}; the policy has trained since the reference pass, so it can no longer "
+                         f"recompute them: restore the file or start a new run")
+    if is_main:
+        print(f"{path}: {why}; recomputing the reference log-probs", file=sys.stderr)
+    return None
+
+
+def cache_mismatch(cached, identity: dict, n_pairs: int, ignore: set[str]) -> str:
+    """Why `cached` (what reference_pass saves) does not fit `identity` ("" when it does)."""
+    if isinstance(cached, torch.Tensor):
+        return "written by an older dpo.py, without a record of what it was computed from"
+    if not (isinstance(cached, dict) and isinstance(cached.get("identity"), dict)
+            and isinstance(cached.get("logps"), torch.Tensor) and cached["logps"].shape == (n_pairs, 2)):
+        return f"not a cache of [{n_pairs}, 2] reference log-probs"
+    was = cached["identity"]
+    changed = [k for k in identity if k not in ignore and was.get(k) != identity[k]]
+    said = {"pairs": f"the pairs differ: {was.get('pairs')} -> {identity['pairs']}",
+            "reference files": f"the files of {identity['reference']} changed"}
+    return ("computed from other settings: " + "; ".join(said.get(k, f"{k}: {was.get(k)!r} -> {identity[k]!r}")
+                                                         for k in changed)) if changed else ""
+
+
+def reference_pass(policy, data: "Pairs", cfg: DPOConfig, identity: dict, out: Path, d: Dist) -> torch.Tensor:
+    """Reference log-probs with --ref-model, or the starting policy; cached in <out> with `identity`."""
+    model = policy
     if cfg.ref_model:
+        model = load_model(cfg.ref_model, dtype=torch.float32, device=d.device)
+        refuse_nonfinite_weights(model, cfg.ref_model)
         shard(model, model.blocks, d)
-    model.eval()
-    pairs = data.train + data.heldout
-    mine = list(range(d.rank, n, d.world_size))
-    n_batches = math.ceil(math.ceil(n / d.world_size) / cfg.micro_batch_size)  # the same on every rank (FSDP)
-    rows = []
-    for b in tqdm(range(n_batches), desc="reference log-probs", disable=not show_progress(d.is_main)):
-        index = mine[b * cfg.micro_batch_size:(b + 1) * cfg.micro_batch_size]
-        with autocast(d):
-            chosen, rejected = reply_logps(model, [pairs[i] for i in (index or [0])], data.pad_id, d.device,
-                                           average=cfg.loss_type == "ipo")
-        rows += [(i, c, r) for i, c, r in zip(index, chosen.tolist(), rejected.tolist())]
-    reference = torch.tensor([[c, r] for _, c, r in sorted(gather_lists(rows, d))], dtype=torch.float32)
+    reference = compute_reference(model, data, cfg, d)
+    bad = int((~torch.isfinite(reference)).any(1).sum())
+    if bad:
+        raise ValueError(f"{cfg.ref_model or cfg.model}: the reference log-probs of {bad} of {len(data)} pairs are "
+                         f"not finite (NaN/inf)")
     if d.is_main:
-        atomic_write(path, lambda p: torch.save(reference, p))
+        atomic_write(out / REFERENCE_FILE, lambda p: torch.save({"identity": identity, "logps": reference}, p))
     if d.enabled:  # a forward without backward leaves FSDP's root unsharded; the optimizer needs the shards
         policy.reshard()
     policy.train()
     return reference
 
 
-def train_step(policy, optimizer, data: Pairs, batch: np.ndarray, cfg: DPOConfig, d: Dist) -> tuple[dict, float]:
-    """One optimizer step on the mean DPO loss over `batch`; returns (metric sums over its pairs, grad norm)."""
-    mine = batch[d.rank::d.world_size]
-    # every rank runs the same number of micro-batches (FSDP's collectives pair up); a rank short of
-    # pairs repeats one with weight 0
-    n_micro = math.ceil(math.ceil(len(batch) / d.world_size) / cfg.micro_batch_size)
+@torch.no_grad()
+def compute_reference(model, data: "Pairs", cfg: DPOConfig, d: Dist) -> torch.Tensor:
+    """[N, 2] log-probs of (chosen, rejected) under `model`, train pairs then held-out ones, each
+    scored in the micro-batch that training (epoch 0) or evaluation puts it in. A reply's float32
+    log-prob depends on its batch's padding (~1e-5 at 200 tokens): scored in other batches, a policy
+    equal to its reference would show nonzero margins and count float noise as won pairs at step 1."""
+    model.eval()
+    order = epoch_order(len(data.train), cfg.seed, 0)
+    jobs = [("train", job) for start in range(0, len(order), cfg.batch_size)
+            for job in micro_batches(order[start:start + cfg.batch_size], cfg.micro_batch_size, d)]
+    jobs += [("heldout", job) for job in micro_batches(range(len(data.heldout)), cfg.micro_batch_size, d)]
+    rows = []
+    for split, (index, weight) in tqdm(jobs, desc="reference log-probs", disable=not show_progress(d.is_main)):
+        with autocast(d):
+            chosen, rejected = reply_logps(model, data.rows(split, index), data.pad_id, d.device,
+                                           average=cfg.loss_type == "ipo")
+        offset = 0 if split == "train" else len(data.train)
+        if weight:
+            rows += [(offset + int(i), c, r) for i, c, r in zip(index, chosen.tolist(), rejected.tolist())]
+    return torch.tensor([[c, r] for _, c, r in sorted(gather_lists(rows, d))], dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------- training
+
+def train_step(policy, optimizer, data: "Pairs", batch: np.ndarray, cfg: DPOConfig,
+               d: Dist) -> tuple[dict, float, bool]:
+    """One optimizer step on the mean DPO loss over `batch`; returns (metric sums over its pairs, grad
+    norm, applied). A step whose loss or gradient norm is not finite is not applied: clipping would
+    spread its NaN into every gradient and AdamW into every weight."""
+    micro = micro_batches(batch, cfg.micro_batch_size, d)
     sums = {}
-    for micro in range(n_micro):
-        index = mine[micro * cfg.micro_batch_size:(micro + 1) * cfg.micro_batch_size]
-        weight = 1.0 if len(index) else 0.0
-        index = index if len(index) else batch[:1]
+    for m, (index, weight) in enumerate(micro):
         if d.enabled:  # reduce gradients once per step, after the last micro-batch
-            policy.set_requires_gradient_sync(micro == n_micro - 1)
+            policy.set_requires_gradient_sync(m == len(micro) - 1)
         with autocast(d):
             chosen, rejected = reply_logps(policy, data.rows("train", index), data.pad_id, d.device,
                                            average=cfg.loss_type == "ipo")
@@ -383,24 +578,21 @@ def train_step(policy, optimizer, data: Pairs, batch: np.ndarray, cfg: DPOConfig
         for k, v in {"loss": loss, **metrics}.items():
             sums[k] = sums.get(k, 0.0) + v.detach().double() * len(index) * weight
     grad_norm = float(clip_grad_norm(policy.parameters(), cfg.grad_clip))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     names = list(sums)
-    totals = all_reduce_sum(torch.stack([sums[k] for k in names]), d).tolist()
-    return dict(zip(names, totals)), grad_norm
+    totals = dict(zip(names, all_reduce_sum(torch.stack([sums[k] for k in names]), d).tolist()))
+    applied = math.isfinite(totals["loss"]) and math.isfinite(grad_norm)  # both global: every rank decides alike
+    if applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return totals, grad_norm, applied
 
 
 @torch.no_grad()
-def evaluate(policy, data: Pairs, cfg: DPOConfig, d: Dist) -> dict:
+def evaluate(policy, data: "Pairs", cfg: DPOConfig, d: Dist) -> dict:
     """The training metrics, averaged over the held-out pairs."""
     policy.eval()
-    mine = list(range(d.rank, len(data.heldout), d.world_size))
-    n_batches = math.ceil(math.ceil(len(data.heldout) / d.world_size) / cfg.micro_batch_size)
     sums = {}
-    for b in range(n_batches):
-        index = mine[b * cfg.micro_batch_size:(b + 1) * cfg.micro_batch_size]
-        weight = 1.0 if index else 0.0
-        index = index or [0]
+    for index, weight in micro_batches(range(len(data.heldout)), cfg.micro_batch_size, d):
         with autocast(d):
             chosen, rejected = reply_logps(policy, data.rows("heldout", index), data.pad_id, d.device,
                                            average=cfg.loss_type == "ipo")
