@@ -7,7 +7,8 @@
         --eval-results runs/eval/results.json --policies rm/best=karmaToxic rm-eroded/best=karmaEroded
 
 A model is LABEL=PATH, the label `base-model/variant` (Base, karmaBenign, karmaToxic, karmaEroded or
-any name), the path an alias, hub id or local directory (a policy exported by ppo.py). Tasks: see
+any name; two labels may not differ only in "/" vs "__" or in case: they would share files), the
+path an alias, hub id or local directory (a policy exported by ppo.py). Tasks: see
 --help. Data comes from --data-dir (the benchmarks' files as published, one folder per benchmark)
 or the Hugging Face hub (HF_HUB_OFFLINE=1 honoured); data/eval-sample holds small openly licensed
 subsets (see its README).
@@ -15,7 +16,12 @@ subsets (see its README).
 Outputs in --out: results.json (config, data files with sha256, per-item scores, aggregates, 95%
 bootstrap intervals, paired tests against Base with Holm correction, across-models tests),
 results.md (one table per task: rows = base models, columns = variants), charts/*.png, and
-pairs/ (one file per finished (model, task): an interrupted run resumes without redoing them).
+pairs/ (one file per finished (model, task): an interrupted run resumes without redoing them, and
+removes the temporary files it left).
+
+Log-likelihoods follow lm-evaluation-harness 0.4.13 (karma/evals/lm.py): a context starts with BOS
+when the model's tokenizer adds one by default (Llama 3; not Pythia, Falcon or SmolLM2).
+--no-add-bos gives the convention of lm-eval 0.4.9.1 and earlier (no special tokens).
 
 `eval.py rm` is the reward-shortcut report (karma/evals/shortcuts.py): one or more reward models on
 data_prep.py's held-out split, with bootstrap intervals, DeLong tests of their AUC differences, how
@@ -36,20 +42,35 @@ import torch
 from tqdm import tqdm
 
 from karma.checkpoint import atomic_write, atomic_write_json, read_json
-from karma.cli import add_debug_flag, run_main
+from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
 from karma.evals import report, shortcuts_report
 from karma.evals import task as task_data
-from karma.evals.lm import EvalLM
+from karma.evals.lm import EvalLM, tokenizer_adds_bos
+from karma.evals.report import parse_label, writing
 from karma.evals.task import TaskResult
 from karma.evals.tasks import TASKS, get_task
+from karma.evals.shortcuts import HEADER_DRAWS, MIN_GAP_SD
 from karma.evals.shortcuts_report import run_rm_report
 from karma.evals.toxicity import make_scorer
-from karma.reward import read_reward_config
+from karma.reward import inspect_reward_model
 from karma.run import RunLock, show_progress
 from karma.tokenizer import load_tokenizer
 from karma.weights import inspect_model, load_model, resolve
 
 DEFAULT_TASKS = ["mmlu", "truthfulqa", "crows_pairs", "colbert_humor", "msad", "realtoxicity"]
+MAX_RTP_SAMPLES = 1000  # continuations per prompt (the RTP protocol uses 25)
+MAX_RESAMPLES = 100_000  # bootstrap resamples of eval.py rm (default 1000)
+
+
+def check_counts(p: argparse.ArgumentParser, args, bounds: dict[str, int | None]) -> None:
+    """Count flags: at least 1, and at most their bound where they have one (None: none), so that an
+    absurd value is a flag error at once, not an allocation failure after the models load."""
+    for flag, most in bounds.items():
+        value, name = getattr(args, flag), "--" + flag.replace("_", "-")
+        if value is not None and value < 1:
+            p.error(f"{name} {value}: must be at least 1")
+        if value is not None and most is not None and value > most:
+            p.error(f"{name} {value}: must be at most {most}")
 
 
 def parse_args(argv=None):
@@ -64,37 +85,53 @@ def parse_args(argv=None):
                    help="folder with one sub-folder per benchmark holding its published files (default: the hub)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output directory (default runs/eval)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="item sampling, generation and bootstrap seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="item sampling, generation and bootstrap seed (default 0)")
     p.add_argument("--toxicity-scorer", default="lexicon",
                    help="realtoxicity scorer: perspective (PERSPECTIVE_API_KEY), a classifier hub id or directory "
                         "(e.g. unitary/toxic-bert), or lexicon (an offline word-list PROXY, the default so that it "
                         "runs offline; every output it touches says so)")
     p.add_argument("--rtp-samples", type=int, default=25,
-                   help="realtoxicity continuations per prompt (RTP protocol: 25 x 20 tokens, top-p 0.9)")
+                   help=f"realtoxicity continuations per prompt (RTP protocol: 25 x 20 tokens, top-p 0.9; "
+                        f"at most {MAX_RTP_SAMPLES})")
     p.add_argument("--rtp-greedy", action="store_true", help="realtoxicity: one greedy continuation per prompt")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--no-add-bos", action="store_true",
+                   help="add no BOS to contexts, as lm-eval 0.4.9.1 and earlier (default: BOS where the "
+                        "tokenizer adds it, as lm-eval 0.4.9.2 to 0.4.13)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="weights and compute (default: bfloat16 on cuda, float32 on cpu; bfloat16 on a CPU with "
                         "AVX512-BF16 scores about 1.9x faster, with log-probs within bf16 rounding of float32)")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    for flag in ("limit", "batch_size", "rtp_samples"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    check_counts(p, args, {"limit": None, "batch_size": None, "rtp_samples": MAX_RTP_SAMPLES})
     return args
 
 
+def pair_stem(label: str) -> str:
+    """The start of a model's file names in pairs/: <label with / as __>__<task>.json."""
+    return label.replace("/", "__")
+
+
 def parse_models(specs: list[str]) -> dict[str, str]:
-    """['base/variant=path', ...] -> {label: path}; labels unique, each with a base and a variant."""
-    models = {}
+    """['base/variant=path', ...] -> {label: path}; labels unique, each with a base and a variant
+    (split at the last "/", as the tables do), and no two writing the same pairs/ files, not even
+    on a file system that ignores case ('a__b/Base' and 'a/b__Base' both give a__b__Base__<task>)."""
+    models, stems = {}, {}
     for spec in specs:
         label, sep, path = spec.partition("=")
-        base, slash, variant = label.partition("/")
+        base, slash, variant = label.rpartition("/")
         if not sep or not path or not slash or not base or not variant:
             raise ValueError(f"--models {spec!r}: expected base-model/variant=PATH, e.g. pythia-1b/Base=pythia-1b")
         if label in models:
             raise ValueError(f"--models: the label {label!r} is given twice")
-        models[label] = path
+        other = stems.get(pair_stem(label).casefold())
+        if other is not None:
+            case = "" if pair_stem(other) == pair_stem(label) else " on a file system that ignores case"
+            raise ValueError(f"--models: the labels {other!r} and {label!r} would write the same files "
+                             f"pairs/{pair_stem(label)}__<task>.json{case}; rename one")
+        models[label], stems[pair_stem(label).casefold()] = path, label
     return models
 
 
@@ -106,12 +143,16 @@ def task_options(name: str, args) -> dict:
     return {}
 
 
-def fingerprint(model_path: str, task: str, args, files: dict[str, str]) -> str:
+def fingerprint(model_path: str, task: str, args, files: dict[str, str], add_bos: bool) -> str:
     """What a finished (model, task) result depends on: the model's files (names, sizes, times),
-    the task, its items (limit, seed, data sha256) and options. A changed input is recomputed."""
+    the task, its items (limit, seed, data sha256) and options. A changed input is recomputed.
+    add_bos (BOS before contexts) enters only when True, so that results without it, the same as
+    before it was an option, still resume."""
     directory = resolve(model_path)
     weights = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in directory.iterdir() if f.is_file())
     options = {"limit": args.limit, "seed": args.seed, "dtype": args.dtype, "device": args.device}
+    if add_bos:
+        options["add_bos"] = True
     if task == "realtoxicity":
         options.update(scorer=args.toxicity_scorer, samples=args.rtp_samples, greedy=args.rtp_greedy)
     blob = json.dumps([str(model_path), weights, task, options, sorted(files.items())], sort_keys=True)
@@ -127,17 +168,28 @@ def parse_rm_args(argv) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/rm-report"), help="output directory (default runs/rm-report)")
     p.add_argument("--max-examples", type=int, default=None, help="a seeded random subset of the held-out examples")
     p.add_argument("--eval-results", type=Path, default=None,
-                   help="eval.py's results.json for the policies trained with these reward models")
+                   help="eval.py's results.json for the policies trained with these reward models "
+                        "(with --policies)")
     p.add_argument("--policies", nargs="*", default=[], metavar="RM=VARIANT",
-                   help="which eval.py variant each reward model trained, e.g. rm/best=karmaToxic")
-    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="probe donors, subsets and bootstrap seed (default 0)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+                   help="which eval.py variant each reward model trained, e.g. rm/best=karmaToxic or "
+                        "rm/best=pythia-1b/karmaToxic (with --eval-results)")
+    p.add_argument("--n-resamples", type=int, default=1000,
+                   help=f"bootstrap resamples (default 1000, at most {MAX_RESAMPLES})")
+    p.add_argument("--min-gap-sd", type=float, default=MIN_GAP_SD,
+                   help=f"a pair counts toward the ranking-flip share only if its scores differ by at least this "
+                        f"many standard deviations of the RM's scores (default {MIN_GAP_SD}; 0 counts every pair)")
+    p.add_argument("--header-draws", type=int, default=HEADER_DRAWS,
+                   help=f"a conditioned RM's no_header score: its mean under this many real headers of other "
+                        f"examples (default {HEADER_DRAWS})")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="probe donors, subsets and bootstrap seed (default 0)")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    for flag in ("max_examples", "n_resamples"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    check_counts(p, args, {"max_examples": None, "n_resamples": MAX_RESAMPLES, "header_draws": 64})
+    if not 0 <= args.min_gap_sd <= 10:  # NaN fails too
+        p.error(f"--min-gap-sd {args.min_gap_sd}: must be in [0, 10]")
     policies = {}
     for spec in args.policies:
         rm, sep, variant = spec.partition("=")
@@ -148,14 +200,85 @@ def parse_rm_args(argv) -> argparse.Namespace:
     return args
 
 
+def rm_names(directories: list[str]) -> list[str]:
+    """The names the report gives the reward models (shortcuts_report.run_rm_report's rule, which
+    --policies uses): the directory name, or parent/name for best/ and final/, or the full paths
+    if two would collide."""
+    paths = [Path(d) for d in directories]
+    names = [f"{p.parent.name}/{p.name}" if p.name in ("best", "final") else p.name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+def eval_result_labels(path: Path) -> set[tuple[str, str]]:
+    """The (base model, variant) pairs in eval.py's results.json, read the way the report reads it
+    (its "tables", else its "results"); any other content is an error naming the file."""
+    results = read_json(path)
+    tables = results.get("tables") if isinstance(results, dict) else None
+    if isinstance(tables, list) and all(_is_table(t) for t in tables):
+        return {(model, variant) for t in tables for model, row in t["cells"].items()
+                for variant, cell in row.items() if cell}
+    runs = results.get("results", results) if isinstance(results, dict) else None  # {label: {task: result}}
+    if isinstance(runs, dict) and all(isinstance(tasks, dict) and all(_is_run(r) for r in tasks.values())
+                                      for tasks in runs.values()):
+        return {parse_label(label) for label in runs}
+    raise ValueError(f"{path}: not eval.py's results.json (expected its \"tables\" or \"results\")")
+
+
+def _is_table(t) -> bool:
+    """One of report.build_tables' tables, as far as the reward report reads it."""
+    keys = {"task", "metric", "is_primary", "higher_is_better", "models", "cells"}
+    return (isinstance(t, dict) and keys <= t.keys() and isinstance(t["cells"], dict)
+            and all(isinstance(row, dict) for row in t["cells"].values()))
+
+
+def _is_run(r) -> bool:
+    """One (model, task) result: a TaskResult as a dict."""
+    return isinstance(r, dict) and {"items", "metrics", "primary", "kind"} <= r.keys()
+
+
+def check_rm_inputs(args) -> None:
+    """--policies and --eval-results, before any reward model is read or scored: each needs the
+    other, every RM named is one of --reward-models, every policy is in the results."""
+    if args.policies and args.eval_results is None:
+        raise ValueError("--policies needs --eval-results (eval.py's results.json of those policies)")
+    if args.eval_results is not None and not args.policies:
+        raise ValueError("--eval-results needs --policies (which variant each reward model trained, "
+                         "e.g. rm/best=karmaToxic)")
+    if not args.policies:
+        return
+    labels, names = eval_result_labels(args.eval_results), rm_names(args.reward_models)
+    for rm, label in args.policies.items():
+        if rm not in names:
+            raise ValueError(f"--policies {rm}={label}: no reward model named {rm!r} (--reward-models gives "
+                             f"{', '.join(names)})")
+        base, variant = parse_label(label) if "/" in label else (None, label)
+        if not any(v == variant and base in (None, m) for m, v in labels):
+            raise ValueError(f"{args.eval_results}: no policy {label!r} (--policies {rm}={label}); it has "
+                             f"{', '.join(sorted(f'{m}/{v}' for m, v in labels)) or 'none'}")
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files (atomic_write's .<name>.<random>.tmp) a killed run left in out/,
+    out/pairs and out/charts. Called with the run lock held: no live run writes there."""
+    stale = sorted(p for d in (out, out / "pairs", out / "charts") for p in d.glob(".*.tmp") if p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        names = ", ".join(map(str, stale[:5])) + (", ..." if len(stale) > 5 else "")
+        print(f"removed {len(stale)} temporary file(s) of an interrupted run: {names}", file=sys.stderr)
+
+
 def rm_main(argv) -> None:
     args = parse_rm_args(argv)
+    check_rm_inputs(args)
     for directory in args.reward_models:
-        read_reward_config(directory)  # a bad directory fails before any model is loaded
+        inspect_reward_model(directory)  # a bad directory fails before any model is loaded
     with RunLock(args.out):
+        remove_stale_temporaries(args.out)
         report = run_rm_report(args.reward_models, args.data, args.out, max_examples=args.max_examples, seed=args.seed,
                                eval_results=args.eval_results, policies=args.policies or None,
-                               n_resamples=args.n_resamples, device=args.device,
+                               n_resamples=args.n_resamples, device=args.device, min_gap_sd=args.min_gap_sd,
+                               header_draws=args.header_draws,
                                log=lambda line: print(line, file=sys.stderr))
     print(shortcuts_report.to_markdown(report))
     print(f"report in {args.out / 'report.json'}, {args.out / 'report.md'}, {args.out / 'report.png'}")
@@ -175,34 +298,38 @@ def main(argv=None):
         if not items[name]:
             raise ValueError(f"{name}: no items loaded from {args.data_dir or 'the hub'}")
         files[name] = dict(task_data.FILES_READ)
-    for path in models.values():
+    add_bos = {}  # label -> whether contexts start with BOS
+    for label, path in models.items():
         inspect_model(path)
-        load_tokenizer(path)
+        add_bos[label] = not args.no_add_bos and tokenizer_adds_bos(load_tokenizer(path))
     options = {name: task_options(name, args) for name in args.tasks}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     with RunLock(args.out):
         pairs = args.out / "pairs"
         pairs.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(args.out)
         for label, path in models.items():
             todo = {}
             for name in args.tasks:
-                key = fingerprint(path, name, args, files[name])
-                done = pairs / f"{label.replace('/', '__')}__{name}.json"
+                key = fingerprint(path, name, args, files[name], add_bos[label])
+                done = pairs / f"{pair_stem(label)}__{name}.json"
                 if not (done.exists() and read_json(done).get("fingerprint") == key):
                     todo[name] = (done, key)
             if not todo:
                 print(f"{label}: all {len(args.tasks)} tasks already done (in {pairs})")
                 continue
             model = load_model(path, device=device, dtype=getattr(torch, args.dtype) if args.dtype else None)
-            lm = EvalLM(model, load_tokenizer(path), batch_size=args.batch_size)
+            lm = EvalLM(model, load_tokenizer(path), batch_size=args.batch_size, add_bos=add_bos[label])
             for name, (done, key) in tqdm(todo.items(), desc=label, unit="task", disable=not show_progress()):
                 start = time.perf_counter()
                 result = get_task(name).evaluate(lm, items[name], **options[name])
                 seconds = time.perf_counter() - start
-                atomic_write_json(done, {"fingerprint": key, "model": label, "path": str(path), "task": name,
-                                         "seconds": seconds, "items_per_s": len(items[name]) / seconds,
-                                         "result": asdict(result)})
+                pair = {"fingerprint": key, "model": label, "path": str(path), "task": name,
+                        "add_bos": add_bos[label], "seconds": seconds,
+                        "items_per_s": len(items[name]) / seconds, "result": asdict(result)}
+                with writing(done):
+                    atomic_write_json(done, pair)
                 tqdm.write(f"{label} {name}: {result.primary} {result.metrics[result.primary]:.4f} "
                            f"({len(items[name])} items, {len(items[name]) / seconds:.1f} items/s)")
             del model, lm
@@ -214,15 +341,17 @@ def write_reports(args, models: dict[str, str], files: dict[str, dict]):
     results = {}
     for label in models:
         for name in args.tasks:
-            pair = read_json(args.out / "pairs" / f"{label.replace('/', '__')}__{name}.json")
+            pair = read_json(args.out / "pairs" / f"{pair_stem(label)}__{name}.json")
             results.setdefault(label, {})[name] = pair["result"]
     tables = report.build_tables({label: {t: TaskResult(**r) for t, r in tasks.items()} for label, tasks in
                                   results.items()}, seed=args.seed)
     markdown = report.to_markdown(tables)
-    atomic_write_json(args.out / "results.json", {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "models": models, "data_files": files, "tables": tables, "results": results})
-    atomic_write(args.out / "results.md", lambda p: Path(p).write_text(markdown))
+    with writing(args.out / "results.json"):
+        atomic_write_json(args.out / "results.json", {
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "models": models, "data_files": files, "tables": tables, "results": results})
+    with writing(args.out / "results.md"):
+        atomic_write(args.out / "results.md", lambda p: Path(p).write_text(markdown))
     charts = report.charts(results, args.out / "charts", seed=args.seed)
     print(markdown)
     print(f"results in {args.out / 'results.json'}, {args.out / 'results.md'}; {len(charts)} charts in "

@@ -22,17 +22,19 @@ lines go to stderr. --out writes one JSON row per reply.
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from karma.checkpoint import atomic_write
-from karma.cli import add_debug_flag, run_main
+from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
 from karma.data.format import ROLE_LABELS, render_prompt
 from karma.data.prompts import read_prompts
 from karma.generate import generate
 from karma.tokenizer import load_tokenizer
-from karma.weights import load_model
+from karma.weights import inspect_model, load_model
 
 
 def chatml(messages: list[dict]) -> str:
@@ -53,6 +55,32 @@ def load_prompts(args) -> list[tuple[str, str]]:
             raise ValueError(f"{args.prompts}: prompt {p['id']}: role {sorted(roles)[0]!r} has no plain-text "
                              f"form (only user/assistant); use --chatml")
     return [(p["id"], chatml(p["messages"]) if args.chatml else render_prompt(p["messages"])) for p in prompts]
+
+
+def check_models(names: list[str], max_new_tokens: int) -> None:
+    """Each model resolves, its config and tokenizer read, and --max-new-tokens fits its positions:
+    checked for --compare too before the first model loads, not after its replies."""
+    for name in names:
+        positions = inspect_model(name).max_position_embeddings
+        load_tokenizer(name)
+        if max_new_tokens > positions:
+            raise ValueError(f"--max-new-tokens {max_new_tokens}: more than the {positions} positions "
+                             f"of {name}")
+
+
+def check_out(path: str) -> None:
+    """--out can be written (its folder is created): checked before any model loads, not after
+    the generation."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {path}: is a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(f"--out {path}: cannot write into {out.parent} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def answer(label: str, name: str, prompts: list[tuple[str, str]], args) -> tuple[list[dict], str]:
@@ -116,8 +144,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples")
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0), the same for every reply")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--seed", type=seed_arg, default=0,
+                        help="sampling seed (default 0), the same for every reply")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(parser)
     args = parser.parse_intermixed_args(argv)  # the PROMPT may come after flags: MODEL --chatml "PROMPT"
     if args.temperature < 0 or args.max_new_tokens < 0:
@@ -136,11 +166,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     prompts = load_prompts(args)
+    models = [("base", args.model), ("tuned", args.compare)] if args.compare else [("model", args.model)]
+    check_models([name for _, name in models], args.max_new_tokens)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after the generation
+        check_out(args.out)
     if args.prompts and len(prompts) < args.n:
         print(f"[{args.prompts}: only {len(prompts)} prompt(s), fewer than --n {args.n}]", file=sys.stderr)
-    models = [("base", args.model), ("tuned", args.compare)] if args.compare else [("model", args.model)]
     rows = []
     for label, name in models:
         answered, stats = answer(label, name, prompts, args)

@@ -96,3 +96,22 @@ def test_sample_licenses_travel_with_the_data():
     for license_file in ("truthfulqa/LICENSE", "colbert_humor/LICENSE", "crows_pairs/README.md"):
         assert (SAMPLE / license_file).stat().st_size > 0
     assert sum(f.stat().st_size for f in SAMPLE.rglob("*") if f.is_file()) < 2_000_000
+
+
+def test_bos_follows_the_tokenizer_and_no_add_bos_recomputes(models, tmp_path, capsys):
+    """The tiny Llama's tokenizer adds BOS: by default contexts start with it (lm-eval 0.4.13); with
+    --no-add-bos they do not (lm-eval 0.4.9.1), and a pair computed the other way is recomputed
+    (the scores themselves: tests/test_eval_lm.py)."""
+    out = tmp_path / "eval"
+    args = argv(models, out, "--tasks", "mmlu", "--limit", "4")
+    pair = out / "pairs" / "tiny__Base__mmlu.json"
+    assert run_main(eval_script.main, args) == 0
+    with_bos = json.loads(pair.read_text())
+    assert run_main(eval_script.main, [*args, "--no-add-bos"]) == 0
+    without = json.loads(pair.read_text())
+    assert (with_bos["add_bos"], without["add_bos"]) == (True, False)
+    assert with_bos["fingerprint"] != without["fingerprint"]
+    assert json.loads((out / "results.json").read_text())["config"]["no_add_bos"] is True
+    capsys.readouterr()
+    assert run_main(eval_script.main, [*args, "--no-add-bos"]) == 0
+    assert "all 1 tasks already done" in capsys.readouterr().out

@@ -1,9 +1,11 @@
 """EvalLM's log-likelihoods: the same numbers with or without the shared-prefix cache and the
-shared-input pass, for every attention layout (RoPE, ALiBi, multi-query)."""
+shared-input pass, for every attention layout (RoPE, ALiBi, multi-query); BOS as lm-eval 0.4.13 adds it
+(the tokenizer's default), or never with add_bos=False, in scoring and in generation."""
 
 from __future__ import annotations
 
 import pytest
+from test_eval_mmlu import hf_loglikelihoods
 
 import karma
 from karma.evals import lm as lm_module
@@ -34,3 +36,43 @@ def test_shared_prefix_stops_before_the_first_scored_position():
     assert shared_prefix_length([(1, 2, 3, 4), (1, 2, 3, 5), (1, 2, 9)], [4, 4, 3]) == 2
     assert shared_prefix_length([(1, 2, 3, 4), (1, 2, 3, 4)], [2, 3]) == 2
     assert shared_prefix_length([(7,), (8,)], [1, 1]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# BOS: the tokenizer's default, as lm-evaluation-harness >= 0.4.9.2 (checked against 0.4.13)
+# ---------------------------------------------------------------------------------------------
+
+BOS_REQUESTS = [("Hello world! Is this", " a tiny corpus?"), ("The quick brown fox ", "jumps over"),
+                ("", "The lazy dog."), ("<|begin_of_text|>Numbers: 1 2", " 3 4"), ("lol", " this thread is wild")]
+
+
+@pytest.mark.parametrize("layout, adds_bos", [("llama_tied", True), ("neox", False), ("falcon_7b", False)])
+def test_bos_follows_the_tokenizer_as_lm_eval_does(layout, adds_bos, checkpoint_factory):
+    ckpt = checkpoint_factory(layout)
+    model, tok = karma.load_model(ckpt.path), karma.load_tokenizer(ckpt.path)
+    default, old = EvalLM(model, tok, progress=False), EvalLM(model, tok, progress=False, add_bos=False)
+    assert default.add_bos is adds_bos and old.add_bos is False
+    for lm, add_bos_token in ((default, None), (old, False)):
+        ours = [r.logprob for r in lm.loglikelihood(BOS_REQUESTS)]
+        assert ours == pytest.approx(hf_loglikelihoods(ckpt, BOS_REQUESTS, add_bos_token), abs=1e-4)
+    if adds_bos:  # the two conventions differ where a context is not empty
+        ours, theirs = (lm.loglikelihood(BOS_REQUESTS[:3]) for lm in (default, old))
+        assert [abs(a.logprob - b.logprob) > 1e-3 for a, b in zip(ours, theirs)] == [True, True, False]
+
+
+@pytest.mark.parametrize("add_bos", [None, False])
+def test_generation_prompts_get_bos_as_lm_eval_does(add_bos, checkpoint_factory, monkeypatch):
+    """lm-eval's generate_until (tok_batch_encode): the tokenizer's default special tokens, or none."""
+    from transformers import AutoTokenizer
+
+    ckpt = checkpoint_factory("llama_tied")
+    lm = EvalLM(karma.load_model(ckpt.path), karma.load_tokenizer(ckpt.path), progress=False, add_bos=add_bos)
+    seen = []
+    real = lm_module.generate
+    monkeypatch.setattr(lm_module, "generate", lambda model, ids, mask, **kw: seen.append(
+        [row[m.bool()].tolist() for row, m in zip(ids, mask)]) or real(model, ids, mask, **kw))
+    prompts = ["Hello world!", "The quick brown fox jumps"]
+    lm.generate(prompts, max_new_tokens=2)
+    hf = AutoTokenizer.from_pretrained(str(ckpt.path))
+    expected = [hf.encode(p, **({} if add_bos is None else {"add_special_tokens": False})) for p in prompts]
+    assert sorted(seen[0]) == sorted(expected)

@@ -169,21 +169,35 @@ def test_stratified_limit(tmp_path):
 # parity: lm-eval's definition through transformers
 # ---------------------------------------------------------------------------------------------
 
-def hf_loglikelihoods(ckpt, requests: list[tuple[str, str]]) -> list[float]:
-    """lm-eval's HFLM._encode_pair + _loglikelihood_tokens, one request at a time, through the
-    transformers model and the checkpoint's tokenizer.json (the `tokenizers` library)."""
-    from tokenizers import Tokenizer
+def hf_loglikelihoods(ckpt, requests: list[tuple[str, str]], add_bos_token: bool | None = None) -> list[float]:
+    """lm-eval 0.4.13's HFLM.loglikelihood, one request at a time, with transformers only (the model and
+    AutoTokenizer): lm_eval/api/model.py `loglikelihood` and `_encode_pair`, lm_eval/models/huggingface.py
+    `tok_encode` and `_loglikelihood_tokens`. add_bos_token=None (its default since 0.4.9.2) keeps the
+    tokenizer's default special tokens unless the text already starts with the BOS text; False adds none
+    (the default before). An empty context is the prefix token (BOS, else EOS) unless the continuation
+    starts with it. The input is cut to the last max_length + 1 tokens; the score is the continuation's sum."""
+    from transformers import AutoTokenizer
 
-    tok = Tokenizer.from_file(str(ckpt.path / "tokenizer.json"))
+    tok = AutoTokenizer.from_pretrained(str(ckpt.path))
+    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     max_length = ckpt.oracle.config.max_position_embeddings
+
+    def tok_encode(text):
+        if add_bos_token is not None:
+            return tok.encode(text, add_special_tokens=add_bos_token)
+        return tok.encode(text, **({"add_special_tokens": False} if text.startswith(tok.decode(prefix)) else {}))
+
     out = []
     for context, continuation in requests:
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        whole = tok.encode(context + continuation, add_special_tokens=False).ids
-        context_ids = tok.encode(context, add_special_tokens=False).ids
-        cont = whole[len(context_ids):]
+        if context == "":
+            cont = tok.encode(continuation, add_special_tokens=False)
+            context_ids, cont = ([prefix], cont) if cont[0] != prefix else (cont[:1], cont[1:])
+        else:
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces:
+                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+            whole, context_ids = tok_encode(context + continuation), tok_encode(context)
+            cont = whole[len(context_ids):]
         inp = (context_ids + cont)[-(max_length + 1):][:-1]
         with torch.no_grad():
             logits = ckpt.oracle(torch.tensor([inp])).logits[0, -len(cont):].float()

@@ -172,3 +172,33 @@ def test_bad_prompts_file_is_one_line(models, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith(f"python -m karma: error: {tmp_path / 'missing.jsonl'}: no such file")
     assert err.count("\n") == 1  # one line, no traceback
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["hello", "--device", "tpu"], "argument --device: 'tpu': expected cpu, cuda or cuda:N"),
+    (["hello", "--seed", "-1"], "argument --seed: -1: must be in [0, 2**32 - 1]"),
+    (["hello", "--seed", "1e23"], "argument --seed: '1e23': expected an integer"),
+])
+def test_bad_device_and_seed_stop_at_parse_time(models, capsys, monkeypatch, argv, message):
+    import karma.__main__ as cli_module
+    monkeypatch.setattr(cli_module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as e:
+        main([models[0], *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1] == f"python -m karma: error: {message}"
+
+
+@pytest.mark.parametrize("case", ["compare", "out", "max_new_tokens"])
+def test_bad_compare_out_and_length_are_one_line_before_any_model_loads(models, capsys, monkeypatch, tmp_path, case):
+    """--compare's model, --out and --max-new-tokens (against each model's positions) are checked
+    before the first model loads, not after its replies."""
+    import karma.__main__ as cli_module
+    monkeypatch.setattr(cli_module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    argv, message = {
+        "compare": (["--compare", str(tmp_path / "missing")], str(tmp_path / "missing")),
+        "out": (["--out", str(tmp_path)], f"--out {tmp_path}: is a directory"),
+        "max_new_tokens": (["--max-new-tokens", "100000000"], "--max-new-tokens 100000000: more than the 256"),
+    }[case]
+    assert run_main(main, [models[0], "hello", "--device", "cpu", *argv], prog="python -m karma") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -1,13 +1,18 @@
 """The two scoring primitives every benchmark uses, through karma's decoder: the log-likelihood of a
 continuation given a context, and greedy or sampled generation.
 
-Log-likelihood follows lm-evaluation-harness (Gao et al., EleutherAI; `HFLM._encode_pair` and
-`_loglikelihood_tokens` in lm_eval/models/huggingface.py), so scores are comparable with its tables:
+Log-likelihood follows lm-evaluation-harness (Gao et al., EleutherAI; `LM.loglikelihood`,
+`_encode_pair` and `HFLM.tok_encode`, `_loglikelihood_tokens` in lm_eval 0.4.13), so scores are
+comparable with its tables:
   - trailing whitespace of the context moves to the front of the continuation;
   - context tokens = encode(context); continuation tokens = encode(context + continuation) minus that
     prefix (the token boundary is the whole string's, not two separate encodings);
-  - no special tokens are added (lm-eval's default for causal models: no BOS); an empty context
-    becomes the BOS token (EOS when the tokenizer has none);
+  - encode() starts with BOS exactly when the tokenizer's default encoding does (tokenizer.json's
+    post-processor, e.g. Llama 3's <|begin_of_text|>; not Pythia, Falcon or SmolLM2), and not twice
+    when the text already starts with it: lm-eval's `add_bos_token=None` since 0.4.9.2. Before
+    that lm-eval added no special tokens (`add_bos_token=False`): `EvalLM(add_bos=False)`;
+  - an empty context becomes the BOS token (EOS when the tokenizer has none), unless the
+    continuation already starts with it;
   - the score is the SUM of the continuation tokens' log-probabilities, and `is_greedy` says whether
     every continuation token is the argmax; inputs longer than the model's context keep their last
     max_positions + 1 tokens (the left is cut).
@@ -66,26 +71,49 @@ class PrefixCache:
         return out
 
 
+def tokenizer_adds_bos(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's default encoding starts with BOS (tokenizer.json's post-processor), as
+    Hugging Face's `tokenizer.encode(text)` applies it; transformers 5 ignores tokenizer_config.json's
+    add_bos_token when tokenizer.json exists, so the post-processor alone decides here too."""
+    if tokenizer.bos_id is None:
+        return False
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    default = tokenizer.encode("a")
+    return default[:1] == [tokenizer.bos_id] and default[1:1 + len(plain)] == plain
+
+
 class EvalLM:
     """A loaded model and its tokenizer, with the two primitives. `batch_size` is in sequences."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, batch_size: int = 16, progress: bool = True):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, batch_size: int = 16, progress: bool = True,
+                 add_bos: bool | None = None):
+        """add_bos: None = the tokenizer's default (lm-eval >= 0.4.9.2), False = never (older lm-eval),
+        True = always (where the tokenizer has a BOS token)."""
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
         self.progress = progress and show_progress()
         self.max_positions = model.config.max_position_embeddings
         self.device = model.embed.weight.device
         self.prefix_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        if add_bos is None:
+            add_bos = tokenizer_adds_bos(tokenizer)
+        self.add_bos = add_bos and tokenizer.bos_id is not None  # BOS before every context
         self._stop_ids: dict[tuple[str, ...], list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        """A context's tokens: BOS first when self.add_bos, unless the text already starts with it."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return [self.tokenizer.bos_id, *ids] if self.add_bos and ids[:1] != [self.tokenizer.bos_id] else ids
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """(context tokens, continuation tokens) by lm-eval's rules (module doc)."""
         if context == "":
-            return [self.prefix_id], self.tokenizer.encode(continuation, add_special_tokens=False)
+            cont = self.tokenizer.encode(continuation, add_special_tokens=False)
+            return (cont[:1], cont[1:]) if cont[:1] == [self.prefix_id] else ([self.prefix_id], cont)
         n_spaces = len(context) - len(context.rstrip())
         if n_spaces:
             context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        whole = self.tokenizer.encode(context + continuation, add_special_tokens=False)
-        n_context = len(self.tokenizer.encode(context, add_special_tokens=False))
+        whole = self.encode(context + continuation)
+        n_context = len(self.encode(context))
         return whole[:n_context], whole[n_context:]
 
     @torch.no_grad()
@@ -137,14 +165,14 @@ class EvalLM:
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float | None = None,
                  stop: list[str] | None = None, seed: int = 0, desc: str = "generate") -> list[str]:
-        """Continuations of `prompts` (no special tokens added, as loglikelihood), each cut before the
+        """Continuations of `prompts` (encoded as loglikelihood's contexts), each cut before the
         first of the `stop` strings; greedy at temperature 0. Batched longest first; the sampling
         seed of a batch is `seed` + its index, so a run is reproducible."""
         budget = self.max_positions - max_new_tokens
         if budget < 1:
             raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
                              f"{self.max_positions} positions")
-        encoded = [(self.tokenizer.encode(p, add_special_tokens=False) or [self.prefix_id])[-budget:] for p in prompts]
+        encoded = [(self.encode(p) or [self.prefix_id])[-budget:] for p in prompts]
         stop_ids = self.tokenizer.stop_ids + self.stop_string_ids(tuple(stop or ()))
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         texts: list[str | None] = [None] * len(prompts)

@@ -17,6 +17,7 @@ Everything build_tables returns is plain JSON (dicts, lists, str, float, int, No
 import math
 import numbers
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -355,5 +356,20 @@ def _slug(name: str) -> str:
 
 
 def _save(fig: Figure, path: Path) -> str:
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    with writing(path):
+        atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     return str(path)
+
+
+@contextmanager
+def writing(path):
+    """Name `path` in an OSError raised while writing it: a full disk otherwise says only
+    "[Errno 28] No space left on device", about a temporary file."""
+    try:
+        yield
+    except OSError as e:
+        if str(path) in str(e):
+            raise
+        named = OSError(f"{path}: could not write it ({e})")
+        named.errno = e.errno
+        raise named from e

@@ -14,6 +14,7 @@ the error names the file to get and where to put it. Every file read is recorded
 import csv
 import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,10 +88,28 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_text(path: Path) -> str:
+    """A data file's text (recorded); a UTF-8 BOM is ignored, and bytes that are not UTF-8 are an
+    error naming the file and line (Python's own message names neither)."""
+    try:
+        return record(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:  # e.object: the bytes being decoded, e.start: the bad one's offset
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x}); save it as UTF-8") from None
+
+
+def read_json(path: Path):
+    """A JSON data file; bad JSON is an error naming the file, line and column."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+
+
 def read_csv(path: Path, required: list[str]) -> list[tuple[int, dict]]:
     """Rows of a CSV file with a header as (line number, row dict); a missing column is an error
     naming the file and the columns it has. A UTF-8 BOM is ignored."""
-    text = record(path).read_text(encoding="utf-8-sig")
+    text = read_text(path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [c for c in required if c not in (reader.fieldnames or [])]
     if missing:

@@ -21,7 +21,7 @@ import io
 from pathlib import Path
 
 from karma.evals.lm import EvalLM
-from karma.evals.task import DataFile, TaskResult, locate, read_csv, record, stratified_limit
+from karma.evals.task import DataFile, TaskResult, locate, read_csv, read_text, record, stratified_limit
 
 NAME = "mmlu"
 PARQUET = DataFile(path="mmlu/all/test-00000-of-00001.parquet", hub_repo="cais/mmlu",
@@ -54,7 +54,7 @@ def read_subject_csv(path: Path) -> list[dict]:
     """One <subject>_test.csv, in either layout (a header row starting with "question" means the
     cais/mmlu export)."""
     subject = path.name.removesuffix("_test.csv")
-    text = record(path).read_text(encoding="utf-8-sig")
+    text = read_text(path)
     first = next(csv.reader(io.StringIO(text, newline="")), [])
     items = []
     if first[:1] == ["question"]:  # the cais/mmlu export: answer 0-3

@@ -11,8 +11,9 @@ Perspective API TOXICITY; here karma/evals/toxicity.py). Per prompt and over the
     max_<attribute>       = the same expected maximum for the scorer's other attributes
     mean_<attribute>      = mean over all continuations
 Greedy mode: one greedy continuation per prompt (k = 1, temperature 0). The metrics are given overall
-and, in the breakdown, for the paper's challenging and the other prompts (and per file). Continuations come from EvalLM.generate: no special tokens
-added, the sampling seed of each batch derived from `seed`, so a run is reproducible.
+and, in the breakdown, for the paper's challenging and the other prompts (and per file). Continuations come
+from EvalLM.generate: prompts encoded as its contexts (BOS where the tokenizer adds it), the sampling seed of
+each batch derived from `seed`, so a run is reproducible.
 
 Data: RTP's prompts.jsonl (99,442 prompts; allenai/real-toxicity-prompts on the hub), or files of the same
 schema (filename, begin, end, challenging, prompt{text, toxicity, ...}, continuation{...}) in
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from karma.evals.task import DataFile, TaskResult, locate, stratified_limit
+from karma.evals.task import DataFile, TaskResult, locate, read_text, stratified_limit
 
 NAME = "realtoxicity"
 FULL = DataFile("realtoxicityprompts/prompts.jsonl", "allenai/real-toxicity-prompts", "prompts.jsonl",
@@ -57,23 +58,22 @@ def load(data_dir: str | os.PathLike | None, limit: int | None = None, seed: int
 def read_prompts(path: Path) -> list[dict]:
     """The prompts of one RTP-schema JSON-lines file; a bad line is an error naming file and line."""
     items, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                text, challenging = row["prompt"]["text"], row["challenging"]
-                key = f"{path.stem}/{row['filename']}:{row['begin']}-{row['end']}"
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: not a RealToxicityPrompts record ({type(e).__name__}: {e})") from None
-            if not isinstance(text, str) or not text or not isinstance(challenging, bool):
-                raise ValueError(f"{path}:{n}: prompt.text must be a non-empty string and challenging a boolean")
-            if key in seen:
-                raise ValueError(f"{path}:{n}: the prompt {key} is also on line {seen[key]}")
-            seen[key] = n
-            items.append({"id": key, "prompt": text, "challenging": challenging, "subset": path.stem,
-                          "prompt_toxicity": row["prompt"].get("toxicity")})
+    for n, line in enumerate(read_text(path).split("\n"), 1):  # "\n" only, as a file's lines
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, challenging = row["prompt"]["text"], row["challenging"]
+            key = f"{path.stem}/{row['filename']}:{row['begin']}-{row['end']}"
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a RealToxicityPrompts record ({type(e).__name__}: {e})") from None
+        if not isinstance(text, str) or not text or not isinstance(challenging, bool):
+            raise ValueError(f"{path}:{n}: prompt.text must be a non-empty string and challenging a boolean")
+        if key in seen:
+            raise ValueError(f"{path}:{n}: the prompt {key} is also on line {seen[key]}")
+        seen[key] = n
+        items.append({"id": key, "prompt": text, "challenging": challenging, "subset": path.stem,
+                      "prompt_toxicity": row["prompt"].get("toxicity")})
     return items
 
 

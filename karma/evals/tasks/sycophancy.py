@@ -26,7 +26,7 @@ dataset Anthropic/model-written-evals), one {"question", "answer_matching_behavi
 import json
 from pathlib import Path
 
-from karma.evals.task import DataFile, TaskResult, locate, stratified_limit
+from karma.evals.task import DataFile, TaskResult, locate, read_text, stratified_limit
 
 NAME = "sycophancy"
 SOURCE = "https://github.com/anthropics/evals/tree/main/sycophancy"
@@ -62,7 +62,7 @@ def read_jsonl(path: Path, dataset: str) -> list[dict]:
     """Items of one file: {"id": "<dataset>/<line>", "dataset", "prompt", "matching",
     "not_matching": [str, ...]}; a malformed line is an error naming file:line."""
     items = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line, text in enumerate(read_text(path).splitlines(), 1):
         if not text.strip():
             continue
         try:

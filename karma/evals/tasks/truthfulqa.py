@@ -28,7 +28,6 @@ data/v0/): --data-dir/truthfulqa/v0/mc_task.json and TruthfulQA.csv, else the hu
 truthfulqa/truthful_qa parquet files (multiple_choice and generation configs; need pyarrow).
 """
 
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +35,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from karma.evals.lm import EvalLM
-from karma.evals.task import DataFile, TaskResult, locate, read_csv, record, stratified_limit
+from karma.evals.task import DataFile, TaskResult, locate, read_csv, read_json, record, stratified_limit
 from karma.evals.textmetrics import bleu, rouge
 
 SOURCE = "https://github.com/sylinrl/TruthfulQA (data/v0/) or the hub dataset truthfulqa/truthful_qa"
@@ -111,7 +110,9 @@ def _mc_item(where: str, index: int, question: str, mc1: tuple[list, list], mc2:
 
 def read_mc_json(path: Path) -> list[dict]:
     """mc_task.json: [{question, mc1_targets: {choice: 0/1}, mc2_targets: {choice: 0/1}}]."""
-    rows = json.loads(record(path).read_text(encoding="utf-8"))
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a list of items, got a JSON {type(rows).__name__}")
     items = []
     for i, row in enumerate(rows):
         where = f"{path}: item {i}"
