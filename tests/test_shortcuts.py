@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from karma.data.format import render
-from karma.evals.shortcuts import (META_PROBES, derange, downstream_table, group_table, inject_header, rm_report,
-                                   utc_hour)
+from karma.evals.shortcuts import (FLIP_RANDOM, MEASURES, META_PROBES, derange, downstream_table, flip_share,
+                                   group_table, inject_header, rm_report, utc_hour)
 from karma.evals.shortcuts_report import plot, run_rm_report, to_markdown
 from karma.evals.stats import delong_components, delong_test
 from karma.evals.task import TaskResult
@@ -138,7 +138,7 @@ def test_text_only_rm_shows_no_metadata_and_total_content_reliance(report):
         assert content["sibling"]["karma_agreement"]["share"] > 0.6  # orders reply vs sibling like karma
     assert report["rms"]["text"]["metrics"]["roc_auc"] > 0.95
     assert report["rms"]["text_gen"]["metadata"]["no_header"]["input"] == "plain input (no header)"
-    assert report["rms"]["text"]["metadata"]["no_header"]["input"].startswith("neutral header")
+    assert report["rms"]["text"]["metadata"]["no_header"]["input"].startswith("mean over 4 headers of other examples")
 
 
 def test_probe_inputs_are_counted_skipped_and_batched(report, examples):
@@ -151,9 +151,122 @@ def test_probe_inputs_are_counted_skipped_and_batched(report, examples):
         assert report["rms"][name]["content"]["sibling"]["n"] == n - no_sibling
     for probe in ("swap_subreddit", "swap_time", "swap_both", "other_thread"):
         assert report["probes"][probe]["n"] == n  # 6 subreddits, 24 hours, 60 threads: a donor for everyone
-    # one score() call per probe (n < chunk): natural, 3 swaps, neutral header, sibling, other thread;
-    # the generalized RM scores the injected true header instead of a neutral one
-    assert report["calls"] == {"header": 7, "text": 7, "header_gen": 7, "text_gen": 7}
+    # one score() call per probe (n < chunk): natural, 3 swaps, sibling, other thread, and for a
+    # conditioned RM 4 header draws (no_header); the generalized RM scores the injected true header
+    # instead (its no_header is its natural input)
+    assert report["calls"] == {"header": 10, "text": 10, "header_gen": 7, "text_gen": 7}
+
+
+# ------------------------------------------------------------------- flips: noise is not reliance
+
+def test_flip_share_is_zero_under_noise_one_under_reversal_and_half_when_redrawn():
+    """Planted truth for the statistic itself: two reply classes (0.35 / 0.65) with a small spread
+    inside each (SD ~0.15 overall); a counterfactual that moves every score by <= 0.0015 (what an RM
+    that ignores the change does) must read 0 (the old all-pairs count read 0.083), one that
+    reverses every clearly ordered pair 1 (the old count: 0.918), and re-dealing the scores at
+    random the derived FLIP_RANDOM = 0.5."""
+    rng = np.random.default_rng(0)
+    base = np.where(rng.random(400) < 0.5, 0.35, 0.65) + rng.uniform(-0.004, 0.004, 400)
+    s, noisy = base + rng.uniform(-0.0015, 0.0015, 400), base + rng.uniform(-0.0015, 0.0015, 400)
+    ignored = flip_share(s, noisy, 100_000, np.random.default_rng(1))
+    assert ignored["flip_share"] == 0.0 and ignored["n_pairs"] > 30_000
+    assert ignored["min_gap"] == pytest.approx(0.2 * s.std())
+    assert flip_share(s, 1 - base + rng.uniform(-0.0015, 0.0015, 400), 100_000, rng)["flip_share"] == 1.0
+    redrawn = [flip_share(s, rng.permutation(noisy), 100_000, rng)["flip_share"] for _ in range(20)]
+    assert FLIP_RANDOM == 0.5 and abs(np.mean(redrawn) - FLIP_RANDOM) < 0.01
+    # ties under the counterfactual count 1/2, so a score collapsed to a constant is "random" too
+    assert flip_share(s, np.full(400, 0.5), 100_000, rng)["flip_share"] == 0.5
+    # a constant reference orders nothing
+    assert flip_share(np.full(50, 0.3), s[:50], 100, rng)["flip_share"] is None
+
+
+class NoisyTextStub(TextStub):
+    """Reads only the reply, and its float noise differs from call to call: two classes (0.3 / 0.7),
+    a small spread inside each from the reply's text, then up to +-0.0015 of fresh noise per call."""
+
+    def __init__(self, fmt, seed=0):
+        super().__init__(fmt)
+        self.rng = np.random.default_rng(seed)
+
+    def score(self, contexts, responses, metas):
+        self.calls += 1
+        level = np.array([0.7 if any(r.startswith(g) for g in GOOD) else 0.3 for r in responses])
+        spread = np.array([_effect(r) / 1000 for r in responses])  # +-0.002
+        return level + spread + self.rng.uniform(-0.0015, 0.0015, len(responses))
+
+
+def test_noise_of_a_header_blind_rm_reads_no_metadata_reliance(examples):
+    report = rm_report({"cond": NoisyTextStub("conditioned"), "gen": NoisyTextStub("generalized", seed=1)},
+                       examples, seed=0, n_resamples=50)
+    for name, e in report["rms"].items():
+        for probe in META_PROBES:
+            r = e["metadata"][probe]
+            assert 0 < r["mean_abs_change"] < 0.0016, (name, probe)
+            assert r["flip_share"] == 0.0 and r["ci"]["flip_share"] == [0.0, 0.0], (name, probe, r)
+            assert r["flip_random"] == FLIP_RANDOM
+        assert e["content"]["other_thread"]["flip_share"] > NEAR_TOTAL_FLIPS  # what it does read
+        # reply vs sibling: ordered by the class, as karma does; within a class only noise (a tie, 1/2)
+        assert e["content"]["sibling"]["karma_agreement"]["share"] > 0.6
+    assert report["flip_random"] == FLIP_RANDOM and report["min_gap_sd"] == 0.2
+
+
+# --------------------------------------------------------------- intervals: threads, not examples
+
+def test_every_counterfactual_number_has_a_thread_clustered_interval(report, examples):
+    assert report["n_threads"] == 60
+    for name, e in report["rms"].items():
+        for probe, r in {**e["metadata"], **e["content"]}.items():
+            assert 0 < r["n_threads"] <= 60 and set(r["ci"]) == set(MEASURES), (name, probe)
+            for k in MEASURES:
+                if r[k] is None or r["ci"][k] is None:
+                    assert r[k] is None or k in ("flip_share", "relative_change"), (name, probe, k)
+                    continue
+                low, high = r["ci"][k]
+                assert low <= high and low - 0.05 <= r[k] <= high + 0.05, (name, probe, k, r[k], r["ci"][k])
+    agreement = report["rms"]["text"]["content"]["sibling"]["karma_agreement"]
+    assert agreement["ci"][0] <= agreement["share"] <= agreement["ci"][1]
+    # one label and subreddit per thread: the same scores read as 168 independent examples give
+    # narrower intervals than the 60 threads they are, wherever what is measured is shared by a
+    # thread (what the cluster bootstrap is for)
+    by_thread = {}
+    for ex in examples:
+        by_thread.setdefault(ex["thread_id"], int(ex["label"]))
+    shared = [{**ex, "label": by_thread[ex["thread_id"]]} for ex in examples]
+    alone = [{**ex, "thread_id": ex["id"]} for ex in shared]
+    widths = {}
+    for key, data in (("threads", shared), ("examples", alone)):
+        r = rm_report({"h": HeaderStub("conditioned")}, data, seed=0, n_resamples=200)["rms"]["h"]
+        swap = r["metadata"]["swap_subreddit"]["ci"]
+        widths[key] = [np.diff(ci)[0] for ci in (r["ci"]["roc_auc"], swap["auc_reference"], swap["auc_change"],
+                                                 swap["mean_change"])]
+    assert all(t > 1.15 * x for t, x in zip(widths["threads"], widths["examples"])), widths
+
+
+# ----------------------------------------------- no_header for a conditioned RM: only real headers
+
+class RecordingHeaderStub(HeaderStub):
+    """HeaderStub that records every meta it is given."""
+
+    def __init__(self, fmt):
+        super().__init__(fmt)
+        self.seen = []
+
+    def score(self, contexts, responses, metas):
+        self.seen += metas
+        return super().score(contexts, responses, metas)
+
+
+def test_conditioned_no_header_marginalises_over_real_headers(examples):
+    rm = RecordingHeaderStub("conditioned")
+    report = rm_report({"h": rm, "t": TextStub("conditioned")}, examples, seed=0, n_resamples=20)
+    for field in ("subreddit", "created_utc"):  # never a placeholder header (the swaps recombine real fields)
+        assert {m[field] for m in rm.seen} <= {ex["meta"][field] for ex in examples}
+    assert report["header_draws"] == 4 and "marginalised" in report["rms"]["h"]["metadata"]["no_header"]["input"]
+    # the header removed: a header-only RM loses its ranking, a reply-only one keeps it exactly
+    no_header = report["rms"]["h"]["metadata"]["no_header"]
+    assert no_header["flip_share"] > NEAR_TOTAL_FLIPS and no_header["ci"]["flip_share"][1] > 0.45
+    assert report["rms"]["t"]["metadata"]["no_header"]["mean_abs_change"] < NEAR_ZERO
+    assert any("never trained without a header" in note for note in report["notes"])
 
 
 def test_donors_differ_as_required_and_are_one_to_one_when_possible():

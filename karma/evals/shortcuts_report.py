@@ -14,18 +14,20 @@ from matplotlib.figure import Figure
 
 from karma.checkpoint import atomic_write, atomic_write_json, read_json
 from karma.data.examples import TRAINING_KEYS, read_examples, split_files
-from karma.evals.shortcuts import (CI_METRICS, CONTENT_PROBES, META_PROBES, THREAD_KEYS, downstream_table, rm_report,
-                                   stream_seed, to_json)
+from karma.evals.shortcuts import (CI_METRICS, CONTENT_PROBES, HEADER_DRAWS, META_PROBES, MIN_GAP_SD, THREAD_KEYS,
+                                   downstream_table, rm_report, stream_seed, to_json)
 from karma.reward import load_reward_model
 
-RELIANCE_COLUMNS = ["RM", "probe", "input", "n", "mean abs Δ", "rel.", "flips", "AUC (ref → cf)"]
+RELIANCE_COLUMNS = ["RM", "probe", "input", "n (threads)", "mean abs Δ", "mean Δ", "rel.", "flips", "random",
+                    "AUC ref → cf", "AUC Δ"]
 
 
 # ------------------------------------------------------------------------------------- files
 
 def run_rm_report(rm_dirs: list, data_dir, out_dir, max_examples: int | None = None, seed: int = 0,
                   eval_results=None, policies: dict | None = None, n_resamples: int = 1000,
-                  device=None, dtype=None, log=None) -> dict:
+                  device=None, dtype=None, log=None, min_gap_sd: float = MIN_GAP_SD,
+                  header_draws: int = HEADER_DRAWS) -> dict:
     """Load the RMs, read the held-out split, run rm_report, write report.json / .md / .png.
 
     RM names: the directory name, or parent/name for train_rm's best/ and final/ exports (the full
@@ -35,7 +37,8 @@ def run_rm_report(rm_dirs: list, data_dir, out_dir, max_examples: int | None = N
     seeded random subset (in file order), not the first N: the files are ordered by thread, and a
     prefix would cover few subreddits.
     eval_results: eval.py's results.json, as a dict or a path. The RMs are loaded one at a time
-    (device: cuda when available; dtype: the checkpoint's). log: callable(str) for progress."""
+    (device: cuda when available; dtype: the checkpoint's). log: callable(str) for progress.
+    min_gap_sd, header_draws: rm_report's (the flip threshold; headers averaged for no_header)."""
     paths = [Path(d) for d in rm_dirs]
     names = [f"{p.parent.name}/{p.name}" if p.name in ("best", "final") else p.name for p in paths]
     if len(set(names)) < len(names):
@@ -52,7 +55,8 @@ def run_rm_report(rm_dirs: list, data_dir, out_dir, max_examples: int | None = N
         keep = np.sort(rng.choice(len(examples), max_examples, replace=False))
         examples = [examples[i] for i in keep]
 
-    report = rm_report(loaders, examples, seed=seed, n_resamples=n_resamples, log=log)
+    report = rm_report(loaders, examples, seed=seed, n_resamples=n_resamples, log=log, min_gap_sd=min_gap_sd,
+                       header_draws=header_draws)
     report["data"] = {"dir": str(data_dir), "files": [str(f) for f in files], "read": read_report,
                       "max_examples": max_examples}
     report["rm_dirs"] = dict(zip(names, map(str, paths)))
@@ -86,8 +90,9 @@ def to_markdown(report: dict, top_groups: int = 15) -> str:
 
 
 def _title(report: dict) -> list[str]:
-    return [f"# Reward-shortcut report\n\n{report['n_examples']} held-out examples, seed {report['seed']}; "
-            f"intervals: {_percent(report)}% percentile bootstrap over examples ({report['n_resamples']} resamples)."]
+    threads = f" in {report['n_threads']} threads" if report.get("n_threads") else ""
+    return [f"# Reward-shortcut report\n\n{report['n_examples']} held-out examples{threads}, seed {report['seed']}; "
+            f"intervals: {_percent(report)}% percentile bootstrap over threads ({report['n_resamples']} resamples)."]
 
 
 def _held_out_metrics(report: dict) -> list[str]:
@@ -115,11 +120,17 @@ def _auc_differences(report: dict) -> list[str]:
     return lines
 
 
+def _reliance_legend(report: dict) -> str:
+    return (f"mean abs Δ, mean Δ: mean |score change| and mean change; rel.: mean abs Δ over the mean score gap "
+            f"between two examples; flips: share of the clearly ordered pairs (reference gap ≥ "
+            f"{report['min_gap_sd']} SD of the scores) whose order reverses: 0 = rankings intact, 1 = all reversed; "
+            f"random: what a score re-drawn at random gives ({report['flip_random']}, derived in "
+            f"shortcuts.flip_share). [{_percent(report)}% thread-bootstrap intervals]")
+
+
 def _metadata_reliance(report: dict) -> list[str]:
-    lines = ["\n## Metadata reliance\n",
-             "Same (context, reply), header changed. mean abs Δ: mean |score change|; rel.: that over the mean "
-             "score gap between two examples; flips: share of pairwise rankings reversed (0.5 = as if re-drawn).\n",
-             _row(RELIANCE_COLUMNS), _rule(3, 5)]
+    lines = ["\n## Metadata reliance\n", "Same (context, reply), header changed. " + _reliance_legend(report) + "\n",
+             _row(RELIANCE_COLUMNS), _rule(3, len(RELIANCE_COLUMNS) - 3)]
     for name, e in report["rms"].items():
         lines += [_row([name, probe, e["metadata"][probe]["input"], *_reliance(e["metadata"][probe])])
                   for probe in META_PROBES]
@@ -128,13 +139,13 @@ def _metadata_reliance(report: dict) -> list[str]:
 
 def _content_reliance(report: dict) -> list[str]:
     lines = ["\n## Content reliance\n",
-             "Same context and header, reply changed. karma: share of (reply, sibling) pairs the RM orders as "
-             "Reddit scores do (0.5 = blind to the reply).\n",
-             _row([*RELIANCE_COLUMNS[:2], *RELIANCE_COLUMNS[3:], "karma"]), _rule(2, 6)]
+             "Same context and header, reply changed; columns as above. karma: share of (reply, sibling) pairs the RM "
+             "orders as Reddit scores do (0.5 = blind to the reply).\n",
+             _row([*RELIANCE_COLUMNS[:2], *RELIANCE_COLUMNS[3:], "karma"]), _rule(2, len(RELIANCE_COLUMNS) - 2)]
     for name, e in report["rms"].items():
         agreement = e["content"]["sibling"]["karma_agreement"]
         lines.append(_row([name, "sibling", *_reliance(e["content"]["sibling"]),
-                           f"{_f(agreement['share'])} (n={agreement['n']})"]))
+                           f"{_ci(agreement['share'], agreement.get('ci'))} (n={agreement['n']})"]))
         lines.append(_row([name, "other_thread", *_reliance(e["content"]["other_thread"]), "–"]))
     return lines
 
@@ -163,16 +174,18 @@ def _downstream(report: dict) -> list[str]:
     if not d:
         return []
     lines = ["\n## Reward model vs its policy downstream\n",
-             "AUC, reliance (swap_both flips: metadata; other_thread flips: content) and each policy's change vs "
-             "its Base on the primary metric (marks: Holm-corrected paired test from eval.py).\n",
+             "AUC, reliance (swap_both flips: metadata; other_thread flips: content; "
+             f"{report['flip_random']} = re-drawn at random) and each policy's change vs its Base on the primary "
+             "metric (marks: Holm-corrected paired test from eval.py).\n",
              _row(["RM", "format", "policy", "AUC", "meta flips", "content flips",
                    *(col + _arrow(d, col) for col in d["columns"])]),
              _rule(3, 3 + len(d["columns"]))]
     for r in d["rows"]:
         deltas = ["–" if x is None else f"{x['delta']:+.3f}{x['mark']}"
                   for x in (r["downstream"][col] for col in d["columns"])]
-        lines.append(_row([r["rm"], r["format"], r["policy"], _ci(r["auc"], r["auc_ci"]), _f(r["meta_flip_share"]),
-                           _f(r["content_flip_share"]), *deltas]))
+        lines.append(_row([r["rm"], r["format"], r["policy"], _ci(r["auc"], r["auc_ci"]),
+                           _ci(r["meta_flip_share"], r.get("meta_flip_ci")),
+                           _ci(r["content_flip_share"], r.get("content_flip_ci")), *deltas]))
     return lines
 
 
@@ -185,9 +198,14 @@ def _probes_and_notes(report: dict) -> list[str]:
 
 
 def _reliance(r: dict) -> list[str]:
-    """One probe's cells: n, mean |score change|, relative change, flip share, AUC reference → counterfactual."""
-    return [str(r["n"]), _f(r["mean_abs_change"]), _f(r["relative_change"], 2), _f(r["flip_share"]),
-            f"{_f(r['auc_reference'])} → {_f(r['auc'])}"]
+    """One probe's cells: n (threads), |score change|, change, relative change, flips, their random
+    reference, AUC reference → counterfactual and its change, with the intervals in r["ci"]."""
+    ci = r.get("ci") or {}
+    return [f"{r['n']} ({r.get('n_threads', '–')})", _ci(r["mean_abs_change"], ci.get("mean_abs_change")),
+            _ci(r["mean_change"], ci.get("mean_change")), _ci(r["relative_change"], ci.get("relative_change")),
+            _ci(r["flip_share"], ci.get("flip_share")), _f(r.get("flip_random"), 2),
+            f"{_f(r['auc_reference'])} → {_ci(r['auc'], ci.get('auc'))}",
+            _ci(r.get("auc_change"), ci.get("auc_change"))]
 
 
 def _arrow(downstream: dict, column: str) -> str:
@@ -234,26 +252,36 @@ def plot(report: dict, path, top_groups: int = 12) -> str:
 
 
 def _plot_reliance(ax_change, ax_flip, report: dict) -> None:
-    """Bars per probe (metadata | content), one colour per RM: mean |score change| and flip share."""
+    """Bars per probe (metadata | content), one colour per RM, with their thread-bootstrap intervals:
+    mean |score change| and flip share (the dashed line: a score re-drawn at random)."""
     probes = [*META_PROBES, *CONTENT_PROBES]
     x = np.arange(len(probes))
     for j, (name, e) in enumerate(report["rms"].items()):
         rows = [(e["metadata"] if p in META_PROBES else e["content"])[p] for p in probes]
         offset, width = _dodge(x, j, len(report["rms"]))
-        bars = ax_change.bar(offset, [_nan(r["mean_abs_change"]) for r in rows], width,
-                             label=f"{name} ({e['format']})", color=f"C{j}")
-        ax_change.bar_label(bars, fmt="%.2f", fontsize=6)  # a zero bar is a finding: show its value
-        bars = ax_flip.bar(offset, [_nan(r["flip_share"]) for r in rows], width, color=f"C{j}")
-        ax_flip.bar_label(bars, fmt="%.2f", fontsize=6)
+        for ax, key in ((ax_change, "mean_abs_change"), (ax_flip, "flip_share")):
+            bars = ax.bar(offset, [_nan(r[key]) for r in rows], width, yerr=_yerr(rows, key), color=f"C{j}",
+                          error_kw={"lw": 0.8, "capsize": 2}, label=f"{name} ({e['format']})")
+            ax.bar_label(bars, fmt="%.2f", fontsize=6)  # a zero bar is a finding: show its value
     for ax, title in ((ax_change, "mean |score change| under each probe"),
-                      (ax_flip, "share of pairwise rankings flipped")):
+                      (ax_flip, f"share of clearly ordered pairs flipped (gap ≥ {report['min_gap_sd']} SD)")):
         ax.set_xticks(x, probes, rotation=20, ha="right", fontsize=8)
         ax.axvline(len(META_PROBES) - 0.5, color="grey", lw=0.8)
         ax.set_title(title, fontsize=10)
-    ax_flip.axhline(0.5, color="grey", ls="--", lw=0.8)
-    ax_flip.text(-0.45, 0.5, "re-drawn at random", ha="left", va="bottom", fontsize=7, color="grey")
-    ax_flip.set_ylim(0, max(0.65, ax_flip.get_ylim()[1]))
+    ax_flip.axhline(report["flip_random"], color="grey", ls="--", lw=0.8)
+    ax_flip.text(-0.45, report["flip_random"], "re-drawn at random", ha="left", va="bottom", fontsize=7, color="grey")
+    ax_flip.set_ylim(0, max(1.05, ax_flip.get_ylim()[1]))
     ax_change.set_xlabel("metadata probes | content probes", fontsize=8)
+
+
+def _yerr(rows: list[dict], key: str) -> np.ndarray:
+    """[2, len(rows)] distances from each value down and up to its interval ends (0 without one)."""
+    err = np.zeros((2, len(rows)))
+    for k, r in enumerate(rows):
+        ci = (r.get("ci") or {}).get(key)
+        if ci and r[key] is not None:
+            err[:, k] = max(r[key] - ci[0], 0.0), max(ci[1] - r[key], 0.0)
+    return err
 
 
 def _plot_by_subreddit(ax, report: dict, top_groups: int) -> None:

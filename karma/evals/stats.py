@@ -5,7 +5,8 @@ caller aligns the arrays): exact McNemar for 0/1 scores, Wilcoxon signed-rank fo
 The p-values of one table are Holm-corrected together (report.py); the across-models test asks
 whether a variant moves the per-model aggregates in a consistent direction over the base models.
 Two classifiers scored on the same labelled examples are compared by DeLong's test of their AUCs
-(the reward-shortcut report, shortcuts.py).
+(the reward-shortcut report, shortcuts.py), whose intervals come from a cluster bootstrap over
+threads (cluster_bootstrap_indices).
 """
 
 import math
@@ -108,6 +109,32 @@ def bootstrap_ci(values, statistic=np.mean, n_resamples: int = 1000, confidence:
     alpha = 1.0 - confidence
     low, high = np.quantile(np.concatenate(draws), [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def cluster_bootstrap_indices(clusters, n_resamples: int, seed):
+    """Yield n_resamples index arrays of a cluster bootstrap: each draws as many clusters as there
+    are, uniformly with replacement, and takes every member of each (Davison & Hinkley 1997,
+    "Bootstrap Methods and their Application", sec. 3.8; Field & Welsh 2007, "Bootstrapping
+    clustered data", JRSS-B 69(3)).
+
+    Why: examples of one cluster (the replies of one Reddit thread) are correlated, so a resample
+    of single examples treats each as new information and its intervals are too narrow (by about
+    the square root of the design effect, 1 + (m - 1) ICC for clusters of m). Resampling whole
+    clusters keeps that correlation inside every resample. With one example per cluster this is
+    the ordinary bootstrap. clusters: one hashable id per example; seed: anything
+    numpy.random.default_rng takes (the same seed yields the same resamples, so statistics of
+    several models computed on them are paired). Each array holds member indices, cluster by
+    cluster, its length varying with the clusters drawn."""
+    codes = np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()  # [N] cluster code 0..C-1
+    order = np.argsort(codes, kind="stable")  # members of cluster c: order[starts[c]:starts[c] + counts[c]]
+    counts = np.bincount(codes)  # [C]
+    starts = np.cumsum(counts) - counts
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        chosen = rng.integers(0, len(counts), len(counts))  # [C] clusters, with replacement
+        sizes = counts[chosen]
+        within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # 0..size-1 per cluster
+        yield order[np.repeat(starts[chosen], sizes) + within]
 
 
 def delong_components(labels, scores) -> tuple[float, np.ndarray, np.ndarray]:
