@@ -6,6 +6,9 @@
 
 Outputs in --out: train-*.jsonl, heldout-*.jsonl (examples), prompts-reddit.jsonl,
 prompts-ultrachat.jsonl (with --ultrachat), stats.json. Schema and pipeline: karma/data/prepare.py.
+A run replaces them as a whole: they are written into a temporary directory beside --out that takes
+its place once complete, so a killed or failed run leaves the previous outputs, never a mix (the disk
+holds both sets meanwhile). --out must hold nothing else.
 
     python data_prep.py kinship --ultrafeedback /datasets/UltraFeedback --scores benchmark.csv --out runs/pairs
 
@@ -14,6 +17,7 @@ builds the other KARMA's kinship-aware preference pairs for dpo.py (karma/data/k
 """
 
 import argparse
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -24,7 +28,8 @@ from karma.checkpoint import atomic_write_json
 from karma.cli import add_debug_flag, run_main
 from karma.data import kinship, ultrachat
 from karma.data.filters import FilterConfig
-from karma.data.prepare import PrepConfig, default_workers, prepare
+from karma.data.prepare import (PrepConfig, default_workers, naming_errors, prepare, recover_outputs,
+                                 replacing_outputs)
 from karma.data.threads import ThreadConfig
 from karma.data.prompts import write_prompts
 from karma.records import require_pyarrow
@@ -54,7 +59,8 @@ def parse_args(argv=None):
                    help="bot accounts to drop, besides names ending in 'bot' (default AutoModerator)")
     g = p.add_argument_group("threads and labels")
     g.add_argument("--reward-ratio", type=float, default=0.4,
-                   help="a reply is rewarding iff score >= ratio * max(parent score, 1) (default 0.4, the paper's)")
+                   help="a reply is rewarding iff score >= ratio * max(parent score, 1) (default 0.4, the "
+                        "paper's; 0 to 100)")
     g.add_argument("--min-responses", type=int, default=2,
                    help="a submission needs this many kept top-level replies (default 2)")
     g.add_argument("--max-siblings", type=int, default=5, help="sibling replies stored per example (default 5)")
@@ -70,17 +76,31 @@ def parse_args(argv=None):
     g.add_argument("--ultrachat-limit", type=int, default=None, help="cap on UltraChat prompts (after dedup)")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    for flag in ("min_chars", "min_responses", "shard_size", "max_prompts", "ultrachat_limit", "workers"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
-    for flag, low, high in (("min_english_prob", 0, 1), ("reward_ratio", 0, None), ("heldout_percent", 0, 100),
-                            ("min_score_age_hours", 0, None)):
-        value = getattr(args, flag)
-        if not (low <= value and (high is None or value <= high)) or value != value:
-            p.error(f"--{flag.replace('_', '-')} {value}: must be in [{low}, {high if high is not None else 'inf'}]")
-    if args.max_siblings < 0:
-        p.error(f"--max-siblings {args.max_siblings}: must be >= 0")
+    check_numbers(p, args)
     return args
+
+
+AT_LEAST = {"workers": 1, "min_chars": 1, "min_responses": 1, "max_siblings": 0, "shard_size": 1, "max_prompts": 1,
+            "ultrachat_limit": 1}  # integer flags (None: unset)
+IN_RANGE = {"min_score_age_hours": (0, math.inf), "min_english_prob": (0, 1), "reward_ratio": (0, 100),
+            "heldout_percent": (0, 100)}  # float flags: finite, low <= value <= high
+
+
+def check_numbers(p: argparse.ArgumentParser, args) -> None:
+    """Every numeric flag in its range before any record is read; floats finite: `--reward-ratio inf`
+    would run for hours and label every example 0, NaN fails every comparison."""
+    for flag, low in AT_LEAST.items():
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            p.error(f"--{flag.replace('_', '-')} {value}: must be at least {low}")
+    for flag, (low, high) in IN_RANGE.items():
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and low <= value <= high):
+            p.error(f"--{flag.replace('_', '-')} {value}: must be a finite number "
+                    + (f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"))
+    most = 4 * default_workers()  # more processes than that add only memory and start-up time
+    if args.workers > most:
+        p.error(f"--workers {args.workers}: must be at most {most} (4 per core this process may use)")
 
 
 def main(argv=None):
@@ -88,17 +108,20 @@ def main(argv=None):
     if argv[:1] == ["kinship"]:  # the other KARMA's preference pairs (files written atomically)
         return kinship.main(argv[1:])
     args = parse_args(argv)
+    recover_outputs(args.out)  # a run killed while swapping its outputs in; before the lock creates --out
     created = not args.out.exists()
     try:
-        with RunLock(args.out):
-            run(args)
+        with RunLock(args.out) as lock:
+            run(args, carried=(lock.path.name,))
     except BaseException:
         if created and args.out.is_dir() and not any(p.name != ".lock" for p in args.out.iterdir()):
             shutil.rmtree(args.out)  # a failed run leaves no empty --out behind
         raise
 
 
-def run(args):
+def run(args, carried: tuple[str, ...] = ()):
+    """The outputs are written into a temporary directory that replaces --out as a whole once all
+    are complete (prepare.replacing_outputs); `carried`: the lock's file name, kept in --out."""
     cfg = PrepConfig(
         inputs=args.input, out_dir=args.out, heldout_percent=args.heldout_percent,
         shard_size=args.shard_size, max_prompts=args.max_prompts, workers=args.workers,
@@ -111,14 +134,17 @@ def run(args):
     if args.ultrachat is not None:  # a bad --ultrachat path fails now, not after the Reddit pass
         ultrachat_files = ultrachat.find_files(args.ultrachat, args.ultrachat_split)
         require_pyarrow(ultrachat_files)
-    with tqdm(desc="records", unit=" rec", unit_scale=True, disable=not show_progress()) as bar:
-        stats = prepare(cfg, progress=bar)
-    if args.ultrachat is not None:
-        prompts, uc_stats = ultrachat.read_ultrachat(ultrachat_files, split=args.ultrachat_split,
-                                                     limit=args.ultrachat_limit)
-        write_prompts(prompts, args.out / "prompts-ultrachat.jsonl")
-        stats["ultrachat"] = uc_stats
-        atomic_write_json(args.out / "stats.json", stats)
+    with replacing_outputs(args.out, carried) as tmp:
+        with tqdm(desc="records", unit=" rec", unit_scale=True, disable=not show_progress()) as bar:
+            stats = prepare(cfg, progress=bar, into=tmp)
+        if args.ultrachat is not None:
+            prompts, uc_stats = ultrachat.read_ultrachat(ultrachat_files, split=args.ultrachat_split,
+                                                         limit=args.ultrachat_limit)
+            with naming_errors(tmp / "prompts-ultrachat.jsonl"):
+                write_prompts(prompts, tmp / "prompts-ultrachat.jsonl")
+            stats["ultrachat"] = uc_stats
+            with naming_errors(tmp / "stats.json"):
+                atomic_write_json(tmp / "stats.json", stats)
     print(summary(stats))
     print(f"outputs and stats.json in {args.out}")
 

@@ -59,13 +59,14 @@ class OracleDetector(StubDetector):
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory):
     """A small synthetic dump (350 posts) made messier: unique "xyzzy<n>" markers (non-English for the
-    stub) in some posts and comments, broken lines, blank lines, duplicated comments (one whose first
-    copy is non-English, so the second is kept), a duplicated post, a reply whose parent sits in
-    another thread (a stray: it competes in that thread), a parent cycle."""
+    stub; n in letters, as the language check reads every digit as 0) in some posts and comments,
+    broken lines, blank lines, duplicated comments (one whose first copy is non-English, so the
+    second is kept), a duplicated post, a reply whose parent sits in another thread (a stray: it
+    competes in that thread), a parent cycle."""
     d = tmp_path_factory.mktemp("messy")
     write_dump(d, n_posts=350, seed=3, compression="ndjson")
     rng = random.Random(0)
-    marker = iter(range(10**6))
+    marker = ("".join(chr(ord("a") + int(digit)) for digit in str(n)) for n in range(10**6))
     files = {p.name: [orjson.loads(line) for line in p.read_bytes().splitlines()] for p in sorted(d.iterdir())}
     for name, records in files.items():
         for r in records:

@@ -28,7 +28,8 @@ both a thread check and the language check are counted differently: under their 
 (too_few_responses, thread_too_small, parent_unavailable) instead of non_english, and the comments
 of such a post under their own reason instead of post_unavailable. On data/sample that is 24 of
 3,148 records (non_english 13 + 61 -> 10 + 48, post_unavailable 466 -> 458); on the 20k-post bench
-dump 1,038 of 118,987, and fastText reads 67,667 texts instead of 85,577.
+dump 1,038 of 118,987, and fastText reads 70,848 texts instead of 88,145 (second looks included:
+karma/data/filters.py).
 
 Workers (`workers`, default 1: all in this process). A multiprocessing pool (fork where the platform
 has it: workers start in milliseconds with this process's imports and its fastText model, if
@@ -49,7 +50,8 @@ comment that becomes an example) or skipped under exactly one reason, so
 `records_kept + records_skipped == records_read`, per kind too; the first `max_locations` file:line
 places of each reason (in input order) are listed.
 
-Output files in out_dir (JSONL, one object per line; each written atomically, stats.json last):
+Output files in out_dir (JSONL, one object per line; each written atomically, stats.json last;
+data_prep.py writes them into a temporary directory that then replaces out_dir whole, replacing_outputs):
   train-00000.jsonl ...     examples of the train split (shards of `shard_size`)
   heldout-00000.jsonl ...   examples of the held-out split
   prompts-reddit.jsonl      PPO prompts: {"id", "source": "reddit", "messages", "meta"}
@@ -60,20 +62,23 @@ Example schema: {"id": comment name, "split", "thread_id": submission name, "par
 """
 
 import bisect
+import errno
 import gc
 import hashlib
 import multiprocessing
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from fnmatch import fnmatch
 from pathlib import Path
 
 import orjson
 
-from karma.checkpoint import atomic_write, atomic_write_json
+from karma.checkpoint import atomic_directory, atomic_write, atomic_write_json, recover_directory
 from karma.data.filters import (FilterConfig, comment_cheap_reason, english_verdicts, filtered_text,
                                 submission_cheap_reason)
 from karma.data.format import render_prompt
@@ -158,10 +163,12 @@ def no_cyclic_gc():
 
 
 @no_cyclic_gc()
-def prepare(cfg: PrepConfig, progress=None) -> dict:
-    """Run the pipeline; returns the stats (also written to out_dir/stats.json)."""
+def prepare(cfg: PrepConfig, progress=None, into: Path | None = None) -> dict:
+    """Run the pipeline; returns the stats (also written to stats.json). The files go to `into`,
+    cfg.out_dir by default; data_prep.py writes them into the temporary directory of
+    replacing_outputs, which then replaces out_dir as a whole."""
     start = time.perf_counter()
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(cfg.out_dir if into is None else into)
     out_dir.mkdir(parents=True, exist_ok=True)
     ignored = []  # files in input directories that do not look like dumps
     files = find_dumps(cfg.inputs, on_ignored=ignored.append)
@@ -203,7 +210,8 @@ def prepare(cfg: PrepConfig, progress=None) -> dict:
         "config": _config_dict(cfg),
     }
     stats["records_per_s"] = round(records_read / max(stats["seconds"], 1e-9))
-    atomic_write_json(out_dir / "stats.json", stats)
+    with naming_errors(out_dir / "stats.json"):
+        atomic_write_json(out_dir / "stats.json", stats)
     return stats
 
 
@@ -447,11 +455,12 @@ class ShardWriter:
     """JSONL shards per split (`train-00000.jsonl`, ...). Lines stream into a hidden temporary file
     that is synced and renamed into place when the shard is complete (written atomically, as with
     atomic_write, without holding a shard's 50k lines in memory); shards of an earlier run in out_dir
-    are removed first, the temporary files of a failed run too."""
+    are removed first. On any error the temporary files are removed, and an OSError names the shard
+    (a full disk otherwise reads "[Errno 28] No space left on device", no file)."""
 
     def __init__(self, out_dir: Path, shard_size: int):
         self.out_dir, self.shard_size = out_dir, shard_size
-        self.open = {}  # split -> (file, temporary path, lines written)
+        self.open = {}  # split -> [file, temporary path, lines written]
         self.counts = Counter()  # shards completed per split
         self.paths = []
         for split in SPLITS:
@@ -460,45 +469,169 @@ class ShardWriter:
 
     def write(self, split: str, line: bytes):
         shard = self.open.get(split) or self._start(split)
-        shard[0].write(line + b"\n")
+        try:
+            shard[0].write(line + b"\n")
+        except OSError as e:  # not naming_errors, which costs microseconds a line
+            _raise_named(e, self._path(split))
         shard[2] += 1
         if shard[2] >= self.shard_size:
             self._finish(split)
 
+    def _path(self, split: str) -> Path:
+        return self.out_dir / f"{split}-{self.counts[split]:05d}.jsonl"
+
     def _start(self, split: str) -> list:
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{split}-", suffix=".tmp")
+        with naming_errors(self._path(split)):
+            fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{split}-", suffix=".tmp")
         self.open[split] = [os.fdopen(fd, "wb", buffering=1 << 20), tmp, 0]
         return self.open[split]
 
     def _finish(self, split: str):
-        f, tmp, _ = self.open.pop(split)
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        name = f"{split}-{self.counts[split]:05d}.jsonl"
-        os.replace(tmp, self.out_dir / name)
-        self.paths.append(name)
+        f, tmp, _ = self.open[split]
+        path = self._path(split)
+        with naming_errors(path):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
+            os.replace(tmp, path)
+        del self.open[split]
+        self.paths.append(path.name)
         self.counts[split] += 1
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if exc[0] is None:
-            for split in SPLITS:
-                if split not in self.open and not self.counts[split]:
-                    self._start(split)  # a split without examples still gets its -00000 file, empty
-                if split in self.open:
-                    self._finish(split)
-        for f, tmp, _ in self.open.values():  # left by an error
-            f.close()
-            os.unlink(tmp)
+        try:
+            if exc[0] is None:
+                for split in SPLITS:
+                    if split not in self.open and not self.counts[split]:
+                        self._start(split)  # a split without examples still gets its -00000 file, empty
+                    if split in self.open:
+                        self._finish(split)
+        finally:
+            for f, tmp, _ in self.open.values():  # left by an error
+                try:
+                    f.close()  # flushes the buffer: fails again on a full disk, yet closes the file
+                except OSError:
+                    pass
+                Path(tmp).unlink(missing_ok=True)
+            self.open.clear()
 
 
 def write_lines(path: Path, lines: list[bytes]) -> None:
     """JSONL from serialised lines, written atomically."""
-    atomic_write(path, lambda p: Path(p).write_bytes(b"\n".join(lines) + b"\n" if lines else b""))
+    with naming_errors(path):
+        atomic_write(path, lambda p: Path(p).write_bytes(b"\n".join(lines) + b"\n" if lines else b""))
+
+
+@contextmanager
+def naming_errors(path: Path):
+    """An OSError while writing `path` names it: one from writing to an open file (a full disk, a
+    quota) has no file name, and an atomic write's names its temporary file."""
+    try:
+        yield
+    except OSError as e:
+        _raise_named(e, path)
+
+
+def _raise_named(error: OSError, path: Path):
+    if error.errno is None:  # not from the system: its message says what it is about
+        raise error
+    raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+# ---------------------------------------------------------------------- replacing the outputs as a whole
+
+OUTPUT_NAMES = ("train-*.jsonl", "heldout-*.jsonl", "prompts-reddit.jsonl", "prompts-ultrachat.jsonl", "stats.json",
+                ".train-*.tmp", ".heldout-*.tmp", ".prompts-*.tmp", ".stats.json.*.tmp")  # and their temporaries
+
+
+def recover_outputs(out_dir: Path) -> None:
+    """A run killed between the two renames of its swap (replacing_outputs) left no out_dir and the
+    previous outputs in `.<name>.old`: put them back. Call it before anything creates out_dir."""
+    recover_directory(_real(out_dir))
+
+
+@contextmanager
+def replacing_outputs(out_dir: Path, carried: tuple[str, ...] = ()):
+    """`with replacing_outputs(out) as tmp:` write one run's complete outputs into `tmp`, a new
+    sibling directory; on success `tmp` replaces `out` as a whole (karma.checkpoint.atomic_directory:
+    two renames, undone by recover_outputs when a kill falls between them), on any error `tmp` is
+    removed and `out` is as it was. So a kill at any moment leaves the previous set or the new one,
+    never new shards beside the previous prompts and stats (whose prompts may come from threads the
+    new split holds out). `carried`: names in `out` that are no outputs yet belong there (the run's
+    lock), linked into the new set just before the swap.
+
+    Replacing `out` deletes whatever else it holds, so a file data_prep does not write is refused
+    before any work, as is a mount point (it cannot be renamed). The temporary directories of killed
+    runs are removed first. Disk: the new set is written beside the previous one, which is deleted
+    only after the swap. A failed write names the file by its place in `out`."""
+    out_dir = Path(out_dir)
+    real = _real(out_dir)  # through a symlink: the new set is written beside the directory it names
+    if real.exists():
+        if os.path.ismount(real):
+            raise ValueError(f"{out_dir}: a mount point, which cannot be replaced as a whole; use a directory in it")
+        foreign = sorted(p.name for p in real.iterdir()
+                         if p.name not in carried and not any(fnmatch(p.name, n) for n in OUTPUT_NAMES))
+        if foreign:
+            raise ValueError(f"{out_dir}: holds {', '.join(foreign[:5])}{' and more' if len(foreign) > 5 else ''}, "
+                             f"which data_prep.py does not write; a run replaces the whole directory, so move "
+                             f"them elsewhere or choose another --out")
+    _remove_stale(real)
+    with atomic_directory(real) as tmp:
+        if real.exists():
+            shutil.copymode(real, tmp)
+        try:
+            yield tmp
+        except OSError as e:
+            error = _write_error(e, tmp, out_dir)
+            if error is e:
+                raise
+            raise error from e
+        for name in carried:
+            if (real / name).exists():
+                _link_or_copy(real / name, tmp / name)
+
+
+def _real(out_dir: Path) -> Path:
+    return Path(os.path.realpath(out_dir))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the filesystem has them: the lock file stays the same file, so the lock
+    held on it (flock) holds in the new set too and the run removes that file when it ends."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _remove_stale(real: Path) -> None:
+    """What killed runs left beside `real`: their temporary directories (`.<name>.tmp-<pid>`), and
+    the previous set of a run killed after its swap (`.<name>.old`)."""
+    if not real.parent.is_dir():
+        return
+    prefix = f".{real.name}.tmp-"
+    for p in real.parent.iterdir():
+        if p.name.startswith(prefix) and p.name[len(prefix):].isdigit() and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+    old = real.with_name(f".{real.name}.old")
+    if real.exists() and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+
+
+def _write_error(error: OSError, tmp: Path, out_dir: Path) -> OSError:
+    """A failed write into the new set, as the user sees it: the file by its place in out_dir,
+    out_dir unchanged, and for a full disk the room left."""
+    if error.errno is None or not error.filename or Path(error.filename).parent != tmp:
+        return error
+    message = f"{out_dir / Path(error.filename).name}: {error.strerror}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        message += (f" ({shutil.disk_usage(tmp).free / 2**20:,.0f} MiB free; the new outputs are written beside the "
+                    f"previous ones, which they replace once complete)")
+    return OSError(error.errno, f"{message}; nothing in {out_dir} was changed")
 
 
 def _config_dict(cfg: PrepConfig) -> dict:
