@@ -17,7 +17,7 @@ DEMO_PPO ?= --rollouts 8 --rollout-batch 16 --minibatch 4 --micro-batch 4 --ppo-
 DEMO_EVAL ?= --limit 40 --rtp-samples 4 --tasks mmlu truthfulqa crows_pairs colbert_humor msad realtoxicity
 
 demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> reward model -> PPO (offline, CPU)
-	rm -rf $(DEMO)  # a fresh demo each time (the trainers refuse to start over an earlier run's checkpoints)
+	rm -rf $(DEMO)  # a fresh demo each time (a run refuses an --out that holds an earlier run)
 	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts 1
 	$(BIN)/python train_rm.py --model smollm2-135m --data $(DEMO)/data --out $(DEMO)/rm \
 		--max-length 192 --max-steps 12 --lr 3e-5 --eval-every 12 --save-every 12 --max-eval-examples 96 \

@@ -139,25 +139,30 @@ def atomic_directory(target: str | os.PathLike):
 
 
 # atomic_write's `.<file>.<random>.tmp`, atomic_directory's `.<dir>.tmp-<pid>`
-TEMPORARY = re.compile(r"\..+\.tmp(-\d+)?")
+TEMPORARY = re.compile(r"\..+\.tmp(?:-(\d+))?")
 OLD = re.compile(r"\.(.+)\.old")  # replace_directory's `.<dir>.old`
+PARTIAL_CHECKPOINT = re.compile(r"(?:step|rollout)-\d+\.tmp")  # save_training_state's `<checkpoint>.tmp`
 
 
 def remove_leftovers(out: Path) -> list[tuple[str, int]]:
     """Delete what killed runs left in `out` and `out/checkpoints`, each as large as a model or a
     checkpoint: temporary files and directories (see the module doc), partial checkpoints
     (`<step>.tmp`), and a swap's `.<dir>.old` beside its `<dir>` (without it, it is put back).
-    Only the holder of the lock of `out` calls it, so no live process is writing them. Returns
-    [(path relative to out, bytes)] of what was removed."""
+    Only the holder of the lock of `out` calls it, so no run into `out` is writing them; a
+    `.<dir>.tmp-<pid>` of a process still alive is left alone all the same (another program may
+    write a directory of its own inside `out`). Returns [(path relative to out, bytes)] of what was
+    removed."""
     removed = []
-    for directory, partial in ((Path(out), None), (Path(out) / "checkpoints", re.compile(r".+\.tmp"))):
+    for directory, partial in ((Path(out), None), (Path(out) / "checkpoints", PARTIAL_CHECKPOINT)):
         if not directory.is_dir():
             continue
         for path in sorted(directory.iterdir()):
-            old = OLD.fullmatch(path.name)
+            old, temporary = OLD.fullmatch(path.name), TEMPORARY.fullmatch(path.name)
             if old:
                 recover_directory(directory / old.group(1))
-            if TEMPORARY.fullmatch(path.name) or (partial and partial.fullmatch(path.name)) or (old and _exists(path)):
+            if temporary and temporary.group(1) and process_alive(int(temporary.group(1))):
+                continue
+            if temporary or (partial and partial.fullmatch(path.name)) or (old and _exists(path)):
                 removed.append((str(path.relative_to(out)), _disk_bytes(path)))
                 remove_path(path)
     return removed
@@ -255,12 +260,26 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
 
 def remove_checkpoints(checkpoints: Path) -> None:
     """Delete a run's checkpoints directory; when it is a symbolic link (checkpoints kept on another
-    disk), the checkpoints in it and the link, not the directory it points to."""
+    disk), only what the run wrote there (its checkpoints, partial ones, `latest`) and the link:
+    never anything else in the directory it points to."""
     checkpoints = Path(checkpoints)
     if checkpoints.is_symlink() and checkpoints.is_dir():
-        for path in checkpoints.iterdir():
+        ours = [*checkpoint_dirs(checkpoints), checkpoints / "latest",
+                *(p for p in checkpoints.iterdir() if PARTIAL_CHECKPOINT.fullmatch(p.name))]
+        for path in ours:
             remove_path(path)
     remove_path(checkpoints)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:

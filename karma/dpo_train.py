@@ -102,6 +102,10 @@ class DPOConfig:
     activation_checkpointing: bool = False
     resume: bool = False
 
+    def inputs(self) -> dict:
+        """What the run reads, by setting: config.json records them by content (run.input_identities)."""
+        return {"model": self.model, "ref_model": self.ref_model, "data": self.data}
+
     def check(self) -> None:
         check_flags(self, beta=POSITIVE, label_smoothing=(lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
                     loss_type=(lambda v: v in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}"),
@@ -452,14 +456,14 @@ def refuse_nonfinite_weights(model, name: str) -> None:
 # --------------------------------------------------------------------------------- reference pass
 
 def reference_identity(cfg: DPOConfig, data: "Pairs") -> dict:
-    """What the reference log-probs are computed from: any change makes them other numbers. The
-    batching is not part of it (it moves them by float32 rounding only: a run resumed on another
-    number of processes keeps its cache)."""
-    reference = cfg.ref_model or cfg.model
-    return {"reference": str(reference), "reference files": input_identity(resolve(reference)),
+    """What the reference log-probs are computed from: any change makes them other numbers. By
+    content, not by path (a moved model is the same model; the tokenizer is in the pairs' token
+    ids). The batching is not part of it (it moves them by float32 rounding only: a run resumed on
+    another number of processes keeps its cache)."""
+    return {"reference files": input_identity(resolve(cfg.ref_model or cfg.model)),
             "log-probs (--loss-type)": "per-token mean" if cfg.loss_type == "ipo" else "sum",
             "--max-length": cfg.max_length, "--max-prompt-length": cfg.max_prompt_length,
-            "tokenizer (--model)": str(cfg.model), "pairs": data.fingerprint}
+            "pairs": data.fingerprint}
 
 
 def cached_reference(path: Path, identity: dict, n_pairs: int, trained: bool, cfg: DPOConfig,
@@ -509,7 +513,7 @@ def cache_mismatch(cached, identity: dict, n_pairs: int, ignore: set[str]) -> st
     was = cached["identity"]
     changed = [k for k in identity if k not in ignore and was.get(k) != identity[k]]
     said = {"pairs": f"the pairs differ: {was.get('pairs')} -> {identity['pairs']}",
-            "reference files": f"the files of {identity['reference']} changed"}
+            "reference files": "the reference model's files have other content"}
     return ("computed from other settings: " + "; ".join(said.get(k, f"{k}: {was.get(k)!r} -> {identity[k]!r}")
                                                          for k in changed)) if changed else ""
 

@@ -73,6 +73,10 @@ class TrainRMConfig:
     activation_checkpointing: bool = False
     resume: bool = False
 
+    def inputs(self) -> dict:
+        """What the run reads, by setting: config.json records them by content (run.input_identities)."""
+        return {"model": self.model, "data": self.data}
+
     def check(self) -> None:
         """Flag values a run can use (ValueError naming the flag). Sizes also have an upper bound no
         real run reaches, so a typo (--head-hidden 1000000000) is refused here, not in the allocator

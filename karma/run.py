@@ -34,8 +34,9 @@ from pathlib import Path
 import orjson
 import torch
 
-from karma.checkpoint import (atomic_directory, atomic_write_json, finite_json, latest_checkpoint, load_training_state,
-                              read_json, remove_checkpoints, remove_leftovers, truncate_jsonl)
+from karma.checkpoint import (atomic_directory, atomic_write_json, checkpoint_dirs, finite_json, latest_checkpoint,
+                              load_training_state, process_alive, read_json, remove_checkpoints, remove_leftovers,
+                              truncate_jsonl)
 from karma.distributed import Dist, barrier, full_state_dict
 from karma.tokenizer import Tokenizer, copy_tokenizer_files
 from karma.weights import write_hf_checkpoint
@@ -73,7 +74,7 @@ class RunLock:
             raise RunLocked(f"{self.path}: another run (pid {previous['pid']} on {previous['host']}) may write into "
                             f"this directory; if it is no longer running, delete {self.path}")
         if previous:
-            why = "is not running" if not _alive(previous["pid"]) else "does not hold it"
+            why = "is not running" if not process_alive(previous["pid"]) else "does not hold it"
             print(f"{self.path}: taking over a stale lock (pid {previous['pid']} {why})", file=sys.stderr)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "argv": sys.argv}
         self.fd = fd
@@ -139,16 +140,6 @@ def _is_at(fd: int, path: Path) -> bool:
     return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 # ----------------------------------------------------------------------------------- run config
 
 # where a script's flag is not --<field name>
@@ -168,7 +159,7 @@ def config_dict(cfg) -> dict:
 
 def write_config(out: Path, cfg, **extra) -> None:
     """config.json: the settings, `extra` facts about the run, and under "inputs" the identity of
-    every file or directory a setting names (input_identities), for check_resumable. Called under
+    every input the config lists (`cfg.inputs()`, input_identities), for check_resumable. Called under
     the lock; a new run checks --out once more first: a run that ended between this one's
     check_out_dir and its taking the lock is not overwritten either."""
     out = Path(out)
@@ -204,14 +195,16 @@ def check_out_dir(out: Path, cfg, may_change: set[str]) -> None:
 
 
 def _entries(out: Path) -> list[str]:
-    """What `out` holds, as `ls` shows it: not the hidden names (the lock, temporary files) nor
-    empty directories (e.g. a checkpoints/ link to another disk, made beforehand)."""
+    """What `out` holds, as `ls` shows it: not the hidden names (the lock, temporary files), nor
+    empty directories, nor a checkpoints/ link without checkpoints (made beforehand to keep them on
+    another disk, maybe beside other things)."""
     if not out.exists():
         return []
     if not out.is_dir():
         raise NotADirectoryError(f"{out}: not a directory")
+    prepared = lambda p: p.name == "checkpoints" and p.is_symlink() and not checkpoint_dirs(p)
     return [p.name + "/" if p.is_dir() else p.name for p in sorted(out.iterdir())
-            if not p.name.startswith(".") and not (p.is_dir() and not any(p.iterdir()))]
+            if not p.name.startswith(".") and not (p.is_dir() and not any(p.iterdir())) and not prepared(p)]
 
 
 def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
@@ -222,7 +215,7 @@ def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
     added after the run started is compared with the value its field's metadata["before_added"]
     names (what runs had before it existed). Refused with the differences listed."""
     saved = read_json(Path(out) / "config.json")
-    recorded, now = saved.get("inputs", {}), config_dict(cfg)
+    recorded, now, inputs = saved.get("inputs", {}), config_dict(cfg), cfg.inputs()
     differences = []
     for f in fields(cfg):
         k = f.name
@@ -230,8 +223,8 @@ def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
             saved[k] = f.metadata["before_added"]
         if k in may_change or k == "out_dir" or k not in saved:
             continue
-        if k in recorded:
-            difference = _input_difference(k, getattr(cfg, k), saved[k], now[k], recorded[k], out)
+        if k in recorded and inputs.get(k) is not None:
+            difference = _input_difference(k, inputs[k], saved[k], now[k], recorded[k], out)
         else:
             difference = None if saved[k] == now[k] else f"{flag_name(k)}: {saved[k]!r} -> {now[k]!r}"
         if difference:
@@ -293,18 +286,16 @@ def input_identity(path: Path, skip: Path | None = None) -> dict | None:
 
 
 def input_identities(cfg, out: Path) -> dict:
-    """field -> {"path": resolved path(s), "identity": input_identity(s)} for every setting (a path,
-    a string, or a list of them) that names something on disk, other than --out: the data, and the
-    models when given as local directories. No trainer lists its inputs: any such setting is one."""
+    """setting -> {"path": resolved path(s), "identity": input_identity(s)} for every input the
+    run's config lists (`cfg.inputs()`: the data, the models) that is on disk; a hub id that is not
+    a local path, or an unset one, is not recorded."""
     inputs = {}
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        values = value if isinstance(value, list) else [value]
-        if f.name == "out_dir" or not values or not all(isinstance(v, (str, Path)) and str(v) for v in values):
+    for name, value in cfg.inputs().items():
+        if value is None or isinstance(value, list) and not value:
             continue
         path, identity = _locate(value, out)
         if not _absent(identity):
-            inputs[f.name] = {"path": path, "identity": identity}
+            inputs[name] = {"path": path, "identity": identity}
     return inputs
 
 

@@ -273,3 +273,16 @@ def test_linear_schedule_is_transformers_one():
 
     ours = lrs(lambda opt: dpo_train.lr_schedule(opt, 10, dpo_train.DPOConfig()))
     assert ours == pytest.approx(lrs(lambda opt: get_linear_schedule_with_warmup(opt, 0, 10)), abs=1e-12)
+
+
+def test_a_run_whose_model_moved_resumes_with_its_cache(checkpoint_factory, pairs, tmp_path):
+    """The cache is keyed on content, not on paths: a run that has trained (so cannot recompute the
+    reference) resumes from a moved copy of its model, as check_resumable allows."""
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint_factory("llama_tied").path, model)
+    out = tmp_path / "run"
+    dpo_train.train(config(model, pairs, out, stop_after_steps=2, save_every=2), CPU)
+    cached = reference_of(out)
+    model.rename(tmp_path / "model-moved")
+    dpo_train.train(config(tmp_path / "model-moved", pairs, out, resume=True, save_every=2), CPU)
+    assert torch.equal(reference_of(out), cached)

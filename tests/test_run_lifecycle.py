@@ -304,6 +304,9 @@ class ListConfig:
     lr: float = 1.0
     resume: bool = False
 
+    def inputs(self) -> dict:
+        return {"data": self.data}
+
 
 def test_resume_compares_a_list_of_inputs_file_by_file(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
@@ -432,11 +435,16 @@ def test_symlinked_checkpoints_directory_with_keep0(tmp_path, base, data, capsys
     out, scratch = tmp_path / "rm", tmp_path / "scratch"
     scratch.mkdir()
     out.mkdir()
-    (out / "checkpoints").symlink_to(scratch)  # big checkpoints on another disk
+    (out / "checkpoints").symlink_to(scratch)  # big checkpoints on another disk, beside other things
+    (scratch / "notes.txt").write_text("someone else's")
+    (scratch / "other-run").mkdir()
+    (scratch / "other-run" / "w.bin").write_bytes(bytes(10))
     rc, _, err = cli(train_rm_script, rm_argv(base, data, out, "--keep-checkpoints", "0", "--save-every", "1"),
                      capsys, "train_rm.py")
     assert rc == 0, err
-    assert not (out / "checkpoints").exists() and scratch.is_dir() and list(scratch.iterdir()) == []
+    assert not (out / "checkpoints").exists() and scratch.is_dir()
+    assert sorted(p.name for p in scratch.iterdir()) == ["notes.txt", "other-run"]  # only the run's own removed
+    assert (scratch / "other-run" / "w.bin").exists()
 
 
 # ------------------------------------------------------------- item 19: leftovers of killed runs
@@ -446,7 +454,9 @@ def test_leftovers_of_killed_runs_are_removed_when_the_lock_is_taken(tmp_path, b
     argv = rm_argv(base, data, out, "--max-steps", "2", "--save-every", "5")
     assert cli(train_rm_script, [*argv, "--stop-after-steps", "1"], capsys, "train_rm.py")[0] == 0
     (out / "best").mkdir()  # beside it, a swap's .best.old is a leftover too
-    leftovers = [".best.tmp-4194000", ".policy.tmp-1", "checkpoints/step-00000002.tmp", ".best.old"]
+    leftovers = [".best.tmp-4194000", ".policy.tmp-4194001", "checkpoints/step-00000002.tmp", ".best.old"]
+    live = f".data.tmp-{os.getpid()}"  # a directory another live program is writing: not a leftover
+    (out / live).mkdir()
     for name in leftovers:
         (out / name).mkdir()
         (out / name / "model.safetensors").write_bytes(bytes(1000))
@@ -457,7 +467,7 @@ def test_leftovers_of_killed_runs_are_removed_when_the_lock_is_taken(tmp_path, b
     rc, _, err = cli(train_rm_script, [*argv, "--resume"], capsys, "train_rm.py")
     assert rc == 0, err
     assert not any((out / name).exists() for name in leftovers)
-    assert (out / ".notes").exists()
+    assert (out / ".notes").exists() and (out / live).exists()
     removed = next(line for line in err.splitlines() if "removed leftovers" in line)
     assert all(name in removed for name in leftovers), removed
 
@@ -472,9 +482,31 @@ def test_a_setting_added_after_the_run_started_is_compared_with_what_runs_had_be
         lr: float = 1e-6
         lr_scheduler: str = dataclasses.field(default="linear", metadata={"before_added": "cosine"})
 
+        def inputs(self) -> dict:
+            return {}
+
     (tmp_path / "config.json").write_text(json.dumps({"out_dir": str(tmp_path), "resume": False, "lr": 1e-6}))
     with pytest.raises(ValueError, match="--lr-scheduler: 'cosine' -> 'linear'"):
         run.check_resumable(tmp_path, Settings(tmp_path), may_change={"resume"})
     run.check_resumable(tmp_path, Settings(tmp_path, lr_scheduler="cosine"), may_change={"resume"})
     assert {f.name: f.metadata["before_added"] for f in dataclasses.fields(DPOConfig) if "before_added" in f.metadata} \
         == {"adam_beta2": 0.95, "lr_scheduler": "cosine"}
+
+
+def test_only_the_inputs_a_run_reads_are_recorded(tmp_path, monkeypatch):
+    """A string setting that happens to name something in the working directory (PPO's --prompts
+    reddit beside a ./reddit/ folder of dumps) is no input: adding a dump there does not block
+    --resume. PPO's --data counts only through the prompt set it reads."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reddit").mkdir()
+    (tmp_path / "reddit" / "RC_2015-01.zst").write_bytes(b"x")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "prompts-reddit.jsonl").write_text("{}\n")
+    (data / "train-00000.jsonl").write_text("{}\n")
+    cfg = PPOConfig(model="hub/id-not-on-disk", reward_model=tmp_path / "no-rm", prompts="reddit", data=data,
+                    out_dir=tmp_path / "out")
+    recorded = run.input_identities(cfg, cfg.out_dir)
+    assert set(recorded) == {"data"} and recorded["data"]["path"] == str(data / "prompts-reddit.jsonl")
+    assert set(run.input_identities(dataclasses.replace(cfg, prompts=str(data / "prompts-reddit.jsonl")),
+                                    cfg.out_dir)) == {"prompts"}

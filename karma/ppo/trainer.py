@@ -87,6 +87,12 @@ class PPOConfig:
     activation_checkpointing: bool = False
     resume: bool = False
 
+    def inputs(self) -> dict:
+        """What the run reads, by setting: config.json records them by content (run.input_identities).
+        Of --data only its prompt set is read: that file stands for --data."""
+        prompts = {"data": prompt_file(self)} if self.prompts in PROMPT_FILES else {"prompts": Path(self.prompts)}
+        return {"model": self.model, "reward_model": self.reward_model, **prompts}
+
     def check(self) -> None:
         """Flag values a run can use (ValueError naming the flag). Batch sizes also have an upper
         bound no real run reaches, so a typo (--rollout-batch 100000000) is refused here, not in the
@@ -132,10 +138,15 @@ def variant(cfg: PPOConfig, rm_format: str) -> str:
     return {"reddit": "karmaToxic", "ultrachat": "karmaBenign"}.get(cfg.prompts, "custom")
 
 
+def prompt_file(cfg: PPOConfig) -> Path:
+    """--prompts: data_prep.py's prompt set in --data (reddit, ultrachat), or a JSONL file."""
+    return Path(cfg.data) / PROMPT_FILES[cfg.prompts] if cfg.prompts in PROMPT_FILES else Path(cfg.prompts)
+
+
 def load_prompt_set(cfg: PPOConfig, rm_format: str) -> list[dict]:
     """The prompt set, every prompt checked for rendering in the reward model's format (its roles,
     and the conditioned format's meta) before any model loads."""
-    path = Path(cfg.data) / PROMPT_FILES[cfg.prompts] if cfg.prompts in PROMPT_FILES else Path(cfg.prompts)
+    path = prompt_file(cfg)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no prompt set (data_prep.py writes prompts-reddit.jsonl, and "
                                 f"prompts-ultrachat.jsonl with --ultrachat)")
