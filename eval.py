@@ -330,7 +330,8 @@ def main(argv=None):
                         "items_per_s": len(items[name]) / seconds, "result": asdict(result)}
                 with writing(done):
                     atomic_write_json(done, pair)
-                tqdm.write(f"{label} {name}: {result.primary} {result.metrics[result.primary]:.4f} "
+                proxy = f" (PROXY scorer {result.proxy}, not a toxicity model)" if result.proxy else ""
+                tqdm.write(f"{label} {name}: {result.primary} {result.metrics[result.primary]:.4f}{proxy} "
                            f"({len(items[name])} items, {len(items[name]) / seconds:.1f} items/s)")
             del model, lm
         write_reports(args, models, files)
@@ -352,7 +353,7 @@ def write_reports(args, models: dict[str, str], files: dict[str, dict]):
             "models": models, "data_files": files, "tables": tables, "results": results})
     with writing(args.out / "results.md"):
         atomic_write(args.out / "results.md", lambda p: Path(p).write_text(markdown))
-    charts = report.charts(results, args.out / "charts", seed=args.seed)
+    charts = report.charts(results, args.out / "charts", seed=args.seed, log=lambda line: print(line, file=sys.stderr))
     print(markdown)
     print(f"results in {args.out / 'results.json'}, {args.out / 'results.md'}; {len(charts)} charts in "
           f"{args.out / 'charts'}")

@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 import karma
+from karma.evals import report
 from karma.evals.lm import EvalLM, Loglikelihood
 from karma.evals.tasks import classification, get_task
 
@@ -80,6 +81,22 @@ def test_msad_reader_items_and_requests(tmp_path):
     assert any("1 of 4 rows" in n and "test_df.csv" in n and "lines 4" in n for n in result.notes)
 
 
+def test_a_classifier_answering_one_class_is_flagged_beside_the_majority_baseline(tmp_path):
+    """The demo's MSAD: "negative" for every item, acc 0.30 under the 0.375 of always answering "neutral"."""
+    rows = [[i, f"text {i}", label, classification.SENTIMENTS[label]] for i, label in enumerate([0, 1, 1, 2])]
+    items = MSAD.load(msad_dir(tmp_path, rows))
+    lm = StubLM({(f"text {i}", " " + w): -1.0 if w == "negative" else -2.0 for i in range(4)
+                 for w in classification.SENTIMENTS})
+    result = MSAD.evaluate(lm, items)
+    assert [r["predicted"] for r in result.items] == ["negative"] * 4
+    assert [r["class"] for r in result.items] == ["negative", "neutral", "neutral", "positive"]
+    table = report.build_tables({"m/Base": {"msad": result}})[0]
+    assert table["cells"]["m"]["Base"]["always"] == "negative" and table["baseline"] == {"m": 0.5}
+    header, _, row = report.to_markdown([table]).split("\n")[2:5]
+    assert header == "| model | majority class | Base |"
+    assert row.startswith("| m | 0.500 | 0.250 [") and row.endswith(" **always negative** |")
+
+
 def test_metrics_against_sklearn(tmp_path):
     # (label, ll negative, ll neutral, ll positive); per character: len negative 8, neutral 7, positive 8
     cases = [(0, -1.0, -2.0, -3.0), (0, -2.0, -1.0, -3.0), (1, -5.0, -3.5, -3.6), (1, -2.0, -1.0, -1.5),
@@ -93,7 +110,8 @@ def test_metrics_against_sklearn(tmp_path):
     preds = [0, 1, 1, 1, 2, 0, 1, 0]  # argmax, the first on ties (last case)
     preds_norm = [0, 1, 2, 1, 2, 0, 2, 0]  # -3.5/7 = -0.5 < -3.6/8 = -0.45
     assert [r["pred"] for r in result.items] == preds
-    assert result.items[2] == {"id": 2, "label": 1, "pred": 1, "acc": 1.0, "acc_norm": 0.0}
+    assert result.items[2] == {"id": 2, "label": 1, "pred": 1, "class": "neutral", "predicted": "neutral",
+                               "acc": 1.0, "acc_norm": 0.0}
     m = result.metrics
     assert m["acc"] == pytest.approx(sum(y == p for y, p in zip(labels, preds)) / 8)
     assert m["acc_norm"] == pytest.approx(sum(y == p for y, p in zip(labels, preds_norm)) / 8)

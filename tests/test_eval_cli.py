@@ -58,6 +58,10 @@ def test_eval_writes_tables_charts_and_resumes_without_redoing(models, tmp_path,
     assert "| model | Base | karmaToxic |" in markdown and "lexicon-proxy" in markdown
     charts = list((out / "charts").glob("*.png"))
     assert charts and all(c.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for c in charts)
+    printed = capsys.readouterr()
+    toxicity = [line for line in printed.out.split("\n") if "realtoxicity" in line]
+    assert toxicity and all("PROXY" in line for line in toxicity)  # every line with a lexicon number says so
+    assert "mmlu_by_subject.png: not drawn: fewer than 2 subject groups of n >= 10" in printed.err  # --limit 8
 
     # a rerun finds every (model, task) done; a changed --limit redoes them
     monkeypatch.setattr(eval_script, "load_model", lambda *a, **k: pytest.fail("a finished pair was recomputed"))

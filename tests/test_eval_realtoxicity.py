@@ -63,7 +63,7 @@ def test_metrics_by_hand_and_protocol_arguments():
     assert call["prompts"] == ["A"] * 3 + ["B"] * 3 + ["C"] * 3
     assert (call["max_new_tokens"], call["temperature"], call["top_p"], call["seed"]) == (20, 1.0, 0.9, 7)
     assert isinstance(result, TaskResult) and result.primary == "max_toxicity" and not result.higher_is_better
-    assert result.kind == "continuous"
+    assert result.kind == "continuous" and result.proxy == ""  # a real scorer: no PROXY label
     by_id = {row["id"]: row for row in result.items}
     assert [by_id[i]["max_toxicity"] for i in "abc"] == [0.7, 0.49, 0.5]
     assert [by_id[i]["toxic_any"] for i in "abc"] == [1.0, 0.0, 1.0]  # 0.5 counts as toxic (>= 0.5)
@@ -119,6 +119,7 @@ def test_lexicon_proxy_is_marked_everywhere():
     assert [row["max_toxicity"] for row in result.items] == [1.0, 0.0, 0.0, 1.0]  # "assessment" is not "ass"
     assert all(row["scorer"] == "lexicon-proxy" for row in result.items)
     assert result.notes[0].startswith("PROXY scorer lexicon-proxy")
+    assert result.proxy == "lexicon-proxy"  # the report's captions and chart titles say PROXY from this
     assert any("PROXY scorer lexicon-proxy" in n for n in result.notes[1:])
     assert result.metrics["n_empty"] == 1 and any("1 of 4 continuations are empty" in n for n in result.notes)
 

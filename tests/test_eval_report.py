@@ -140,24 +140,27 @@ def test_duplicate_ids_are_refused(results):
 def test_markdown_layout(results):
     tables = build_tables(results, metrics={"qa": ["acc"], "tox": ["toxicity"]})
     md = to_markdown(tables)
-    caption, table, tox_caption, _ = md.strip().split("\n\n")  # caption paragraph, then its table
+    caption, table, tox_caption, _, key, footnotes = md.strip().split("\n\n")  # caption line, its table, ...
     header, rule, *rows = table.split("\n")
     assert header == "| model | Base | karmaBenign | karmaToxic |"
     assert rule == "|---|---:|---:|---:|"
     assert [r.split(" | ")[0] for r in rows] == ["| m1", "| m2", "| across models (p)"]
     m1 = [c.strip() for c in rows[0].strip("|").split("|")]
     assert m1[3].endswith("***") and not m1[2].endswith("*")
-    for words in ["**qa — acc** (primary): higher is better", f"n = {N} items", "exact McNemar", "Holm",
-                  "4 variant-vs-Base", "Wilcoxon signed-rank over base models", "4-shot"]:
-        assert words in caption
-    assert "lower is better" in tox_caption and "toxicity scored by lexicon-proxy" in tox_caption
-    assert "Wilcoxon signed-rank (two-sided" in tox_caption
+    assert caption == f"**qa — acc** (primary): higher is better; n = {N} per run.[^1]"
+    assert tox_caption == f"**tox — toxicity** (primary): lower is better; n = {N} per run.[^2]"
+    assert "95% percentile-bootstrap CI" in key and "Wilcoxon signed-rank over base models" in key
+    qa_note, tox_note = footnotes.split("\n")
+    for words in ["[^1]: qa — acc:", "exact McNemar", "Holm over the table's 4 variant-vs-Base", "4-shot"]:
+        assert words in qa_note
+    assert "Wilcoxon signed-rank (two-sided" in tox_note and "toxicity scored by lexicon-proxy" in tox_note
 
 
 def test_charts_are_png_files(results, tmp_path):
     paths = charts(results, tmp_path / "charts", metrics={"tox": ["flag"]}, n_resamples=200)
     names = sorted(p.rsplit("/", 1)[-1] for p in paths)
-    assert names == ["qa_acc.png", "tox_by_attribute.png", "tox_metrics.png", "tox_toxicity.png"]
+    # no tox_by_attribute.png: its items do not say which attribute group they belong to (no intervals)
+    assert names == ["qa_acc.png", "tox_metrics.png", "tox_toxicity.png"]
     for p in paths:
         data = open(p, "rb").read()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -26,13 +26,19 @@ import numpy as np
 class TaskResult:
     """One model on one task.
 
-    items: one dict per item: "id" plus the per-item scores (e.g. {"id": ..., "acc": 1.0}).
+    items: one dict per item: "id" plus the per-item scores (e.g. {"id": ..., "acc": 1.0}), its group
+        of each breakdown kind under the kind's name (e.g. "bias_type": "gender"; a boolean names the groups
+        "<kind>" / "non-<kind>"), from which the report draws the groups with intervals, and, for a
+        classifier, "predicted": the predicted class's name (a model that predicts one class for every item
+        is flagged).
     metrics: the aggregates (e.g. {"acc": 0.31}), with lm-eval's names where lm-eval has the task.
     primary: the metric the tables report and the per-item key the paired tests compare.
     kind: "binary" (0/1 per item: exact McNemar) or "continuous" (Wilcoxon signed-rank).
     higher_is_better: the direction of `primary`.
     breakdown: {group kind: {group: {metric: value}}}, e.g. {"bias_type": {"gender": {...}}}.
     notes: what a reader must know (a proxy scorer, a label convention, a subset).
+    proxy: the name of the stand-in scorer behind `primary` (e.g. "lexicon-proxy"), "" for a real one:
+        every caption and chart title of the task then says PROXY.
     """
     items: list[dict]
     metrics: dict
@@ -41,6 +47,7 @@ class TaskResult:
     higher_is_better: bool = True
     breakdown: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    proxy: str = ""
 
 
 @dataclass

@@ -19,7 +19,9 @@ Metrics: acc, acc_norm, macro_f1 (the mean over the task's classes of F1 = 2 TP 
 0 for a class never predicted nor present; = sklearn f1_score(average="macro", zero_division=0) when
 every class occurs), per class precision / recall / F1 in breakdown["class"], the label
 distribution (share_<class> = the accuracy of always answering that class) and
-majority_baseline_acc (the largest share).
+majority_baseline_acc (the largest share). Each item keeps its label and prediction (label values) and
+their class names ("class", "predicted"), from which the report draws accuracy per class and flags a
+model that answers one class for every item (with the acc of that class's share: no reading at all).
 
 Data: ColBERT (Annamoradnejad & Zoghi 2020; github.com/Moradnejad/ColBERT-Using-BERT-Sentence-
 Embedding-for-Humor-Detection, Data/dev.csv, columns text,humor with True/False; 40,000 rows) and
@@ -114,7 +116,9 @@ class ClassificationTask:
         preds = [labels[argmax(scores)] for scores in per_item]
         preds_norm = [labels[argmax([ll / len(w) for ll, w in zip(scores, words)])] for scores in per_item]
         truth = [item["label"] for item in items]
-        scored = [{"id": item["id"], "label": y, "pred": p, "acc": float(y == p), "acc_norm": float(y == q)}
+        name = {label: class_name for label, (class_name, _) in self.classes.items()}
+        scored = [{"id": item["id"], "label": y, "pred": p, "class": name[y], "predicted": name[p],
+                   "acc": float(y == p), "acc_norm": float(y == q)}
                   for item, y, p, q in zip(items, truth, preds, preds_norm)]
         per_class = class_scores(truth, preds, labels)
         answers = ", ".join(f"{name} -> {' ' + word!r}" for name, word in self.classes.values())

@@ -124,7 +124,8 @@ def evaluate(lm, items: list[dict], scorer, samples: int | None = None, greedy: 
     n_empty = sum(not t.strip() for t in texts)
     metrics = {**aggregate(scores), "n_continuations": len(texts), "n_empty": n_empty}
     return TaskResult(rows, metrics, primary="max_toxicity", kind="continuous", higher_is_better=False,
-                      breakdown=breakdown, notes=notes(items, scorer, k, greedy, n_empty))
+                      breakdown=breakdown, notes=notes(items, scorer, k, greedy, n_empty),
+                      proxy=scorer.name if scorer.is_proxy else "")
 
 
 def notes(items: list[dict], scorer, k: int, greedy: bool, n_empty: int) -> list[str]:
