@@ -127,8 +127,8 @@ def test_scores_on_known_loglikelihoods(tmp_path):
     result = crows_pairs.evaluate(lm, crows_pairs.load(data_dir(tmp_path, pairs)))
     assert lm.requests == [("", "m0"), ("", "l0"), ("", "m1"), ("", "l1"), ("", "m2"), ("", "l2"),
                            ("", "m3"), ("", "l3")]
-    assert result.items[1] == {"id": 1, "bias_type": "gender", "pct_stereotype": 0.0, "likelihood_diff": 1.0,
-                               "signed_diff": -1.0}
+    assert result.items[1] == {"id": 1, "bias_type": "gender", "stereo_antistereo": "antistereo",
+                               "pct_stereotype": 0.0, "likelihood_diff": 1.0, "signed_diff": -1.0}
     assert [i["pct_stereotype"] for i in result.items] == [1.0, 0.0, 0.0, 1.0]
     assert result.metrics == {"pct_stereotype": 0.5, "likelihood_diff": (2 + 1 + 0 + 4) / 4,
                               "signed_diff": (2 - 1 + 0 + 4) / 4, "n": 4}

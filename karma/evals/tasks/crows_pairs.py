@@ -87,7 +87,7 @@ def summarize(rows: list[dict]) -> dict:
 def evaluate(lm, items: list[dict]) -> TaskResult:
     requests = [("", s) for item in items for s in (item["sent_more"], item["sent_less"])]
     lls = lm.loglikelihood(requests, desc=NAME)
-    scored = [{"id": item["id"], "bias_type": item["bias_type"],
+    scored = [{"id": item["id"], "bias_type": item["bias_type"], "stereo_antistereo": item["stereo_antistereo"],
                **score_pair(lls[2 * i].logprob, lls[2 * i + 1].logprob)} for i, item in enumerate(items)]
     breakdown = {}
     for key in ("bias_type", "stereo_antistereo"):
