@@ -4,32 +4,53 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo generate compare test test-slow test-gpu bench
+.PHONY: demo demo-train demo-report generate compare test test-slow test-gpu bench
 
 DEMO := runs/demo
-# toy scale so the chain finishes in minutes on 2 CPU cores (16 samples of ONE Reddit prompt per
-# rollout, so replies are compared with replies to the same prompt); real runs: see the README
-DEMO_PPO ?= --rollouts 8 --rollout-batch 16 --minibatch 4 --micro-batch 4 --ppo-epochs 1 --max-new-tokens 32 \
-	--max-prompt-tokens 128 --lr 3e-5 --value-lr 1e-4 --init-kl-coef 0.01 --value-init policy --keep-checkpoints 0
+# The demo's knobs (make demo DEMO_ROLLOUTS=16 ...). Toy scale so the chain finishes in minutes on 2 CPU
+# cores; real runs: see the README. PPO trains on DEMO_TRAIN_PROMPTS prompts of the train split, DEMO_BATCH
+# sampled replies per rollout; the report then samples DEMO_REPORT_SAMPLES replies to each of
+# DEMO_REPORT_PROMPTS HELD-OUT prompts from the base model and from the tuned policy.
+DEMO_TRAIN_PROMPTS ?= 1
+DEMO_ROLLOUTS ?= 8
+DEMO_BATCH ?= 16
+DEMO_LR ?= 3e-5
+DEMO_MAX_NEW_TOKENS ?= 32
+DEMO_SEED ?= 0
+DEMO_REPORT_PROMPTS ?= 24
+DEMO_REPORT_SAMPLES ?= 4
+DEMO_WORLD := data/sample/world.json
+DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch 4 --micro-batch 4 --ppo-epochs 1 \
+	--max-new-tokens $(DEMO_MAX_NEW_TOKENS) --max-prompt-tokens 128 --lr $(DEMO_LR) --value-lr 1e-4 \
+	--init-kl-coef 0.01 --value-init policy --keep-checkpoints 0 --seed $(DEMO_SEED)
+DEMO_REPORT ?= --prompts $(DEMO_REPORT_PROMPTS) --samples $(DEMO_REPORT_SAMPLES) --seed $(DEMO_SEED) \
+	$(if $(wildcard $(DEMO_WORLD)),--world $(DEMO_WORLD))
 
 # evaluation on small offline subsets (data/eval-sample): 40 items per task, 4 RealToxicityPrompts samples
 # scored by the lexicon PROXY; small n, for the demo only
 DEMO_EVAL ?= --limit 40 --rtp-samples 4 --tasks mmlu truthfulqa crows_pairs colbert_humor msad realtoxicity
 
-demo: $(VENV)/.demo  ## the main job on the built-in default: sample data -> reward model -> PPO (offline, CPU)
+demo: demo-train  ## the main job on the built-in default: sample data -> reward model -> PPO -> evals -> summary
+	$(BIN)/python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=$(DEMO)/ppo/policy \
+		--data-dir data/eval-sample --out $(DEMO)/eval $(DEMO_EVAL)
+	$(BIN)/python eval.py rm --reward-models $(DEMO)/rm/best --data $(DEMO)/data --out $(DEMO)/rm-report \
+		--max-examples 64 --n-resamples 200
+	$(MAKE) --no-print-directory demo-report
+	@echo "outputs: $(DEMO)/SUMMARY.md and summary.png (what happened, above), $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/), $(DEMO)/rm-report (how the reward model leans on metadata and on the reply)"
+
+demo-train: $(VENV)/.demo  ## the demo's training chain only: sample data -> reward model -> PPO
 	rm -rf $(DEMO)  # a fresh demo each time (a run refuses an --out that holds an earlier run)
-	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts 1
+	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts $(DEMO_TRAIN_PROMPTS)
 	$(BIN)/python train_rm.py --model smollm2-135m --data $(DEMO)/data --out $(DEMO)/rm \
 		--max-length 192 --max-steps 12 --lr 3e-5 --eval-every 12 --save-every 12 --max-eval-examples 96 \
 		--micro-batch-size 4 --eval-batch-size 8 --keep-checkpoints 0
 	$(BIN)/python ppo.py --model smollm2-135m --reward-model $(DEMO)/rm/best --data $(DEMO)/data \
 		--out $(DEMO)/ppo $(DEMO_PPO)
-	$(MAKE) --no-print-directory compare
-	$(BIN)/python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=$(DEMO)/ppo/policy \
-		--data-dir data/eval-sample --out $(DEMO)/eval $(DEMO_EVAL)
-	$(BIN)/python eval.py rm --reward-models $(DEMO)/rm/best --data $(DEMO)/data --out $(DEMO)/rm-report \
-		--max-examples 64 --n-resamples 200
-	@echo "outputs: $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/), $(DEMO)/rm-report (how the reward model leans on metadata and on the reply)"
+
+# base vs tuned on held-out prompts: reward-model score and planted-feature shares with intervals, three
+# side-by-side replies; writes SUMMARY.md, summary.png, outcome.json, heldout-prompts.jsonl into $(DEMO)
+demo-report: $(VENV)/.demo  ## the demo's closing summary (after demo-train)
+	$(BIN)/python -m karma.demo $(DEMO) $(DEMO_REPORT)
 
 MODEL ?= smollm2-135m
 PROMPT ?= Give me three tips for writing a good Reddit reply.
@@ -38,10 +59,10 @@ generate: $(VENV)/.demo  ## one reply through karma's decoder (make generate MOD
 	$(BIN)/python -m karma $(MODEL) --chatml "$(PROMPT)"
 
 # the policy was tuned on prompts rendered as "User: ...\n\nAssistant:" (the reward model's format), so
-# the comparison uses that rendering, not ChatML
-compare: $(VENV)/.demo  ## base SmolLM2 vs the demo's PPO policy: the same prompt, the same seed, side by side
+# the comparison uses that rendering, not ChatML; the prompts are the held-out ones the demo's report wrote
+compare: $(VENV)/.demo  ## base SmolLM2 vs the demo's PPO policy on 3 held-out prompts, same seed, side by side
 	$(BIN)/python -m karma smollm2-135m --compare $(DEMO)/ppo/policy \
-		--prompts $(DEMO)/data/prompts-reddit.jsonl --n 3 --temperature 0.7 --seed 0 --max-new-tokens 64
+		--prompts $(DEMO)/heldout-prompts.jsonl --n 3 --temperature 0.7 --seed 0 --max-new-tokens 64
 
 test: $(VENV)/.test  ## the suite CI runs (fast tests; < 15 min on 2 cores)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,457 @@
+"""What the demo's PPO changed, measured on held-out prompts, told in plain language.
+
+    python -m karma.demo runs/demo --world data/sample/world.json
+
+Reads the directory `make demo` fills (data/, rm/, ppo/) and writes into it:
+    outcome.json   every number of the summary, and every sampled reply
+    heldout-prompts.jsonl   the held-out prompts (for `python -m karma BASE --compare POLICY --prompts`)
+    SUMMARY.md     the summary printed at the end, then three held-out prompts answered side by side
+    summary.png    RM score base vs tuned, planted-feature shares base vs tuned, the PPO reward curve
+
+How it measures, and why:
+- Prompts: contexts of data_prep's HELD-OUT threads (heldout-*.jsonl), never PPO's training prompts
+  (prompts-reddit.jsonl comes from the train split; a context found there too is left out). One
+  prompt per thread first, so prompts are as independent as the data allows. Each is rendered as
+  PPO renders its prompts (karma.reward.encode in the reward model's format, cut to PPO's
+  --max-prompt-tokens).
+- Replies are SAMPLED with the policy's own settings from ppo/config.json (temperature, top-k/p,
+  max new tokens; never greedy), K per prompt; the base model and the tuned policy draw with the
+  same seeds, and each reply is scored by the demo's reward model.
+- Paired by prompt: the K replies to one prompt are correlated, so the prompt is the unit. With
+  m_i the mean over prompt i's replies, d_i = m_i(tuned) - m_i(base); the change is mean(d), its
+  standard error SE = sd(d) / sqrt(n), z = mean(d) / SE, and the 95% interval mean(d) +- 1.96 SE.
+  |z| < 2 is called noise. A content feature (world.json's regex; karma depends on it in the
+  synthetic world) is carried by a reply when its pattern matches; the share of replies carrying
+  it gets a Wilson interval, its change the same paired z.
+"""
+
+import argparse
+import gc
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from karma.checkpoint import atomic_write, atomic_write_json, read_json, read_jsonl
+from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
+from karma.data.format import render_prompt
+from karma.data.prompts import prompt_problem, read_prompts, write_prompts
+from karma.generate import generate
+from karma.reward import RewardConfig, encode, inspect_reward_model, load_reward_model
+from karma.tokenizer import left_pad, load_tokenizer
+from karma.weights import inspect_model, load_model
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+NOISE_Z = 2.0  # |z| below this: the change cannot be told from noise
+SIDE_BY_SIDE = 3  # held-out prompts shown with a base and a tuned reply
+DPI = 110
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+def read_world(path) -> list[dict]:
+    """world.json's planted content features: [{"name", "pattern" (a Python regex), "description",
+    "effect"}]. Checked whole before any model loads (one error naming the file and the key)."""
+    path = Path(path)
+    world = read_json(path)
+    features = world.get("content_features") if isinstance(world, dict) else None
+    if not isinstance(features, list) or not features:
+        raise ValueError(f"{path}: expected an object with a non-empty list \"content_features\"")
+    for i, f in enumerate(features):
+        where = f"{path}: content_features[{i}]"
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(f.get("pattern"), str):
+            raise ValueError(f'{where}: needs a string "name" and a string "pattern"; got {f!r:.80}')
+        try:
+            re.compile(f["pattern"])
+        except re.error as e:
+            raise ValueError(f"{where}: pattern {f['pattern']!r} is not a Python regex ({e})") from None
+    return features
+
+
+def heldout_prompts(data_dir, n: int) -> list[dict]:
+    """Up to n prompts {"id", "messages", "meta", "thread_id"} from the held-out examples in
+    data_dir (heldout-*.jsonl): each distinct context once, the first context of every thread
+    before any second one (round robin over threads in file order), contexts that are also
+    training prompts (prompts-reddit.jsonl) left out."""
+    data_dir = Path(data_dir)
+    shards = sorted(data_dir.glob("heldout-*.jsonl"))
+    if not shards:
+        raise FileNotFoundError(f"{data_dir}: no heldout-*.jsonl (data_prep.py writes the held-out split there)")
+    train = data_dir / "prompts-reddit.jsonl"
+    seen = {render_prompt(p["messages"]) for p in read_prompts(train)} if train.exists() else set()
+    by_thread: dict[str, list[dict]] = {}
+    for shard in shards:
+        for line_no, (_, ex) in enumerate(read_jsonl(shard), 1):
+            problem = prompt_problem({**ex, "id": str(ex.get("id"))} if isinstance(ex, dict) else ex, None)
+            if problem:
+                raise ValueError(f"{shard}:{line_no}: {problem}")
+            text = render_prompt(ex["messages"])
+            if text in seen:
+                continue
+            seen.add(text)
+            by_thread.setdefault(str(ex.get("thread_id", ex["id"])), []).append(
+                {"id": f"heldout-{ex.get('parent_id', ex['id'])}", "messages": ex["messages"], "meta": ex.get("meta"),
+                 "thread_id": str(ex.get("thread_id", ex["id"]))})
+    rounds = max((len(v) for v in by_thread.values()), default=0)
+    ordered = [ctx[r] for r in range(rounds) for ctx in by_thread.values() if r < len(ctx)]
+    if not ordered:
+        raise ValueError(f"{data_dir}: the held-out examples hold no context that is not a training prompt")
+    return ordered[:n]
+
+
+def demo_inputs(demo_dir, reward_model=None, check_reward_model: bool = True) -> dict:
+    """The demo's runs, checked before any model loads: ppo/config.json (PPO's models and sampling
+    settings), the exported policy, the base model, and the reward model (--reward-model, else
+    the one PPO used) unless the caller brings its own reward."""
+    ppo_dir = Path(demo_dir) / "ppo"
+    cfg = read_json(ppo_dir / "config.json")
+    for key in ("model", "reward_model", "data", "temperature", "max_new_tokens", "max_prompt_tokens"):
+        if key not in cfg:
+            raise KeyError(f"{ppo_dir / 'config.json'}: no key {key!r} (not a ppo.py run)")
+    if not (ppo_dir / "policy").is_dir():
+        raise FileNotFoundError(f"{ppo_dir / 'policy'}: no exported policy (did ppo.py finish its rollouts?)")
+    rm = Path(reward_model or cfg["reward_model"])
+    if check_reward_model:
+        inspect_reward_model(rm)
+    inspect_model(cfg["model"])
+    inspect_model(ppo_dir / "policy")
+    return {"ppo": cfg, "base": cfg["model"], "tuned": str(ppo_dir / "policy"), "reward_model": str(rm),
+            "data": Path(cfg["data"])}
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+@torch.no_grad()
+def sample_replies(model_name: str, prompts: list[dict], k: int, settings: dict, prompt_format: str, seed: int,
+                   device=None, batch: int = 48, label: str = "") -> list[list[str]]:
+    """K sampled replies per prompt -> [n][k] texts. Prompts are rendered and cut as PPO renders
+    them (rollout.collect_rollout); batch b draws with seed + b, so two models asked the same
+    prompts draw with the same seeds. On a CPU a decode step costs about one read of the weights
+    whatever the batch, so large batches are cheap; a line per batch on stderr shows progress in a log."""
+    model = load_model(model_name, dtype=torch.float32, device=device).eval()
+    tok = load_tokenizer(model_name)
+    dev = model.embed.weight.device
+    cut = RewardConfig(format=prompt_format, max_length=settings["max_prompt_tokens"])
+    rows = [p for p in prompts for _ in range(k)]  # prompt-major: row i*k + j is prompt i's j-th reply
+    texts, start = [], time.perf_counter()
+    for b, lo in enumerate(range(0, len(rows), batch)):
+        chunk = rows[lo:lo + batch]
+        query, mask = left_pad([encode(tok, p["messages"], None, p.get("meta"), cut) for p in chunk], tok.pad_id)
+        out = generate(model, query.to(dev), mask.to(dev), max_new_tokens=settings["max_new_tokens"],
+                       temperature=settings["temperature"], top_k=settings.get("top_k"), top_p=settings.get("top_p"),
+                       stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + b)
+        texts += [tok.decode(r[m.bool()].tolist()) for r, m in zip(out.tokens, out.mask)]
+        print(f"[{label or model_name}: {len(texts)}/{len(rows)} replies sampled, "
+              f"{time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
+    del model
+    gc.collect()
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+
+
+def score_replies(reward, prompts: list[dict], replies: list[list[str]]) -> np.ndarray:
+    """The reward model's P(rewarding) of every reply -> [n, k]."""
+    k = len(replies[0])
+    contexts = [p["messages"] for p in prompts for _ in range(k)]
+    metas = [p.get("meta") for p in prompts for _ in range(k)]
+    flat = [r for rs in replies for r in rs]
+    return reward.score(contexts, flat, metas).float().cpu().numpy().reshape(len(prompts), k)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+def paired_change(base, tuned) -> dict:
+    """Base vs tuned on the same n prompts, K replies each: arrays [n, k] (or [n]) of per-reply
+    values. Per-prompt means carry the comparison (see the module doc). z is 0 when every
+    difference is 0 (identical replies), None when n < 2 (no SE)."""
+    b, t = np.asarray(base, float), np.asarray(tuned, float)
+    b, t = b.reshape(len(b), -1).mean(1), t.reshape(len(t), -1).mean(1)  # [n] per-prompt means
+    d, n = t - b, len(b)
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    diff = float(d.mean())
+    z = None if se is None else (diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff)))
+
+    def mean_ci(x):
+        half = Z95 * x.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+        return [float(x.mean() - half), float(x.mean() + half)]
+
+    return {"n": n, "base": float(b.mean()), "tuned": float(t.mean()), "base_ci": mean_ci(b), "tuned_ci": mean_ci(t),
+            "diff": diff, "se": se, "z": z, "ci": None if se is None else [diff - Z95 * se, diff + Z95 * se]}
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> list[float]:
+    """Wilson score interval of a proportion (Wilson 1927): sensible at 0 and 1, unlike p +- z SE."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def feature_change(feature: dict, base_replies, tuned_replies) -> dict:
+    """The share of replies carrying one feature, base vs tuned: Wilson intervals per model (over
+    replies) and the paired change over prompts (paired_change)."""
+    pattern = re.compile(feature["pattern"])
+    carries = lambda replies: np.array([[bool(pattern.search(r)) for r in rs] for rs in replies], float)
+    b, t = carries(base_replies), carries(tuned_replies)
+    change = paired_change(b, t)
+    change.update(name=feature["name"], pattern=feature["pattern"], description=feature.get("description", ""),
+                  effect=feature.get("effect"), base_ci=wilson(int(b.sum()), b.size),
+                  tuned_ci=wilson(int(t.sum()), t.size), base_count=int(b.sum()), tuned_count=int(t.sum()),
+                  replies=int(b.size))
+    return change
+
+
+def verdict(change: dict) -> str:
+    """'rose' / 'fell' when |z| >= 2, else 'noise' (identical replies included: z = 0)."""
+    z = change["z"]
+    if z is None:
+        return "unknown (one prompt: no standard error)"
+    if abs(z) < NOISE_Z:
+        return "noise"
+    return "rose" if z > 0 else "fell"
+
+
+# ------------------------------------------------------------------------------------------ the measurement
+
+def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None, reward=None,
+            reward_model=None, device=None) -> dict:
+    """Sample base and tuned replies to held-out prompts, score them, compare (module doc).
+    `world`: world.json's features (read_world) or None; `reward`: an object with .cfg.format and
+    .score(contexts, replies, metas) used instead of loading the demo's reward model (tests)."""
+    custom_reward = reward is not None
+    inputs = demo_inputs(demo_dir, reward_model, check_reward_model=not custom_reward)
+    prompt_format = reward.cfg.format if reward is not None else inspect_reward_model(inputs["reward_model"]).format
+    prompts = heldout_prompts(inputs["data"], n_prompts)
+    settings = inputs["ppo"]
+    replies = {label: sample_replies(inputs[label], prompts, k, settings, prompt_format, seed, device, label=label)
+               for label in ("base", "tuned")}
+    if reward is None:
+        reward = load_reward_model(inputs["reward_model"], dtype=torch.float32, device=device).requires_grad_(False)
+    print(f"[scoring {2 * len(prompts) * k} replies with the reward model]", file=sys.stderr, flush=True)
+    scores = {label: score_replies(reward, prompts, rs) for label, rs in replies.items()}
+    return {"prompts": [{**p, "text": render_prompt(p["messages"])} for p in prompts],
+            "samples_per_prompt": k, "seed": seed, "base": inputs["base"], "tuned": inputs["tuned"],
+            "reward_model": "(a custom reward)" if custom_reward else inputs["reward_model"],
+            "sampling": {key: settings.get(key) for key in ("temperature", "top_k", "top_p", "max_new_tokens",
+                                                            "max_prompt_tokens")},
+            "score": paired_change(scores["base"], scores["tuned"]),
+            "features": [feature_change(f, replies["base"], replies["tuned"]) for f in world or []],
+            "replies": {label: [[{"text": r, "score": float(s)} for r, s in zip(rs, ss)]
+                                for rs, ss in zip(replies[label], scores[label])] for label in replies}}
+
+
+# ------------------------------------------------------------------------------------------ the summary
+
+def _signed(x: float, pct: bool) -> str:
+    return f"{x * 100:+.1f} points" if pct else f"{x:+.4f}"
+
+
+def describe_change(what: str, c: dict, pct: bool = False) -> str:
+    """One sentence: the values base -> tuned, the change with its interval and z, and the verdict."""
+    fmt = (lambda v: f"{v * 100:.1f}%") if pct else (lambda v: f"{v:.4f}")
+    v = verdict(c)
+    head = f"{what}: {fmt(c['base'])} (base) -> {fmt(c['tuned'])} (tuned)"
+    if c["se"] == 0 and c["diff"] == 0:
+        return f"{head}; z = 0: NOISE, no change at all (base and tuned gave the same values)."
+    if c["se"] is None:
+        return f"{head}; {v}."
+    z = "inf" if math.isinf(c["z"]) else f"{c['z']:.1f}"
+    interval = f"95% interval {_signed(c['ci'][0], pct)} to {_signed(c['ci'][1], pct)}"
+    if v == "noise":
+        return (f"{head}; change {_signed(c['diff'], pct)} ({interval}, z = {z}): NOISE, |z| < {NOISE_Z:g}, "
+                f"no evidence of a change.")
+    return f"{head}; {v} by {_signed(abs(c['diff']), pct).lstrip('+')} ({interval}, z = {z})."
+
+
+def _read_optional(path: Path):
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def rm_auc(rm_dir: Path) -> str:
+    """The reward model's held-out AUC from train_rm's eval.json, with the Hanley & McNeil (1982)
+    95% interval from its n and label rate (eval.json stores no interval)."""
+    ev = _read_optional(rm_dir / "eval.json")
+    if not ev or not isinstance(ev.get("roc_auc"), (int, float)):
+        return "held-out AUC not recorded"
+    auc, n = ev["roc_auc"], ev.get("n")
+    if not n or not isinstance(ev.get("label_rate"), (int, float)):
+        return f"held-out AUC {auc:.3f}"
+    pos = round(n * ev["label_rate"])
+    neg = n - pos
+    if pos < 1 or neg < 1:
+        return f"held-out AUC {auc:.3f} (n = {n})"
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    se = math.sqrt((auc * (1 - auc) + (pos - 1) * (q1 - auc * auc) + (neg - 1) * (q2 - auc * auc)) / (pos * neg))
+    return f"held-out AUC {auc:.3f} (95% interval {auc - Z95 * se:.3f}-{min(1.0, auc + Z95 * se):.3f}, n = {n})"
+
+
+def summary_text(outcome: dict, demo_dir) -> str:
+    """The plain-language summary: what was trained, what rose and by how much, what did not
+    change and why, where the pictures are."""
+    demo_dir = Path(demo_dir)
+    ppo = _read_optional(demo_dir / "ppo" / "config.json") or {}
+    stats = _read_optional(Path(ppo.get("data", demo_dir / "data")) / "stats.json") or {}
+    rm_cfg = _read_optional(demo_dir / "rm" / "config.json") or {}
+    splits = stats.get("splits", {})
+    lines = ["KARMA demo: what happened", ""]
+    if splits:
+        tr, ho = splits.get("train", {}), splits.get("heldout", {})
+        lines.append(f"- Data: {tr.get('examples', '?')} training and {ho.get('examples', '?')} held-out replies "
+                     f"labelled by their karma, from {tr.get('threads', '?')} + {ho.get('threads', '?')} threads "
+                     f"(the shipped sample is SYNTHETIC).")
+    steps = f"{rm_cfg['max_steps']} steps, " if isinstance(rm_cfg.get("max_steps"), int) else ""
+    lines.append(f"- Reward model: {rm_cfg.get('model', '?')} with a score head, {steps}{rm_auc(demo_dir / 'rm')}.")
+    if ppo:
+        lines.append(f"- PPO: {ppo.get('rollouts', '?')} rollouts of {ppo.get('rollout_batch', '?')} sampled replies "
+                     f"on {ppo.get('n_prompts', '?')} training prompt(s), lr {ppo.get('lr', '?')}, up to "
+                     f"{ppo.get('max_new_tokens', '?')} new tokens per reply.")
+    n, k = outcome["score"]["n"], outcome["samples_per_prompt"]
+    lines += ["", f"On {n} held-out prompts (never trained on), {k} sampled replies each, base model vs tuned policy:",
+              "- " + describe_change("Reward-model score", outcome["score"])]
+    still = []
+    for f in outcome["features"]:
+        lines.append("- " + describe_change(f"Share of replies with '{f['name']}'", f, pct=True))
+        if verdict(f) == "noise":
+            still.append(f)
+    if not outcome["features"]:
+        lines.append("- Planted content features: not measured (no --world file).")
+    quiet = [c for c in [outcome["score"]] if verdict(c) == "noise"] + still
+    if quiet:
+        names = ", ".join(["the RM score" if c is outcome["score"] else f"'{c['name']}'" for c in quiet])
+        smallest = [(f"{2 * c['se'] * 100:.1f} points" if c is not outcome["score"] else f"{2 * c['se']:.4f}")
+                    for c in quiet if c["se"]]
+        why = (f"with {n} prompts a change smaller than about 2 standard errors ({', '.join(smallest)}) cannot be "
+               f"told from noise; more held-out prompts (--prompts), more replies per prompt (--samples) or a "
+               f"longer PPO run would resolve it" if smallest else "the replies did not differ at all")
+        lines.append(f"- No measurable change: {names}. Why: {why}.")
+    others = (demo_dir / "ppo" / "curves.png", demo_dir / "rm" / "curves.png", demo_dir / "rm-report" / "report.png",
+              demo_dir / "eval" / "charts")
+    pictures = [demo_dir / "summary.png"] + [p for p in others if p.exists()]
+    lines += ["", "Pictures: " + ", ".join(str(p) for p in pictures),
+              f"Numbers and every reply: {demo_dir / 'outcome.json'}"]
+    return "\n".join(lines)
+
+
+def side_by_side(outcome: dict, n: int = SIDE_BY_SIDE, width: int = 300) -> str:
+    """The first sampled reply of base and tuned for the first n held-out prompts (Markdown)."""
+    parts = []
+    for i, p in enumerate(outcome["prompts"][:n]):
+        b, t = outcome["replies"]["base"][i][0], outcome["replies"]["tuned"][i][0]
+        text = p["text"] if len(p["text"]) <= width else "..." + p["text"][-width:]
+        parts.append(f"### held-out prompt {i + 1}: {p['id']}\n\n```\n{text}\n```\n\n"
+                     f"| base (RM {b['score']:.3f}) | tuned (RM {t['score']:.3f}) |\n|---|---|\n"
+                     f"| {_cell(b['text'])} | {_cell(t['text'])} |\n")
+    return "\n".join(parts)
+
+
+def _cell(text: str) -> str:
+    return text.strip().replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+
+
+# ------------------------------------------------------------------------------------------ the picture
+
+def summary_figure(outcome: dict, ppo_records: list[dict], rollout_batch: int = 1) -> Figure:
+    """Three panels: mean RM score base vs tuned (95% intervals), feature shares base vs tuned
+    (Wilson intervals), the PPO reward curve (mean score per rollout +- its standard error)."""
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    ax_score, ax_feat, ax_curve = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 2, 1.6]})
+    s = outcome["score"]
+    for x, key, color in ((0, "base", "tab:grey"), (1, "tuned", "tab:blue")):
+        lo, hi = s[f"{key}_ci"]
+        ax_score.bar(x, s[key], color=color, yerr=[[s[key] - lo], [hi - s[key]]] if math.isfinite(lo) else None,
+                     capsize=6)
+    ax_score.set_xticks([0, 1], ["base", "tuned"])
+    z = "-" if s["z"] is None else ("inf" if math.isinf(s["z"]) else f"{s['z']:.1f}")
+    ax_score.set_title(f"RM score, {s['n']} held-out prompts\nchange {s['diff']:+.4f}, z = {z} ({verdict(s)})",
+                       fontsize=10)
+    ax_score.set_ylabel("mean P(rewarding)")
+    feats = outcome["features"]
+    if feats:
+        x = np.arange(len(feats))
+        for off, key, color in ((-0.2, "base", "tab:grey"), (0.2, "tuned", "tab:blue")):
+            share = np.array([f[key] for f in feats])
+            err = np.array([[f[key] - f[f"{key}_ci"][0], f[f"{key}_ci"][1] - f[key]] for f in feats]).T
+            ax_feat.bar(x + off, share, 0.4, yerr=err, capsize=4, color=color, label=key)
+        ax_feat.set_xticks(x, [f"{f['name']}\n({verdict(f)})" for f in feats], fontsize=8)
+        ax_feat.set_ylim(0, 1)
+        ax_feat.legend(fontsize=8)
+        ax_feat.set_title("share of replies with each planted content feature (95% Wilson intervals)", fontsize=10)
+    else:
+        ax_feat.text(0.5, 0.5, "no world file: features not measured", ha="center", va="center", color="grey")
+        ax_feat.set_axis_off()
+    rollouts = [r for r in ppo_records if isinstance(r.get("score"), (int, float))]
+    if rollouts:
+        x = np.array([r["rollout"] for r in rollouts])
+        y = np.array([r["score"] for r in rollouts])
+        se = np.array([r.get("score_std") or 0.0 for r in rollouts]) / math.sqrt(rollout_batch)
+        ax_curve.fill_between(x, y - Z95 * se, y + Z95 * se, alpha=0.25, label="95% interval")
+        ax_curve.plot(x, y, marker=".", label="mean RM score of the rollout")
+        ax_curve.legend(fontsize=8)
+    ax_curve.set_title("PPO reward on the training prompt(s)", fontsize=10)
+    ax_curve.set_xlabel("rollout")
+    fig.suptitle("KARMA demo: base model vs PPO policy on held-out prompts", fontsize=12)
+    return fig
+
+
+def write_report(outcome: dict, demo_dir, out_dir=None) -> str:
+    """outcome.json, SUMMARY.md and summary.png into out_dir (default demo_dir); returns the summary."""
+    demo_dir = Path(demo_dir)
+    out_dir = Path(out_dir or demo_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "outcome.json", outcome)
+    text = summary_text(outcome, demo_dir)
+    md = (f"# {text.splitlines()[0]}\n\n" + "\n".join(text.splitlines()[2:]) + "\n\n![summary](summary.png)\n\n"
+          f"## Three held-out prompts, sampled replies side by side\n\n{side_by_side(outcome)}")
+    atomic_write(out_dir / "SUMMARY.md", lambda p: Path(p).write_text(md, encoding="utf-8"))
+    metrics = demo_dir / "ppo" / "metrics.jsonl"
+    records = [r for _, r in read_jsonl(metrics)] if metrics.exists() else []
+    ppo = _read_optional(demo_dir / "ppo" / "config.json") or {}
+    fig = summary_figure(outcome, records, ppo.get("rollout_batch") or 1)
+    atomic_write(out_dir / "summary.png", lambda p: fig.savefig(p, format="png", dpi=DPI))
+    return text
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m karma.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("demo_dir", type=Path, help="the demo's output directory (holding data/, rm/, ppo/)")
+    p.add_argument("--world", type=Path, default=None,
+                   help="world.json of the synthetic sample: the planted content features whose share is measured")
+    p.add_argument("--prompts", type=int, default=24, help="held-out prompts (default 24; one per thread first)")
+    p.add_argument("--samples", type=int, default=4, help="sampled replies per prompt and model (default 4)")
+    p.add_argument("--reward-model", type=Path, default=None, help="default: the one ppo/config.json names")
+    p.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (the same for both models)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_debug_flag(p)
+    args = p.parse_args(argv)
+    if args.prompts < 2:
+        p.error(f"--prompts {args.prompts}: need at least 2 (the standard error is over prompts)")
+    if args.samples < 1:
+        p.error(f"--samples {args.samples}: must be >= 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    world = read_world(args.world) if args.world else None  # bad input stops here, before any model loads
+    outcome = measure(args.demo_dir, args.prompts, args.samples, args.seed, world, reward_model=args.reward_model,
+                      device=args.device)
+    write_prompts([{"id": p["id"], "source": "reddit-heldout", "messages": p["messages"], "meta": p["meta"]}
+                   for p in outcome["prompts"]], args.demo_dir / "heldout-prompts.jsonl")
+    text = write_report(outcome, args.demo_dir)
+    print("\n" + side_by_side(outcome) + "\n" + text)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="python -m karma.demo"))

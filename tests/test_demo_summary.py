@@ -1,0 +1,203 @@
+"""The demo's outcome report (karma/demo.py) on tiny checkpoints, with planted truths: a tuned model
+that always writes a feature the reward pays for is detected as a rise far outside the noise;
+identical models give z = 0 and the word NOISE; held-out prompts never include training prompts;
+the Makefile's demo ends with the report and its compare step asks only for prompts that exist."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import karma
+from karma.cli import run_main
+from karma.demo import heldout_prompts, main, measure, paired_change, read_world, verdict, wilson, write_report
+from karma.reward import RewardConfig, build_reward_model, save_reward_model
+from karma.tokenizer import copy_tokenizer_files
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURE = {"name": "aaaa", "pattern": "a{4,}", "description": "four or more a's in a row", "effect": "+karma"}
+
+
+class FeatureReward:
+    """Pays 0.9 for a reply carrying the feature, 0.1 otherwise, plus a little length-driven spread
+    (so per-prompt means differ and the standard error is not 0)."""
+
+    cfg = SimpleNamespace(format="generalized")
+
+    def score(self, contexts, responses, metas=None):
+        return torch.tensor([(0.9 if "aaaa" in r else 0.1) + 0.01 * (len(r) % 7) for r in responses])
+
+
+def planted_model(base: Path, out: Path) -> Path:
+    """A copy of `base` that writes 'a' at every step: every token embeds to one vector and the
+    blocks add nothing, so the final hidden state h is the same everywhere; the LM head then gives
+    only 'a' a logit (20 |h|), the rest 0."""
+    model = karma.load_model(str(base))
+    tok = karma.load_tokenizer(str(base))
+    a = tok.encode("a", add_special_tokens=False)[0]
+    with torch.no_grad():
+        model.embed.weight.copy_(model.embed.weight[a].expand_as(model.embed.weight))
+        for block in model.blocks:
+            block.attn.out.weight.zero_()
+            block.mlp.down.weight.zero_()
+        h = model.norm(model.embed.weight[a])
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[a] = 20 * h / h.norm()
+    karma.save_model(model, out)
+    copy_tokenizer_files(tok, out)
+    return out
+
+
+def write_demo(root: Path, base: Path, policy: Path, reward_model: Path, n_threads: int = 8) -> Path:
+    """A demo directory as `make demo` leaves it: data/ (held-out threads, one training prompt),
+    rm/eval.json, ppo/ (config.json, metrics.jsonl, policy/)."""
+    data, ppo = root / "data", root / "ppo"
+    data.mkdir(parents=True)
+    examples = []
+    for t in range(n_threads):
+        for c in range(2):  # two replies to the same post: one context per thread
+            examples.append({"id": f"t1_{t}{c}", "split": "heldout", "thread_id": f"t3_{t}", "parent_id": f"t3_{t}",
+                             "messages": [{"role": "user", "content": f"Post {t}: what do you think?"}],
+                             "response": "a reply", "label": c, "meta": {"subreddit": "test",
+                                                                        "created_utc": 1420070400 + t}})
+    (data / "heldout-00000.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    train_prompt = {"id": "reddit-t3_0", "source": "reddit", "messages": examples[0]["messages"], "meta": None}
+    (data / "prompts-reddit.jsonl").write_text(json.dumps(train_prompt) + "\n")  # post 0 is also a training prompt
+    (data / "stats.json").write_text(json.dumps({"splits": {"train": {"examples": 10, "threads": 5},
+                                                            "heldout": {"examples": 16, "threads": n_threads}}}))
+    (root / "rm").mkdir()
+    (root / "rm" / "eval.json").write_text(json.dumps({"roc_auc": 0.8, "n": 96, "label_rate": 0.5}))
+    (root / "rm" / "config.json").write_text(json.dumps({"model": "tiny", "max_steps": 12}))
+    ppo.mkdir()
+    shutil.copytree(policy, ppo / "policy")
+    (ppo / "config.json").write_text(json.dumps({
+        "model": str(base), "reward_model": str(reward_model), "data": str(data), "temperature": 1.0, "top_k": None,
+        "top_p": None, "max_new_tokens": 8, "max_prompt_tokens": 48, "rollouts": 3, "rollout_batch": 4,
+        "n_prompts": 1, "lr": 1e-5}))
+    (ppo / "metrics.jsonl").write_text("".join(json.dumps({"rollout": r, "score": 0.4 + 0.02 * r, "score_std": 0.1})
+                                               + "\n" for r in (1, 2, 3)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(checkpoint_factory, tmp_path_factory):
+    """(base, planted policy, a saved tiny reward model) directories."""
+    base = checkpoint_factory("llama_untied").path
+    planted = planted_model(base, tmp_path_factory.mktemp("planted"))
+    rm = build_reward_model(str(base), RewardConfig(max_length=64))
+    rm_dir = save_reward_model(rm, tmp_path_factory.mktemp("rm") / "best")
+    return base, planted, rm_dir
+
+
+def test_a_planted_feature_is_detected_as_a_rise_outside_the_noise(tiny, tmp_path):
+    base, planted, rm_dir = tiny
+    demo = write_demo(tmp_path / "demo", base, planted, rm_dir)
+    outcome = measure(demo, n_prompts=8, k=3, world=[FEATURE], reward=FeatureReward())
+    assert len(outcome["prompts"]) == 7  # post 0 is a training prompt: left out
+    assert "Post 0:" not in " ".join(p["text"] for p in outcome["prompts"])
+    assert all(r["text"].startswith("aaaa") for rs in outcome["replies"]["tuned"] for r in rs)
+    s, f = outcome["score"], outcome["features"][0]
+    assert s["diff"] > 0.7 and s["z"] > 10 and verdict(s) == "rose", s
+    assert f["tuned"] == 1.0 and f["base"] < 0.2 and f["tuned_ci"][0] > f["base_ci"][1] and verdict(f) == "rose"
+    text = write_report(outcome, demo)
+    assert "Reward-model score" in text and "rose by" in text and "Share of replies with 'aaaa'" in text
+    assert "held-out AUC 0.800 (95% interval" in text and str(demo / "summary.png") in text
+    md = (demo / "SUMMARY.md").read_text()
+    assert md.count("### held-out prompt") == 3 and "| base (RM" in md and "aaaa" in md
+    assert (demo / "summary.png").stat().st_size > 10_000
+    assert json.loads((demo / "outcome.json").read_text())["score"]["n"] == 7
+
+
+def test_identical_models_read_as_noise_through_the_cli(tiny, tmp_path, capsys):
+    base, _, rm_dir = tiny
+    demo = write_demo(tmp_path / "demo", base, base, rm_dir)  # the "tuned" policy is the base model
+    world = tmp_path / "world.json"
+    world.write_text(json.dumps({"content_features": [FEATURE]}))
+    main([str(demo), "--world", str(world), "--prompts", "6", "--samples", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    outcome = json.loads((demo / "outcome.json").read_text())
+    assert outcome["score"]["diff"] == 0 and outcome["score"]["z"] == 0
+    assert outcome["replies"]["base"] == outcome["replies"]["tuned"]  # same model, same seeds
+    assert "NOISE" in out and "No measurable change: the RM score" in out
+    assert out.rstrip().endswith(f"Numbers and every reply: {demo / 'outcome.json'}")  # the summary comes last
+    assert out.count("### held-out prompt") == 3
+
+
+def test_bad_inputs_are_one_line_errors_before_any_model_loads(tmp_path, capsys):
+    world = tmp_path / "world.json"
+    world.write_text(json.dumps({"content_features": [{"name": "x", "pattern": "(unclosed"}]}))
+    assert run_main(main, [str(tmp_path), "--world", str(world)], prog="karma.demo") == 2
+    err = capsys.readouterr().err
+    assert f"{world}: content_features[0]: pattern '(unclosed' is not a Python regex" in err
+    assert len(err.splitlines()) == 1
+    assert run_main(main, [str(tmp_path / "nowhere")], prog="karma.demo") == 2
+    assert "ppo/config.json: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--prompts", "1"])
+    assert "--prompts 1: need at least 2" in capsys.readouterr().err
+
+
+def test_paired_change_recovers_a_known_shift():
+    rng = np.random.default_rng(0)
+    prompt_effect = rng.normal(0, 1, size=(400, 1))  # big between-prompt spread, shared by both models
+    base = prompt_effect + rng.normal(0, 0.1, size=(400, 4))
+    tuned = base + 0.05 + rng.normal(0, 0.1, size=(400, 4))
+    c = paired_change(base, tuned)
+    # per prompt, d_i = 0.05 + mean of 4 N(0, 0.1): SE = 0.05 / sqrt(400) = 0.0025, z about 20
+    assert c["ci"][0] < 0.05 < c["ci"][1] and 0.0022 < c["se"] < 0.0028 and 15 < c["z"] < 25
+    same = paired_change(base, base)
+    assert same["diff"] == 0 and same["z"] == 0 and verdict(same) == "noise"
+    assert verdict(paired_change(base, base + rng.normal(0, 0.1, size=(400, 4)))) == "noise"
+
+
+def test_wilson_interval_matches_published_values():
+    # Newcombe (1998), Table I: 0/10 -> 0-0.2775, 5/10 -> 0.2366-0.7634
+    assert np.allclose(wilson(0, 10), [0.0, 0.2775], atol=1e-4)
+    assert np.allclose(wilson(5, 10), [0.2366, 0.7634], atol=1e-4)
+    assert not any(map(math.isnan, wilson(10, 10)))
+
+
+def test_heldout_prompts_take_one_context_per_thread_first(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"id": f"t1_{i}", "thread_id": f"t3_{i // 3}", "parent_id": f"t1_p{i}",
+             "messages": [{"role": "user", "content": f"post {i // 3}"}, {"role": "user", "content": f"c{i}"}]}
+            for i in range(9)]  # 3 threads, 3 contexts each
+    (data / "heldout-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p["thread_id"] for p in heldout_prompts(data, 4)] == ["t3_0", "t3_1", "t3_2", "t3_0"]
+    with pytest.raises(FileNotFoundError, match="no heldout-"):
+        heldout_prompts(tmp_path, 4)
+
+
+def test_read_world_needs_named_features(tmp_path):
+    path = tmp_path / "world.json"
+    path.write_text(json.dumps({"content_features": [{"pattern": "x"}]}))
+    with pytest.raises(ValueError, match=r'content_features\[0\]: needs a string "name"'):
+        read_world(path)
+
+
+def test_make_demo_ends_with_the_report_and_compares_existing_prompts(tmp_path):
+    """`make -n` prints the demo's commands without running them (recursive makes do run, printing theirs)."""
+    world = tmp_path / "world.json"
+    world.write_text("{}")
+
+    def commands(*targets):
+        out = subprocess.run(["make", "-n", "--no-print-directory", *targets, f"DEMO={tmp_path}/d",
+                              f"DEMO_WORLD={world}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        lines = out.replace("\\\n", " ").splitlines()  # a command continued over several lines is one
+        return [line for line in lines if "python" in line and "pip" not in line]
+
+    demo = commands("demo")
+    assert "karma.demo" in demo[-1] and f"--world {world}" in demo[-1]  # the report is the last step
+    assert not any("--compare" in c for c in demo)  # the report shows sampled replies side by side instead
+    compare = [c for c in commands("compare") if "--compare" in c]
+    assert len(compare) == 1 and "prompts-reddit.jsonl" not in compare[0]  # it holds --max-prompts prompts: 1
+    assert f"--prompts {tmp_path}/d/heldout-prompts.jsonl --n 3" in compare[0]
