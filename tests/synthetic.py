@@ -51,20 +51,31 @@ in every month after the first the retrieval time is `retrieved_utc` instead of 
 Comment trees: ~45% of replies are top-level, the rest reply to an earlier comment, depth <= 4,
 several siblings per parent. About 30 subreddits with Zipf-like popularity.
 
-LEARNABLE LABEL. The pipeline's label is "rewarding iff comment.score >= 0.4 * parent.score".
-Ordinary English comments come from one of two template families, 50/50:
-- helpful/witty: explanations, sources, examples, jokes; every such body contains at least one of
-  `HELPFUL_MARKERS` ("here's why", "source:", "great question", ...);
-- low-effort/rude: dismissive one-liners; every body contains one of `LOW_EFFORT_MARKERS`
-  ("who cares", "downvoted", "you're wrong", ...), and no body contains markers of both families.
-Scores follow the family: helpful gets `ceil(p * U(0.45, 1.5)) + {0,1,2}` for a parent score
-p > 0 and `1..20` for p <= 0 (so score >= 0.4 p); low-effort gets `floor(p * U(0, 0.3)) - {0..3}`
-for p > 0 and `p - {1..5}` for p <= 0 (so score < 0.4 p). With probability 10% a comment gets
-the OTHER family's score (label noise), and immature comments have score 1 whatever their text.
-So the label is ~50/50 and about 90% predictable from the text. The scores satisfy the rule both
-taken literally and with the parent score clamped at 1 (karma.data.threads' reading): for p <= 0
-helpful scores are >= 1 and low-effort ones are < 0. Other kinds (bots, short, deleted,
-non-English, moderators) get scores unrelated to their text.
+PLANTED WORLD: what a reply's karma depends on. The pipeline's label is "rewarding iff
+comment.score >= 0.4 * parent.score" (parent clamped at 1). Ordinary English comments are answers
+(75%: explanations, examples, jokes, sources) or low-effort one-liners (25%: "who cares", ...).
+Each answer carries each CONTENT feature independently with probability FEATURE_RATE; a feature is
+whatever its regex (CONTENT_FEATURES) finds in the final body, so the planted truth and a
+measurement of a policy's replies use the same test:
+  warm       thanks / appreciation ("Thanks for asking!", "Glad you asked.")
+  reason     gives a reason or an example ("because ...", "since ...", "for example ...")
+  asks_back  asks the poster a follow-up question (a "?")
+A reply's karma relative to its parent's is a log-linear model, planted per ordinary comment:
+  z = INTERCEPT + sum of its content features' effects                      (what a reply controls)
+        + SUBREDDIT_EFFECTS[subreddit]                                      (some communities give more)
+        + HOUR_AMPLITUDE * cos(2 pi (hour - HOUR_PEAK) / 24)                (UTC hour of the reply)
+        + POSITION_EFFECTS[rank among its parent's replies, by time]        (earlier replies get more)
+        + N(0, NOISE_SD)
+  score / max(parent, 1) = 0.4 * exp(z), capped at 2; rewarding iff z >= 0.
+Scores are rounded so that the label rule holds both taken literally and with the parent score
+clamped at 1 (karma.data.threads' reading): a rewarding reply's score is >= ceil(0.4 * max(p, 1)),
+a non-rewarding one's is < 0.4 p (negative when p <= 0; a quarter of them are downvoted 1-4 more).
+A conditioned reward model (header "[Subreddit: r/X | Posted: <UTC time>]") can see the subreddit
+and the hour; a generalized one sees neither; neither sees the thread position. `measure_world`
+reports, on the generated data, the variance of z each part explains and the AUC an oracle gets
+from each part: the ceilings of a generalized and a conditioned reward model. Immature comments
+have score 1 whatever their text; other kinds (bots, short, deleted, non-English, moderators) get
+scores unrelated to their text.
 """
 
 from __future__ import annotations
@@ -80,6 +91,7 @@ import re
 import sys
 import time
 import zlib
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -90,7 +102,8 @@ ZSTD_WINDOW_LOG = 31                  # 2 GiB, as the real dumps: readers need m
 COMPRESSIONS = {"zst": ".zst", "ndjson": ".ndjson", "gz": ".gz"}
 MAX_DEPTH = 4                         # top-level comments have depth 1
 LABEL_RATIO = 0.4                     # rewarding iff score >= LABEL_RATIO * parent score
-LABEL_NOISE = 0.10
+MAX_RATIO = 2.0                       # a reply's score is at most this x its parent's (max(p, 1))
+LOW_EFFORT_RATE = 0.25                # ordinary comments that are low-effort one-liners (no features)
 
 # ---- rates (see the table in the module docstring) ----
 POST_RATES = dict(link=0.08, deleted=0.02, removed=0.02, over_18=0.03, non_english=0.03, stickied=0.01,
@@ -103,8 +116,28 @@ TOP_LEVEL_RATE = 0.45
 MISSING_NAME_RATE = 0.10
 STRING_TIME_RATE = 0.05
 
-HELPFUL_MARKERS = ("here's why", "source:", "great question", "fun fact", "hope this helps",
-                   "for example", "in my experience", "the reason is")
+# ---- the planted world (module docstring) ----
+# name -> (regex, effect on z, description); a feature is present iff its regex finds it in the body
+CONTENT_FEATURES = {
+    "warm": (r"(?i)\b(thanks|thank you|appreciate[ds]?|glad|grateful)\b", 1.5,
+             "warm tone: thanks or appreciation"),
+    "reason": (r"(?i)\b(because|since|for example|for instance|that's why|the reason)\b", 1.5,
+               "substance: gives a reason or an example"),
+    "asks_back": (r"(?i)\?", 1.0, "engages: asks the poster a follow-up question"),
+}
+FEATURE_RATE = 0.4                    # per answer and feature
+INTERCEPT = -1.6                      # puts the label rate of ordinary comments near 50%
+NOISE_SD = 1.0
+GENEROUS, STINGY = 1.5, -1.5          # subreddit effects; the others 0
+SUBREDDIT_EFFECTS = {
+    **dict.fromkeys(["AskReddit", "todayilearned", "science", "explainlikeimfive", "askscience", "personalfinance",
+                     "Cooking", "AskHistorians", "DIY", "Python"], GENEROUS),
+    **dict.fromkeys(["funny", "pics", "worldnews", "gaming", "movies", "technology", "nba", "nfl", "television",
+                     "pcgaming"], STINGY),
+}
+HOUR_AMPLITUDE, HOUR_PEAK = 1.0, 17   # UTC: replies near 17:00 get the most, near 05:00 the least
+POSITION_EFFECTS = (0.5, 0.2, 0.0, -0.3)  # 1st, 2nd, 3rd, later reply to the same parent (bots not counted)
+PLANTED_COLUMNS = ("content", "subreddit", "hour", "position", "noise", "label", "features")  # features: bit mask
 LOW_EFFORT_MARKERS = ("who cares", "nobody asked", "downvoted", "you're wrong", "lol no", "cool story",
                       "dumbest", "garbage", "imagine thinking", "not this again", "did you even read",
                       "so original", "cringe")
@@ -176,11 +209,32 @@ SELFTEXT = [
     "The thing that confuses me most is how {t} relates to {t2}.",
     "Thanks in advance, this community has been really helpful in the past.",
 ]
-HELPFUL_OPENERS = [
-    "Great question!", "Great question, actually.", "Here's why:", "Here's why this happens.",
-    "Fun fact:", "In my experience, it depends.", "The reason is simpler than it looks.",
-    "For example, think about it this way.", "Great question, and a common one.",
-    "Source: I was a {job} for {n} years, so here's why.",
+OPENERS = [  # neutral: no content feature
+    "Good question.", "Fun fact:", "In my experience, it depends.", "Honestly, it depends.",
+    "Short answer: it depends.", "Okay, so here is the thing.", "Source: I was a {job} for {n} years.",
+    "This comes up a lot.", "I can help with this one.",
+]
+WARM_OPENERS = [
+    "Thanks for asking!", "Thank you for posting this.", "Glad you asked.", "I appreciate you sharing this.",
+    "Thanks, this is a good one.", "Glad someone finally asked about {t}.", "Thank you, I have wondered the same.",
+]
+WARM_CLOSINGS = [
+    "Thanks for the question, and good luck!", "Glad to help, enjoy {t}!", "Thanks for sharing your story.",
+    "Really appreciate the post, it made my day.", "Edit: thanks for the gold, kind stranger!",
+]
+REASONS = [
+    "That happens because {t} depends on {t2} more than most people expect.",
+    "It is mostly because {t} changed a lot after {year}.",
+    "For example, it took me {n} weeks to get {t} right the first time.",
+    "For instance, {t} costs about {n} percent less if you plan ahead.",
+    "That's why people who start with {t2} usually find {t} easier.",
+    "The reason is simple: {t} rewards patience more than talent.",
+    "Since {t} builds on {t2}, learning them in that order saves time.",
+]
+QUESTIONS = [
+    "Have you tried {t2} yet?", "What made you start with {t}?", "Which part of {t} confuses you most?",
+    "Did you compare it with {t2}?", "How long have you been into {t}?", "What is your budget for this?",
+    "Is this your first time with {t}?",
 ]
 EXPLANATIONS = [
     "{T} works a lot like {t2}, just on a much bigger scale.",
@@ -208,12 +262,11 @@ JOKES = [
     "My uncle tried to explain {t} at dinner once and we still have not recovered.",
     "Ten out of ten, would get confused by {t} again.",
 ]
-CLOSINGS = [
+CLOSINGS = [  # neutral
     "Source: {job} here, I deal with this every single week.",
     "Source: https://en.wikipedia.org/wiki/{wiki}",
     "[Here is a good overview](https://en.wikipedia.org/wiki/{wiki}) if you want to read more.",
-    "Hope this helps!", "Hope this helps, and good luck with it.",
-    "Edit: thanks for the gold, kind stranger!", "Edit: fixed a typo, thanks everyone for the kind replies.",
+    "Hope this helps!", "Hope this helps, and good luck with it.", "Edit: fixed a typo.",
 ]
 LOW_EFFORT = [
     "who cares", "who cares about {t} anyway", "nobody asked", "nobody asked for your opinion on {t}",
@@ -325,7 +378,7 @@ class _Node:
     """One submission or comment between generation and emission (ids are given at emission, in time order)."""
 
     __slots__ = ("time", "rec", "post", "parent", "depth", "score", "author", "id", "month", "tags", "seq",
-                 "is_post", "bot")
+                 "is_post", "bot", "draft")
 
 
 class _LineWriter:
@@ -400,6 +453,7 @@ class _Generator:
         self.comment_id = COMMENT_ID_START
         self.post_id = POST_ID_START
         self.kinds = Counter()
+        self.planted = array("d")                      # per written ordinary comment: PLANTED_COLUMNS, flat
 
     # ---- small helpers ----
     def _month_index(self, t):
@@ -457,7 +511,7 @@ class _Generator:
         node = _Node()
         node.time, node.rec, node.tags, node.is_post, node.bot = t, {}, [], is_post, False
         node.seq, self.seq = self.seq, self.seq + 1
-        node.id = None
+        node.id, node.draft = None, None
         return node
 
     # ---- submissions ----
@@ -558,6 +612,8 @@ class _Generator:
 
     # ---- comments ----
     def make_thread(self, post, n):
+        """Draw the thread's comments, then score them parents first: a score needs the parent's score
+        and the reply's rank among its siblings by time (POSITION_EFFECTS), known once all are drawn."""
         rng = self.rng
         comments = []
         if n and rng.random() < AUTOMOD_POST_RATE:
@@ -572,6 +628,19 @@ class _Generator:
             comments.append(c)
             if c.depth < MAX_DEPTH and not c.bot:
                 eligible.append(c)
+        siblings = {}
+        for c in comments:
+            if not c.bot:
+                siblings.setdefault(c.parent.seq, []).append(c)
+        rank = {c.seq: r for group in siblings.values()
+                for r, c in enumerate(sorted(group, key=lambda c: (c.time, c.seq)))}
+        for c in comments:                             # drawn in order: a parent comes before its replies
+            if c.draft is not None:
+                author, body, distinguished, stickied, family = c.draft
+                c.draft = None
+                score = self._score(c, family, body, rank.get(c.seq, 0))
+                self._comment_fields(c, post, c.parent, author, body, score=score, distinguished=distinguished,
+                                     stickied=stickied)
         return comments
 
     def _automod(self, post):
@@ -583,6 +652,7 @@ class _Generator:
         return node
 
     def make_comment(self, post, parent):
+        """Draw a comment's time, kind and text; make_thread scores it (node.draft holds the rest)."""
         rng = self.rng
         r = COMMENT_RATES
         if rng.random() < r["late"]:
@@ -590,6 +660,7 @@ class _Generator:
         else:
             delay = 5 + int(rng.lognormvariate(math.log(1800), 1.2))
         node = self._new_node(parent.time + delay, False)
+        node.post, node.parent, node.depth = post, parent, parent.depth + 1
         tags = node.tags
         if delay >= 86400:
             tags.append("late")
@@ -627,8 +698,8 @@ class _Generator:
             body = " ".join(rng.sample(LANGUAGES[lang]["sentences"], rng.randint(1, 3)))
             tags.append(f"non_english:{lang}")
         else:
-            family = "helpful" if rng.random() < 0.5 else "low_effort"
-            body = self._helpful(topic, parent) if family == "helpful" else self._low_effort(topic)
+            family = "low_effort" if rng.random() < LOW_EFFORT_RATE else "answer"
+            body = self._answer(topic, parent) if family == "answer" else self._low_effort(topic)
             if rng.random() < r["mention"]:
                 body = self._mention(body, parent, post)
                 tags.append("mention")
@@ -636,13 +707,12 @@ class _Generator:
                 author = "[deleted]"
                 tags.append("account_deleted")
             tags.append(family)
+            tags.extend(name for name, (pattern, _, _) in CONTENT_FEATURES.items() if re.search(pattern, body))
         if stickied:
             tags.append("stickied")
         if rng.random() < r["immature"]:
             tags.append("immature")
-        score = self._score(parent.score, family, "immature" in tags)
-        self._comment_fields(node, post, parent, author, body, score=score, distinguished=distinguished,
-                             stickied=stickied)
+        node.author, node.draft = author, (author, body, distinguished, stickied, family)
         return node
 
     def _comment_fields(self, node, post, parent, author, body, *, score, distinguished, stickied):
@@ -662,37 +732,69 @@ class _Generator:
             gilded=1 if score > 500 and rng.random() < 0.1 else 0,
             controversiality=1 if score <= 1 and rng.random() < 0.2 else 0,
             author_flair_text=None, score_hidden=False)
+        if node.month is not None and node.draft is not None:
+            self.planted.extend(node.draft)
+        node.draft = None
 
-    def _score(self, p, family, immature):
-        """The learnable rule (module docstring): helpful >= 0.4 p, low-effort < 0.4 p, 10% swapped."""
+    def planted_parts(self, node, body, rank):
+        """The parts of z (module docstring) for an ordinary comment: (content, subreddit, hour, position)."""
+        content = sum(effect for pattern, effect, _ in CONTENT_FEATURES.values() if re.search(pattern, body))
+        hour = time.gmtime(node.time).tm_hour
+        return (content, SUBREDDIT_EFFECTS.get(node.post.rec["subreddit"], 0.0),
+                HOUR_AMPLITUDE * math.cos(2 * math.pi * (hour - HOUR_PEAK) / 24),
+                POSITION_EFFECTS[min(rank, len(POSITION_EFFECTS) - 1)])
+
+    def _score(self, node, family, body, rank):
+        """Ordinary comments: the planted model (module docstring); immature: 1; others: unrelated to the text."""
         rng = self.rng
-        if immature:
+        p = node.parent.score
+        if "immature" in node.tags:
             return 1
         if family is None:
             return round(max(p, 1) * rng.uniform(0, 0.8)) + rng.randint(-2, 2)
-        if rng.random() < LABEL_NOISE:
-            family = "low_effort" if family == "helpful" else "helpful"
-        if family == "helpful":
-            return math.ceil(p * rng.uniform(0.45, 1.5)) + rng.randint(0, 2) if p > 0 else rng.randint(1, 20)
-        return math.floor(p * rng.uniform(0, 0.3)) - rng.randint(0, 3) if p > 0 else p - rng.randint(1, 5)
+        parts = self.planted_parts(node, body, rank)
+        noise = rng.gauss(0, NOISE_SD)
+        z = INTERCEPT + sum(parts) + noise
+        ratio = min(MAX_RATIO, LABEL_RATIO * math.exp(z))
+        if z >= 0:                                     # rewarding, literally and with the parent clamped at 1
+            score = max(math.ceil(LABEL_RATIO * max(p, 1)), round(max(p, 1) * ratio))
+        else:                                          # < 0.4 p whatever the sign of p
+            score = min(round(max(p, 1) * ratio), math.ceil(LABEL_RATIO * p) - 1)
+            if rng.random() < 0.25:
+                score -= rng.randint(1, 4)             # downvoted
+        mask = sum(1 << i for i, (pattern, _, _) in enumerate(CONTENT_FEATURES.values()) if re.search(pattern, body))
+        node.draft = (*parts, noise, int(z >= 0), mask)  # PLANTED_COLUMNS, kept by _comment_fields
+        return score
 
-    def _helpful(self, topic, parent):
+    def _answer(self, topic, parent):
+        """An answer: neutral explanations, each content feature with probability FEATURE_RATE."""
         rng = self.rng
-        parts = [self._fill(rng.choice(HELPFUL_OPENERS), topic)]
+        warm, reason, ask = (rng.random() < FEATURE_RATE for _ in range(3))
+        warm_first = warm and rng.random() < 0.6
+        parts = []
+        if warm_first:
+            parts.append(self._fill(rng.choice(WARM_OPENERS), topic))
+        elif rng.random() < 0.6:
+            parts.append(self._fill(rng.choice(OPENERS), topic))
         count = rng.choices((1, 2, 3), weights=(0.5, 0.35, 0.15))[0]
         explanations = [self._fill(s, topic) for s in rng.sample(EXPLANATIONS, count)]
-        style = rng.random()
-        if style < 0.15:                                  # bullet list
+        if reason:
+            explanations.insert(rng.randint(1, count), self._fill(rng.choice(REASONS), topic))
+        if rng.random() < 0.15:                           # bullet list
             parts.append("\n\n" + "\n".join("* " + s for s in explanations) + "\n\n")
         else:
             parts.extend(explanations)
         if count < 3 and rng.random() < 0.2:
             parts.append(self._fill(rng.choice(JOKES), topic))
-        if rng.random() < 0.5:
+        if ask:
+            parts.append(self._fill(rng.choice(QUESTIONS), topic))
+        if warm and not warm_first:
+            parts.append(self._fill(rng.choice(WARM_CLOSINGS), topic))
+        elif rng.random() < 0.4:
             parts.append(("\n\n" if rng.random() < 0.5 else " ") + self._fill(rng.choice(CLOSINGS), topic))
         body = re.sub(r" *\n\n[ \n]*", "\n\n", re.sub(" {2,}", " ", " ".join(parts))).strip()
-        if "helpful" in parent.tags and rng.random() < 0.2:      # quote the parent's first words
-            quoted = parent.rec["body"].replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&")
+        if "answer" in parent.tags and rng.random() < 0.2:       # quote the parent's first words
+            quoted = parent.draft[1]                      # the parent's text (scored and escaped later)
             body = "> " + " ".join(quoted.split(".")[0].split()[:12]) + "\n\n" + body
         return body
 
@@ -768,6 +870,106 @@ class _Generator:
         return "RC", node.month, rec
 
 
+def _auc(labels, scores) -> float:
+    """ROC AUC by the Mann-Whitney statistic (ties count 1/2)."""
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    ranks, i = [0.0] * len(scores), 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    pos = sum(labels)
+    neg = len(labels) - pos
+    if not pos or not neg:
+        return float("nan")
+    return (sum(r for r, y in zip(ranks, labels) if y) - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def _variance(xs) -> float:
+    mean = sum(xs) / len(xs)
+    return sum((x - mean) ** 2 for x in xs) / len(xs)
+
+
+def measure_world(planted) -> dict:
+    """The planted model measured on the written ordinary comments (immature ones excluded).
+
+    variance_share: each part's share of var(z) (the parts are drawn independently, so the shares
+    sum to ~1); oracle_auc: the label's AUC when ranked by a part of z, the ceiling of a reward model
+    that sees only that part: 'content' = a generalized RM, 'content+subreddit+hour' = a conditioned
+    RM (neither sees the thread position or the noise); label_rate_by_*: share rewarding.
+    """
+    width = len(PLANTED_COLUMNS)
+    rows = [planted[i:i + width] for i in range(0, len(planted), width)]
+    if len(rows) < 2:
+        return {"ordinary_comments": len(rows)}
+    cols = dict(zip(PLANTED_COLUMNS, zip(*rows)))
+    labels = [int(y) for y in cols["label"]]
+    z = [INTERCEPT + sum(r[:5]) for r in rows]
+    total = _variance(z)
+    parts = ("content", "subreddit", "hour", "position", "noise")
+    visible = {"content": ("content",), "subreddit+hour": ("subreddit", "hour"),
+               "content+subreddit+hour": ("content", "subreddit", "hour"),
+               "content+context": ("content", "subreddit", "hour", "position")}
+
+    def rate(rows_in):
+        rows_in = list(rows_in)
+        return {"n": len(rows_in), "rewarding": round(sum(r[5] for r in rows_in) / len(rows_in), 3)} \
+            if rows_in else {"n": 0}
+
+    features = {}
+    for i, name in enumerate(CONTENT_FEATURES):
+        has = [r for r in rows if int(r[6]) >> i & 1]
+        features[name] = {"share": round(len(has) / len(rows), 3), "with": rate(has),
+                          "without": rate(r for r in rows if not int(r[6]) >> i & 1)}
+    tiers = {"generous": GENEROUS, "neutral": 0.0, "stingy": STINGY}
+    peak = HOUR_AMPLITUDE * math.cos(math.pi / 4)     # within 3 hours of the peak / trough
+    return {
+        "ordinary_comments": len(rows),
+        "label_rate": round(sum(labels) / len(labels), 3),
+        "variance_share": {k: round(_variance(cols[k]) / total, 3) for k in parts},
+        "oracle_auc": {name: round(_auc(labels, [sum(r[PLANTED_COLUMNS.index(c)] for c in used) for r in rows]), 3)
+                       for name, used in visible.items()},
+        "label_rate_by_feature": features,
+        "label_rate_by_subreddit_tier": {t: rate(r for r in rows if r[1] == v) for t, v in tiers.items()},
+        "label_rate_by_hour": {"near peak": rate(r for r in rows if r[2] >= peak),
+                               "near trough": rate(r for r in rows if r[2] <= -peak)},
+        "label_rate_by_position": {str(k + 1) + ("+" if k == len(POSITION_EFFECTS) - 1 else ""):
+                                   rate(r for r in rows if r[3] == v) for k, v in enumerate(POSITION_EFFECTS)},
+    }
+
+
+def world(command: str, measured: dict) -> dict:
+    """The planted world, machine-readable (world.json): what the module docstring states, and its measure."""
+    return {
+        "synthetic": True,
+        "generator": command,
+        "label": f"rewarding iff score >= {LABEL_RATIO} * max(parent score, 1)",
+        "model": "z = intercept + content effects + subreddit + hour + position + N(0, noise_sd); "
+                 f"score / max(parent, 1) = {LABEL_RATIO} * exp(z) capped at {MAX_RATIO}; rewarding iff z >= 0; "
+                 "ordinary English comments only (others: score unrelated to the text)",
+        "intercept": INTERCEPT,
+        "noise_sd": NOISE_SD,
+        "content_features": [{"name": name, "pattern": pattern, "description": description, "effect": effect,
+                              "planted_rate_in_answers": FEATURE_RATE}
+                             for name, (pattern, effect, description) in CONTENT_FEATURES.items()],
+        "context_effects": {
+            "subreddit": {"generous": sorted(k for k, v in SUBREDDIT_EFFECTS.items() if v > 0),
+                          "effect_generous": GENEROUS,
+                          "stingy": sorted(k for k, v in SUBREDDIT_EFFECTS.items() if v < 0),
+                          "effect_stingy": STINGY, "others": 0.0},
+            "hour": {"formula": "amplitude * cos(2 pi (utc_hour - peak_hour) / 24), utc_hour of the reply",
+                     "amplitude": HOUR_AMPLITUDE, "peak_hour": HOUR_PEAK},
+            "position": {"effects": list(POSITION_EFFECTS),
+                         "meaning": "1st, 2nd, 3rd, later reply to the same parent by time (bots not counted)"},
+        },
+        "visible_to": {"generalized": ["content"], "conditioned": ["content", "subreddit", "hour"]},
+        "measured": measured,
+    }
+
+
 def write_dump(out_dir, *, n_posts: int, comments_per_post: float = 5.0, months=("2015-01", "2015-02"),
                seed: int = 0, compression: str = "zst") -> dict:
     """Write a SYNTHETIC Pushshift-format dump (RS_/RC_ files per month) into out_dir; return counts.
@@ -811,6 +1013,7 @@ def write_dump(out_dir, *, n_posts: int, comments_per_post: float = 5.0, months=
         "dropped_comments": dropped,
         "files": files,
         "kinds": dict(sorted(gen.kinds.items())),
+        "planted": measure_world(gen.planted),
     }
 
 
@@ -835,6 +1038,8 @@ def main(argv=None):
     counts = write_dump(args.out, n_posts=args.posts, comments_per_post=args.comments_per_post,
                         months=tuple(args.months), seed=args.seed, compression=args.compression)
     counts["seconds"] = round(time.perf_counter() - start, 3)
+    command = " ".join(["python tests/synthetic.py", *(sys.argv[1:] if argv is None else argv)])
+    (Path(args.out) / "world.json").write_text(json.dumps(world(command, counts["planted"]), indent=1) + "\n")
     json.dump(counts, sys.stdout, indent=1)
     print()
 

@@ -2,12 +2,15 @@
 
 Everything is read back the way a real dump must be read (streaming zstd with a 2 GiB window) and
 checked from the data itself: names, counts, determinism, the variety the pipeline's filters need,
-thread links (across month files too) and the learnable label rule.
+thread links (across month files too), the label rule and the planted world (content features and
+context effects, as data/sample/world.json states them).
 """
 
 import gzip
 import io
 import json
+import re
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 import zstandard
 
 import synthetic
-from synthetic import HELPFUL_MARKERS, LANGUAGES, LOW_EFFORT_MARKERS, main, write_dump
+from synthetic import BOTS, CONTENT_FEATURES, LANGUAGES, LOW_EFFORT_MARKERS, SUBREDDIT_EFFECTS, main, write_dump
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 SAMPLE_ARGS = dict(n_posts=500, seed=0)  # the command in data/sample/README.md
@@ -50,11 +53,21 @@ def sample():
     return load(SAMPLE)
 
 
-def family(body: str):
-    text = body.lower()
-    helpful, low = any(m in text for m in HELPFUL_MARKERS), any(m in text for m in LOW_EFFORT_MARKERS)
-    assert not (helpful and low), body
-    return "helpful" if helpful else "low_effort" if low else None
+def features(body: str) -> set:
+    """The content features a body carries, by their regexes (the planted truth)."""
+    return {name for name, (pattern, _, _) in CONTENT_FEATURES.items() if re.search(pattern, body)}
+
+
+def low_effort(body: str) -> bool:
+    return any(m in body.lower() for m in LOW_EFFORT_MARKERS)
+
+
+def ordinary(comment) -> bool:
+    """An English answer or low-effort comment by a person: the comments the planted model scores."""
+    return (comment["author"] not in BOTS and comment["author"] != "AutoModerator" and not comment["distinguished"]
+            and comment["body"] not in ("[deleted]", "[removed]") and len(comment["body"]) > 10
+            and not any(s in comment["body"] for bank in LANGUAGES.values() for s in bank["sentences"])
+            and not immature(comment))
 
 
 def retrieved(record):
@@ -106,6 +119,9 @@ def test_shipped_sample_is_what_its_command_makes(tmp_path):
     assert sorted(p.name for p in SAMPLE.glob("R[SC]_*")) == sorted(counts["files"])
     for name in counts["files"]:
         assert list(read_records(SAMPLE / name)) == list(read_records(tmp_path / name)), name
+    shipped = json.loads((SAMPLE / "world.json").read_text())
+    assert shipped == synthetic.world("python tests/synthetic.py --out data/sample --posts 500 --seed 0",
+                                      counts["planted"])
     assert sum(p.stat().st_size for p in SAMPLE.iterdir()) < 1_000_000
     assert "SYNTHETIC" in (SAMPLE / "README.md").read_text()
     assert "SYNTHETIC" in synthetic.__doc__.splitlines()[0]
@@ -126,6 +142,9 @@ def test_cli(tmp_path, capsys):
           "--seed", "4", "--compression", "ndjson"])
     counts = json.loads(capsys.readouterr().out)
     assert counts["submissions"] == 12
+    world = json.loads((tmp_path / "world.json").read_text())
+    assert world["synthetic"] is True and world["measured"] == counts["planted"]
+    assert world["generator"].endswith("--seed 4 --compression ndjson")
     assert sum(1 for _ in read_records(tmp_path / "RC_2016-01.ndjson")) == counts["comments"]
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -190,8 +209,10 @@ def test_every_kind_of_variety_is_present(sample):
         "multi-line body": any("\n" in c["body"] for c in comments),
         "html-escaped quote": any(c["body"].startswith("&gt; ") for c in comments),
         "several siblings": max(children.values()) >= 3,
-        "helpful family": any(family(c["body"]) == "helpful" for c in comments),
-        "low-effort family": any(family(c["body"]) == "low_effort" for c in comments),
+        **{f"feature {name}": any(name in features(c["body"]) for c in comments) for name in CONTENT_FEATURES},
+        "answer with no feature": any(not features(c["body"]) and not low_effort(c["body"]) and ordinary(c)
+                                      for c in comments),
+        "low-effort comment": any(low_effort(c["body"]) for c in comments),
     }
     assert [name for name, ok in checks.items() if not ok] == []
 
@@ -230,33 +251,88 @@ def test_ids_links_and_order(sample):
             or immature(p)
 
 
-def test_learnable_label_rule(sample):
-    """Rewarding iff score >= 0.4 * parent score: ~90% predictable from the template family.
-    Holds both literally and with the pipeline's clamp of the parent score at 1."""
+def labelled(sample):
+    """(comment, label) for the ordinary comments, label = score >= 0.4 * max(parent score, 1)."""
     scores = {"t3_" + r["id"]: r["score"] for _, r in sample["RS"]}
     scores.update({"t1_" + r["id"]: r["score"] for _, r in sample["RC"]})
-    outcome = defaultdict(Counter)
-    for _, c in sample["RC"]:
-        fam = family(c["body"])
-        if fam is None or immature(c):
-            continue
-        parent = scores[c["parent_id"]]
-        outcome[fam][(c["score"] >= 0.4 * parent, c["score"] >= 0.4 * max(parent, 1))] += 1
-    for fam, expected in (("helpful", True), ("low_effort", False)):
-        n = sum(outcome[fam].values())
-        assert n > 300
-        for rule in (0, 1):
-            agree = sum(k for labels, k in outcome[fam].items() if labels[rule] == expected)
-            assert 0.8 <= agree / n <= 0.97, (fam, rule, agree / n)  # noisy (~10%), not trivial
-    helpful, low = sum(outcome["helpful"].values()), sum(outcome["low_effort"].values())
-    assert 0.4 < helpful / (helpful + low) < 0.6                      # balanced labels
+    return [(c, c["score"] >= 0.4 * max(scores[c["parent_id"]], 1), scores[c["parent_id"]])
+            for _, c in sample["RC"] if ordinary(c)]
+
+
+def rate(rows) -> float:
+    rows = list(rows)
+    assert len(rows) >= 30, len(rows)
+    return sum(label for _, label, *_ in rows) / len(rows)
+
+
+def test_label_rule_holds_literally_and_clamped(sample):
+    rows = labelled(sample)
+    assert len(rows) > 1500
+    assert all(label == (c["score"] >= 0.4 * parent) for c, label, parent in rows)
+    assert 0.4 < rate(rows) < 0.6                                       # balanced labels
+
+
+def test_planted_content_features_raise_the_label_rate(sample):
+    """Each feature raises the rewarding rate, overall and inside each subreddit tier (not via context)."""
+    rows = labelled(sample)
+    tier = {name: SUBREDDIT_EFFECTS.get(name, 0.0) for name in {c["subreddit"] for c, *_ in rows}}
+    for name in CONTENT_FEATURES:
+        has = [r for r in rows if name in features(r[0]["body"])]
+        without = [r for r in rows if name not in features(r[0]["body"])]
+        assert 0.15 < len(has) / len(rows) < 0.5, name                  # a common feature, not a rare one
+        assert rate(has) - rate(without) > 0.2, name
+        for effect in set(tier.values()):
+            inside = [r for r in has if tier[r[0]["subreddit"]] == effect]
+            outside = [r for r in without if tier[r[0]["subreddit"]] == effect]
+            assert rate(inside) > rate(outside), (name, effect)
+    assert rate(r for r in rows if low_effort(r[0]["body"])) < 0.3    # no features: seldom rewarding
+
+
+def test_planted_context_moves_the_label_rate(sample):
+    """Subreddit, UTC hour of the reply and thread position: what a reply cannot control."""
+    rows = labelled(sample)
+    generous = [r for r in rows if SUBREDDIT_EFFECTS.get(r[0]["subreddit"], 0) > 0]
+    stingy = [r for r in rows if SUBREDDIT_EFFECTS.get(r[0]["subreddit"], 0) < 0]
+    assert rate(generous) - rate(stingy) > 0.4
+    hour = [(r, time.gmtime(int(r[0]["created_utc"])).tm_hour) for r in rows]
+    distance = [(r, min(abs(h - synthetic.HOUR_PEAK), 24 - abs(h - synthetic.HOUR_PEAK))) for r, h in hour]
+    assert rate(r for r, d in distance if d <= 3) - rate(r for r, d in distance if d >= 9) > 0.15
+    siblings = defaultdict(list)
+    for r in rows:
+        siblings[r[0]["parent_id"]].append(r)
+    first = [min(group, key=lambda r: int(r[0]["created_utc"])) for group in siblings.values() if len(group) >= 3]
+    later = [r for group in siblings.values() if len(group) >= 3 for r in group if r not in first]
+    assert rate(first) > rate(later)
+
+
+def test_measured_world_matches_the_module_constants(tmp_path):
+    """measure_world on a fresh dump: the shares and oracle AUCs the README states are of this kind."""
+    planted = write_dump(tmp_path, n_posts=300, seed=3)["planted"]
+    shares = planted["variance_share"]
+    assert abs(sum(shares.values()) - 1) < 0.1                          # independent parts
+    assert shares["content"] > 0.15 and shares["subreddit"] + shares["hour"] > 0.3
+    auc = planted["oracle_auc"]
+    assert 0.65 < auc["content"] < auc["content+subreddit+hour"] - 0.1  # what the conditioned RM can gain
+    for name, stats in planted["label_rate_by_feature"].items():
+        assert stats["with"]["rewarding"] > stats["without"]["rewarding"] + 0.15, name
+
+
+def test_template_banks_carry_exactly_their_feature():
+    """Neutral text carries no feature; each feature bank carries its own and no other."""
+    for bank in ("OPENERS", "EXPLANATIONS", "JOKES", "CLOSINGS", "LOW_EFFORT", "LOW_EFFORT_FILLERS"):
+        for text in getattr(synthetic, bank):
+            assert not features(text), (bank, text)
+    for bank, name in (("WARM_OPENERS", "warm"), ("WARM_CLOSINGS", "warm"), ("REASONS", "reason"),
+                       ("QUESTIONS", "asks_back")):
+        for text in getattr(synthetic, bank):
+            assert features(text) == {name}, (bank, text)
 
 
 def test_english_templates_pass_the_pipelines_language_check(sample):
     filters = pytest.importorskip("karma.data.filters")
     pytest.importorskip("fasttext")
     detector = filters.LanguageDetector()
-    english = [c["body"] for _, c in sample["RC"] if family(c["body"])]
+    english = [c["body"] for _, c in sample["RC"] if ordinary(c)]
     english += [p["title"] + " " + p["selftext"] for _, p in sample["RS"]
                 if not any(p["title"] in bank["titles"] for bank in LANGUAGES.values())]
     passed = sum(detector.is_english(text, 0.5) for text in english)

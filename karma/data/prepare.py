@@ -26,8 +26,8 @@ The examples are exactly those of identifying every record, and every count is w
 every record would give if the records never identified were English. So only records that fail
 both a thread check and the language check are counted differently: under their thread reason
 (too_few_responses, thread_too_small, parent_unavailable) instead of non_english, and the comments
-of such a post under their own reason instead of post_unavailable. On data/sample that is 24 of
-3,148 records (non_english 13 + 61 -> 10 + 48, post_unavailable 466 -> 458); on the 20k-post bench
+of such a post under their own reason instead of post_unavailable. On data/sample that is 27 of
+2,889 records (non_english 14 + 48 -> 7 + 42, post_unavailable 541 -> 527); on the 20k-post bench
 dump 1,038 of 118,987, and fastText reads 70,848 texts instead of 88,145 (second looks included:
 karma/data/filters.py).
 
