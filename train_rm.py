@@ -52,8 +52,10 @@ def parse_args(argv=None) -> TrainRMConfig:
     p.add_argument("--max-eval-examples", type=int, default=None, help="cap on held-out examples per evaluation")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval in steps")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
-                   help=f"checkpoints kept on disk, newest first (default {d.keep_checkpoints}); 0 keeps one while running, none "
-                        f"once the run has finished and exported (it cannot be resumed then)")
+                   help=f"checkpoints kept on disk, newest first (default {d.keep_checkpoints}; each holds the "
+                        f"model and its AdamW state, 3x its size); 0 keeps one while running, none once the run has "
+                        f"finished and exported (it cannot be resumed then); a run shorter than --save-every writes "
+                        f"none at its end")
     p.add_argument("--log-every", type=int, default=d.log_every, help="metrics.jsonl interval in steps")
     p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
                    help=f"stop after this many consecutive steps skipped for a non-finite loss or gradient "

@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import torch
-from tqdm import tqdm
 
 from karma.checkpoint import atomic_write, latest_checkpoint, save_training_state
 from karma.distributed import Dist, all_reduce_sum, clip_grad_norm, gather_lists, shard
@@ -55,7 +54,7 @@ from karma.records import Skips, input_files, jsonl_objects
 from karma.reward import RewardConfig, encode
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput,
                        TrainingDiverged, adamw, autocast, check_flags, check_out_dir, checkpoint_due,
-                       drop_checkpoints_if_done, export_model, input_identity, peak_memory_gib, resume, show_progress,
+                       drop_checkpoints_if_done, export_model, input_identity, peak_memory_gib, Progress, resume,
                        warmup_cosine, write_config)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
 from karma.weights import inspect_model, load_model, resolve
@@ -95,7 +94,7 @@ class DPOConfig:
     heldout_percent: float = 5.0
     eval_every: int = 100
     save_every: int = 100
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1
     log_every: int = 10
     max_bad_steps: int = 10
     seed: int = 0
@@ -179,7 +178,7 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
     log = MetricsLog(out / "metrics.jsonl", append=resumed is not None, enabled=d.is_main)
     log.write({"event": "data", **data.report, "train_pairs": len(data.train), "heldout_pairs": len(data.heldout),
                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
-    bar = tqdm(total=total_steps, initial=state["step"], desc="dpo", unit="step", disable=not show_progress(d.is_main))
+    progress = Progress(total_steps, "dpo", "step", initial=state["step"], enabled=d.is_main)
     throughput = Throughput("pairs")
     try:
         while state["step"] < total_steps:
@@ -188,14 +187,12 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
             sums, grad_norm, applied = train_step(policy, optimizer, data, batch, cfg, d)
             scheduler.step()
             state["step"] = step = state["step"] + 1
-            bar.update(1)
             count_step(state, sums if applied else None, len(batch))
+            progress.update(1, loss=sums["loss"] / len(batch) if applied else None)
             throughput.add(len(batch), int(sum(data.train[i].tokens for i in batch)))
             if step % cfg.log_every == 0 or step == total_steps or state["bad_streak"] >= cfg.max_bad_steps:
                 record = train_record(state, epoch, scheduler.get_last_lr()[0], grad_norm, throughput, d)
                 log.write(record)
-                if record["loss"] is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
             if state["bad_streak"] >= cfg.max_bad_steps:
                 raise TrainingDiverged(
                     f"{state['bad_streak']} consecutive steps had a non-finite loss or gradient and were skipped "
@@ -203,7 +200,7 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
                     f"Stopped at step {step}, nothing exported; last checkpoint: "
                     f"{latest_checkpoint(out / 'checkpoints') or 'none (the run stopped before its first save)'}")
             if data.heldout and (step % cfg.eval_every == 0 or step == total_steps):
-                evaluate_and_log(policy, data, cfg, step, log, bar, d)
+                evaluate_and_log(policy, data, cfg, step, log, progress, d)
             stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
             if checkpoint_due(step, total_steps, cfg.save_every, stopping, cfg.keep_checkpoints):
                 save_training_state(out / "checkpoints" / f"step-{step:08d}", {"policy": (policy, optimizer)},
@@ -212,13 +209,14 @@ def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
             if stopping:
                 break
     finally:  # also on errors: an open bar would share its line with the error message
-        bar.close()
+        progress.close()
         log.close()
     if state["step"] >= total_steps:
         bad = int(all_reduce_sum(torch.tensor(nonfinite_weights(policy), device=d.device), d))
         if bad:
             raise TrainingDiverged(f"step {state['step']}: the trained policy holds {bad} non-finite weights; not "
                                    f"exported. Last checkpoint: {latest_checkpoint(out / 'checkpoints') or 'none'}")
+        optimizer.state.clear()  # AdamW state, 2x the weights: the export's copies reuse its memory
         export_model(policy, tokenizer, out / "policy", d)
         drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
     if d.is_main:
@@ -264,12 +262,13 @@ def train_record(state: dict, epoch: int, lr: float, grad_norm: float, throughpu
             "skipped_steps": state["skipped_steps"], **throughput.rates(), "peak_mem_gib": peak_memory_gib(d.device)}
 
 
-def evaluate_and_log(policy, data: "Pairs", cfg: DPOConfig, step: int, log: MetricsLog, bar, d: Dist) -> None:
+def evaluate_and_log(policy, data: "Pairs", cfg: DPOConfig, step: int, log: MetricsLog, progress: Progress,
+                     d: Dist) -> None:
     """Held-out metrics to the log and one printed line."""
     metrics = evaluate(policy, data, cfg, d)
     log.write({"event": "eval", "step": step, **metrics})
     if d.is_main:
-        bar.write(f"step {step:6d}  held-out loss {metrics['loss']:.4f}  "
+        progress.write(f"step {step:6d}  held-out loss {metrics['loss']:.4f}  "
                   f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:+.4f}")
 
 
@@ -550,13 +549,15 @@ def compute_reference(model, data: "Pairs", cfg: DPOConfig, d: Dist) -> torch.Te
             for job in micro_batches(order[start:start + cfg.batch_size], cfg.micro_batch_size, d)]
     jobs += [("heldout", job) for job in micro_batches(range(len(data.heldout)), cfg.micro_batch_size, d)]
     rows = []
-    for split, (index, weight) in tqdm(jobs, desc="reference log-probs", disable=not show_progress(d.is_main)):
-        with autocast(d):
-            chosen, rejected = reply_logps(model, data.rows(split, index), data.pad_id, d.device,
-                                           average=cfg.loss_type == "ipo")
-        offset = 0 if split == "train" else len(data.train)
-        if weight:
-            rows += [(offset + int(i), c, r) for i, c, r in zip(index, chosen.tolist(), rejected.tolist())]
+    with Progress(len(jobs), "dpo reference log-probs", "batch", enabled=d.is_main) as progress:
+        for split, (index, weight) in jobs:
+            with autocast(d):
+                chosen, rejected = reply_logps(model, data.rows(split, index), data.pad_id, d.device,
+                                               average=cfg.loss_type == "ipo")
+            offset = 0 if split == "train" else len(data.train)
+            if weight:
+                rows += [(offset + int(i), c, r) for i, c, r in zip(index, chosen.tolist(), rejected.tolist())]
+            progress.update(1)
     return torch.tensor([[c, r] for _, c, r in sorted(gather_lists(rows, d))], dtype=torch.float32)
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from karma.checkpoint import atomic_directory, atomic_write_json, latest_checkpoint, save_training_state
 from karma.data.examples import read_examples, split_files
@@ -36,7 +35,7 @@ from karma.reward import (MAX_HEAD_HIDDEN, RewardConfig, RewardModel, bce_loss, 
                           save_reward_model)
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput,
                        TrainingDiverged, adamw, autocast, check_flags, check_out_dir, checkpoint_due,
-                       drop_checkpoints_if_done, in_range, peak_memory_gib, resume, show_progress, warmup_cosine,
+                       drop_checkpoints_if_done, in_range, peak_memory_gib, Progress, resume, warmup_cosine,
                        write_config)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
 from karma.weights import inspect_model
@@ -66,7 +65,7 @@ class TrainRMConfig:
     eval_batch_size: int = 32
     max_eval_examples: int | None = None
     save_every: int = 500
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1
     log_every: int = 10
     max_bad_steps: int = 10
     seed: int = 0
@@ -171,7 +170,7 @@ def _train(cfg: TrainRMConfig, d: Dist, data: "Data") -> dict:
     log = MetricsLog(out / "metrics.jsonl", append=resumed is not None, enabled=d.is_main)
     log.write({"event": "data", **data.summary(cfg.max_length), "total_steps": total_steps,
                "resumed_at": state["step"]})
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train_rm", disable=not show_progress(d.is_main), unit="step")
+    progress = Progress(total_steps, "train_rm", "step", initial=state["step"], enabled=d.is_main)
     throughput = Throughput()
     try:
         while state["step"] < total_steps:
@@ -180,7 +179,7 @@ def _train(cfg: TrainRMConfig, d: Dist, data: "Data") -> dict:
             count_step(state, loss, grad_norm, cfg, out)
             scheduler.step()
             state["step"] = step = state["step"] + 1
-            bar.update(1)
+            progress.update(1, loss=loss)  # this step's batch loss
             throughput.add(len(batch), int(data.lengths[batch].sum()))
             if step % cfg.log_every == 0 or step == total_steps:
                 record = {"event": "train", "step": step, "epoch": (step - 1) // data.steps_per_epoch,
@@ -189,10 +188,9 @@ def _train(cfg: TrainRMConfig, d: Dist, data: "Data") -> dict:
                           "skipped_steps": state["skipped_steps"], **throughput.rates(),
                           "peak_mem_gib": peak_memory_gib(d.device)}
                 log.write(record)
-                bar.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 state["log_loss"], state["log_steps"] = 0.0, 0
             if step % cfg.eval_every == 0 or step == total_steps:
-                evaluate_and_keep_best(rm, data, state, cfg, out, log, bar, d)
+                evaluate_and_keep_best(rm, data, state, cfg, out, log, progress, d)
             stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
             if checkpoint_due(step, total_steps, cfg.save_every, stopping, cfg.keep_checkpoints):
                 save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
@@ -200,7 +198,7 @@ def _train(cfg: TrainRMConfig, d: Dist, data: "Data") -> dict:
             if stopping:
                 break
     finally:  # also on errors: an open bar would share its line with the error message
-        bar.close()
+        progress.close()
     if state["step"] >= total_steps:
         export(rm, out / "final", d, {"step": state["step"]},
                same_as=out / "best" if state["best_step"] == state["step"] else None)
@@ -297,7 +295,7 @@ def count_step(state: dict, loss: float, grad_norm: float, cfg: TrainRMConfig, o
 
 
 def evaluate_and_keep_best(rm: RewardModel, data: Data, state: dict, cfg: TrainRMConfig, out: Path, log: MetricsLog,
-                           bar, d: Dist) -> None:
+                           progress: Progress, d: Dist) -> None:
     """Held-out metrics to the log and eval.json; a new best finite AUC is exported to best/."""
     step = state["step"]
     metrics = evaluate(rm, data.eval_ids, data.eval_labels, cfg.eval_batch_size, d)
@@ -308,7 +306,7 @@ def evaluate_and_keep_best(rm: RewardModel, data: Data, state: dict, cfg: TrainR
     log.write({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
     if d.is_main:
         auc = "undefined" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
-        bar.write(f"step {step:6d}  held-out AUC {auc}  accuracy {metrics.get('accuracy', float('nan')):.4f}  "
+        progress.write(f"step {step:6d}  held-out AUC {auc}  accuracy {metrics.get('accuracy', float('nan')):.4f}  "
                   f"(best {state['best_auc'] or float('nan'):.4f} at step {state['best_step']})")
         atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
     rm.train()

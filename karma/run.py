@@ -8,7 +8,8 @@ What a run does with its --out:
   * --resume continues the run whose config.json is there: the same settings (except logging,
     evaluation and checkpointing ones) and the same inputs (data, models: compared by content, so
     they may move, see input_identity). --out itself may be spelled differently or moved. A run
-    that finished and deleted its checkpoints (--keep-checkpoints 0) has nothing to resume;
+    that finished without a checkpoint (--keep-checkpoints 0, or shorter than --save-every: see
+    checkpoint_due) has nothing to resume;
   * one process at a time: `<out>/.lock` is held with flock(2) for the whole run. The kernel
     releases it when the process ends, however it ends, so there is no stale lock to take over,
     and two processes starting together cannot both get it. The file also holds the owner's pid,
@@ -27,12 +28,14 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import orjson
 import torch
+from tqdm import tqdm
 
 from karma.checkpoint import (atomic_directory, atomic_write_json, checkpoint_dirs, finite_json, latest_checkpoint,
                               load_training_state, process_alive, read_json, remove_checkpoints, remove_leftovers,
@@ -181,10 +184,12 @@ def check_out_dir(out: Path, cfg, may_change: set[str]) -> None:
         raise ValueError(f"{out}: is not empty ({listing}) and holds no run (no config.json); give a run a new or "
                          f"empty --out")
     saved = read_json(out / "config.json")
-    if saved.get("checkpoints_deleted"):
+    if saved.get("checkpoints_deleted") or saved.get("no_checkpoint"):
         if cfg.resume:
-            raise ValueError(f"{out}: holds a run that finished and deleted its checkpoints (--keep-checkpoints 0): "
-                             f"there is nothing to resume; start a new run in another --out")
+            how = ("deleted its checkpoints (--keep-checkpoints 0)" if saved.get("checkpoints_deleted") else
+                   "wrote no checkpoint (it was shorter than --save-every)")
+            raise ValueError(f"{out}: holds a run that finished and {how}: there is nothing to resume; start a new "
+                             f"run in another --out")
         raise ValueError(f"{out}: holds a finished run ({listing}); use a new --out, or delete {out} to replace it")
     latest = latest_checkpoint(out / "checkpoints")
     if not cfg.resume:
@@ -355,13 +360,18 @@ def _file_change(before: dict | None, after: dict | None) -> str:
 
 
 def drop_checkpoints_if_done(out: Path, keep: int, is_main: bool) -> None:
-    """--keep-checkpoints 0: once a run has finished and exported, delete its checkpoints (model
-    and optimizer state, several times the model's size). Such a run can no longer be resumed:
-    config.json records it ("checkpoints_deleted"), for check_out_dir's message."""
-    if keep == 0 and is_main:
-        config = Path(out) / "config.json"
+    """Once a run has finished and exported: --keep-checkpoints 0 deletes its checkpoints (model
+    and optimizer state, several times the model's size). A run left without a checkpoint (deleted,
+    or never written: shorter than --save-every, see checkpoint_due) cannot be resumed: config.json
+    records it ("checkpoints_deleted" or "no_checkpoint"), for check_out_dir's message."""
+    if not is_main:
+        return
+    config = Path(out) / "config.json"
+    if keep == 0:
         atomic_write_json(config, {**read_json(config), "checkpoints_deleted": True})
         remove_checkpoints(Path(out) / "checkpoints")
+    elif latest_checkpoint(Path(out) / "checkpoints") is None:
+        atomic_write_json(config, {**read_json(config), "no_checkpoint": True})
 
 
 # ---------------------------------------------------------------------------------- metrics log
@@ -404,8 +414,109 @@ def _open_log(path: Path, append: bool):
 
 def show_progress(is_main: bool = True) -> bool:
     """Progress bars only on a terminal: in a captured log their carriage returns tangle with the
-    printed lines (the per-rollout and evaluation lines are printed either way)."""
+    printed lines (the trainers print plain lines there instead: Progress)."""
     return is_main and sys.stderr.isatty()
+
+
+# In a log, a trainer writes where it stands at least this often (seconds): a job that prints
+# nothing for minutes cannot be told apart from a hung one.
+PROGRESS_EVERY = 30.0
+
+
+class Progress:
+    """Where a run stands. On a terminal: a tqdm bar. In a log (stderr not a terminal): plain lines
+    on stderr, one when the run starts, then whenever `every` seconds (PROGRESS_EVERY) have passed
+    since the last line, and one at the end:
+
+        train_rm  step 12/40 (30%)  loss 0.6931  2.4 s/step  elapsed 0:28  eta 1:07
+
+    A background thread writes the line when `every` seconds have passed without one, so a step
+    longer than that (a PPO rollout on a busy machine, an evaluation pass) still shows the run is
+    alive. Lines passed to `write` (evaluation results, per-rollout summaries) go to stdout, above
+    the bar on a terminal. Only the main rank shows anything."""
+
+    def __init__(self, total: int, desc: str, unit: str = "step", initial: int = 0, enabled: bool = True):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.every = PROGRESS_EVERY
+        self.stats = {}  # shown after the count, e.g. {"loss": 0.69}; replaced by update(**stats)
+        self.start_n, self.start = initial, time.monotonic()
+        self.last_line = self.last_update = self.start
+        self.lock = threading.Lock()  # the heartbeat thread reads what update writes
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not show_progress(enabled))
+        self.plain = enabled and not sys.stderr.isatty()
+        self.stopped = threading.Event()
+        self.heartbeat = None
+        if self.plain:
+            self._line()
+            self.heartbeat = threading.Thread(target=self._beat_until_closed, name=f"{desc} progress", daemon=True)
+            self.heartbeat.start()
+
+    def update(self, n: int = 1, **stats) -> None:
+        """`n` more units done; `stats` (numbers) are shown until an update replaces them."""
+        with self.lock:
+            self.n += n
+            self.stats.update(stats)
+            self.last_update = time.monotonic()
+        self.bar.update(n)
+        if stats:
+            self.bar.set_postfix({k: _short(v) for k, v in stats.items()}, refresh=False)
+        if self.plain and time.monotonic() - self.last_line >= self.every:
+            self._line()
+
+    def write(self, line: str) -> None:
+        """A line of its own, on stdout (above the bar on a terminal), flushed at once (a log's
+        stdout is block-buffered: unflushed, such lines would show minutes late)."""
+        with self.lock:
+            self.bar.write(line)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        """Stop the bar or the heartbeat; in a log, a last line with the final count."""
+        self.stopped.set()
+        if self.heartbeat is not None:
+            self.heartbeat.join()
+            self.heartbeat = None
+            self._line()
+        self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _beat_until_closed(self) -> None:
+        while not self.stopped.wait(max(0.1, self.every - (time.monotonic() - self.last_line))):
+            if time.monotonic() - self.last_line >= self.every:
+                self._line()
+
+    def _line(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            elapsed, done = now - self.start, self.n - self.start_n
+            line = f"{self.desc}  {self.unit} {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%)"
+            line += "".join(f"  {k} {_short(v)}" for k, v in self.stats.items())
+            if done:  # the rate up to the last update, in this process (not a resumed run's past)
+                per = max(self.last_update - self.start, 1e-9) / done
+                eta = max(0.0, per * (self.total - self.n) - (now - self.last_update))
+                line += f"  {per:.1f} s/{self.unit}" if per >= 1 else f"  {1 / per:.1f} {self.unit}/s"
+                line += f"  elapsed {_clock(elapsed)}  eta {_clock(eta)}"
+            else:
+                line += f"  elapsed {_clock(elapsed)}"
+            print(line, file=sys.stderr, flush=True)
+            self.last_line = now
+
+
+def _short(value) -> str:
+    """A statistic for a progress line: 4 significant digits."""
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss, or m:ss under an hour."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -509,9 +620,12 @@ def resume(out: Path, trained: dict, counter: str, logs: list[str], d: Dist) -> 
 
 
 def checkpoint_due(step: int, total: int, save_every: int, stopping: bool, keep: int) -> bool:
-    """Save every `save_every` steps, when stopping early, and at the end, except the end with
-    --keep-checkpoints 0 (that checkpoint would be deleted right after the final export)."""
-    if step == total and keep == 0:
+    """Save every `save_every` steps, when stopping early, and at the end, except the end of a run
+    with --keep-checkpoints 0 (that checkpoint would be deleted right after the final export) or
+    shorter than --save-every: a checkpoint serves to resume, a finished run has nothing left to
+    resume, and model plus AdamW state cost about 3x the model's size on disk (gigabytes for a
+    2-step try of a 135M model). A run of at least --save-every steps keeps its last one."""
+    if step == total and (keep == 0 or total < save_every):
         return False
     return step % save_every == 0 or stopping or step == total
 

@@ -89,7 +89,8 @@ def test_reward_rises_kl_stays_finite_and_beta_follows_the_kl(setup, tmp_path):
     with torch.no_grad():
         assert (ours(ids) - hf(ids).logits).abs().max() < 1e-4
     assert karma.load_tokenizer(out / "policy").eos_id == karma.load_tokenizer(policy).eos_id
-    assert (out / "checkpoints" / "latest").read_text() == "rollout-000060"
+    # finished, and shorter than --save-every: no resume state on disk (run.checkpoint_due)
+    assert not (out / "checkpoints").exists() and config_json["no_checkpoint"]
 
 
 def test_the_reward_model_sees_its_training_format(setup, tmp_path):
@@ -155,3 +156,31 @@ def test_missing_prompt_set_is_a_clear_error(setup, tmp_path):
     policy, _ = setup
     with pytest.raises(FileNotFoundError, match="prompts-reddit.jsonl"):
         train(config(policy, "reddit", tmp_path / "run", data=tmp_path / "nodata"), CPU, reward=LetterReward())
+
+
+def test_value_trainable_layers_trains_only_the_critics_top_blocks(setup, tmp_path):
+    """--value-trainable-layers 1: the critic's embedding and lower blocks keep their initial weights
+    and get no gradient and no AdamW state; its top block and head train; the policy trains whole."""
+    policy, prompts = setup
+    cfg = config(policy, prompts, tmp_path / "run", value_trainable_layers=1, rollout_batch=8, minibatch=4,
+                 micro_batch=4, ppo_epochs=1, max_new_tokens=4)
+    m = trainer.Models.load(cfg, CPU, reward=LetterReward())
+    opt = trainer.Optimization(cfg, m)
+    before = {k: v.clone() for k, v in m.value.state_dict().items()}
+    batch = trainer.load_prompt_set(cfg, "generalized")[:8]
+    record, _ = trainer.ppo_iteration(m, opt, batch, cfg, 0, "custom", CPU)
+    assert record["updates"] == 2
+    top = f"backbone.blocks.{len(m.value.backbone.blocks) - 1}."
+    for name, p in m.value.named_parameters():
+        trains = name.startswith((top, "backbone.norm.", "head."))
+        assert p.requires_grad == trains and (p in opt.value_opt.state) == trains, name
+        changed = not torch.equal(before[name], p)
+        assert changed == trains or name.startswith("head.0."), name  # head.0 gets no gradient while head.2 is 0
+    assert all(p.requires_grad and p in opt.policy_opt.state for p in m.policy.parameters())
+
+
+def test_value_trainable_layers_above_the_critics_depth_is_refused(setup, tmp_path):
+    policy, prompts = setup
+    with pytest.raises(ValueError, match=r"--value-trainable-layers 99: more than the critic's \d+ blocks"):
+        train(config(policy, prompts, tmp_path / "run", value_trainable_layers=99), CPU, reward=LetterReward())
+    assert not (tmp_path / "run").exists()

@@ -86,7 +86,7 @@ def test_a_fresh_run_never_appends_to_or_overwrites_an_earlier_run(checkpoint_fa
     karma.ppo.trainer.train(cfg, CPU, reward=LetterReward())
     log = (out / "metrics.jsonl").read_text()
     assert [json.loads(line)["rollout"] for line in log.splitlines()] == [1, 2]
-    # a second fresh run would overwrite a run that has checkpoints: refused, nothing touched
-    with pytest.raises(ValueError, match="holds an earlier run.*--resume"):
+    # a second fresh run would overwrite the finished one (shorter than --save-every: no checkpoint): refused
+    with pytest.raises(ValueError, match="holds a finished run"):
         karma.ppo.trainer.train(cfg, CPU, reward=LetterReward())
     assert (out / "metrics.jsonl").read_text() == log

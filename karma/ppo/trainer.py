@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from karma.checkpoint import latest_checkpoint, save_training_state
 from karma.data.prompts import read_prompts
@@ -32,12 +31,12 @@ from karma.plot import plot_run
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, explained_variance, masked_mean, policy_loss,
                             value_loss)
 from karma.ppo.rollout import collect_rollout, reduce_sums
-from karma.ppo.value import check_same_tokenizer, value_from_policy, value_from_reward_model
+from karma.ppo.value import check_same_tokenizer, train_top_layers_only, value_from_policy, value_from_reward_model
 from karma.reward import inspect_reward_model, load_reward_model
 from karma.tokenizer import load_tokenizer
 from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
                        adamw, autocast, check_flags, check_out_dir, checkpoint_due, drop_checkpoints_if_done,
-                       export_model, in_range, peak_memory_gib, resume, show_progress, write_config)
+                       export_model, in_range, peak_memory_gib, Progress, resume, write_config)
 from karma.weights import inspect_model, load_model
 
 PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultrachat.jsonl"}
@@ -51,6 +50,7 @@ class PPOConfig:
     data: Path = Path("runs/data")  # where data_prep.py wrote prompts-*.jsonl
     out_dir: Path = Path("runs/ppo")
     value_init: str = "policy"  # policy (its decoder, zero head) | reward (the RM's; needs the same tokenizer)
+    value_trainable_layers: int | None = None  # train only the critic's top N blocks (karma/ppo/value.py)
     rollouts: int = 100
     rollout_batch: int = 16
     minibatch: int = 8
@@ -81,7 +81,7 @@ class PPOConfig:
     divergence_patience: int = 2
     samples_per_rollout: int = 4
     save_every: int = 10
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1
     stop_after_rollouts: int | None = None
     seed: int = 0
     activation_checkpointing: bool = False
@@ -109,7 +109,7 @@ class PPOConfig:
                     missing_eos_penalty=(lambda v: True, "a finite number"),
                     ratio_threshold=(lambda v: v > 1, "> 1"), max_approx_kl=POSITIVE, divergence_patience=AT_LEAST_1,
                     samples_per_rollout=NON_NEGATIVE, save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE,
-                    stop_after_rollouts=AT_LEAST_1)
+                    stop_after_rollouts=AT_LEAST_1, value_trainable_layers=AT_LEAST_1)
         check_flags(self, rollout_batch=in_range(1, MAX_BATCH), minibatch=in_range(1, MAX_BATCH),
                     micro_batch=in_range(1, MAX_BATCH))
 
@@ -182,6 +182,10 @@ def check_inputs(cfg: PPOConfig, d: Dist, reward=None) -> list[dict]:
                          f"than {cfg.model}'s max_position_embeddings ({policy_cfg.max_position_embeddings})")
     if cfg.value_init == "reward":
         check_same_tokenizer(load_tokenizer(cfg.reward_model), policy_tok)
+    critic_layers = (inspect_model(cfg.reward_model) if cfg.value_init == "reward" else policy_cfg).n_layers
+    if cfg.value_trainable_layers is not None and cfg.value_trainable_layers > critic_layers:
+        raise ValueError(f"--value-trainable-layers {cfg.value_trainable_layers}: more than the critic's "
+                         f"{critic_layers} blocks")
     check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
     return prompts
 
@@ -216,7 +220,7 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
     # a fresh run does not append to an earlier run's logs
     metrics_log = MetricsLog(out / "metrics.jsonl", append=resumed is not None, enabled=d.is_main)
     samples_log = MetricsLog(out / "samples.jsonl", append=resumed is not None, enabled=d.is_main)
-    bar = tqdm(total=cfg.rollouts, initial=state["rollout"], desc="ppo", unit="rollout", disable=not show_progress(d.is_main))
+    progress = Progress(cfg.rollouts, "ppo", "rollout", initial=state["rollout"], enabled=d.is_main)
     try:
         while state["rollout"] < cfg.rollouts:
             r = state["rollout"]
@@ -228,9 +232,9 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
             metrics_log.write(record)
             for sample in samples[:cfg.samples_per_rollout]:
                 samples_log.write({"rollout": r + 1, **sample})
-            bar.update(1)
+            progress.update(1, score=record["score"], kl=record["kl_seq"])
             if d.is_main:
-                bar.write(progress_line(record))
+                progress.write(progress_line(record))
             if state["divergent_streak"] >= cfg.divergence_patience:
                 raise TrainingDiverged(
                     f"rollouts {r + 2 - state['divergent_streak']}-{r + 1} diverged ({diverged}); these rollouts "
@@ -245,8 +249,10 @@ def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
             if stopping:
                 break
     finally:  # also on errors: an open bar would share its line with the error message
-        bar.close()
+        progress.close()
     if state["rollout"] >= cfg.rollouts:
+        for optimizer in (opt.policy_opt, opt.value_opt):  # AdamW state, twice the trained weights: freed,
+            optimizer.state.clear()  # its memory holds the export's copies instead of raising the peak
         export_model(m.policy, m.tokenizer, out / "policy", d)
         drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
     metrics_log.close()
@@ -275,6 +281,7 @@ class Models:
             reward = load_reward_model(cfg.reward_model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
         value = (value_from_reward_model(reward, tokenizer) if cfg.value_init == "reward"
                  else value_from_policy(policy)).float()
+        train_top_layers_only(value, cfg.value_trainable_layers)
         policy.activation_checkpointing = value.backbone.activation_checkpointing = cfg.activation_checkpointing
         shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
         shard(value, value.backbone.blocks, d)
