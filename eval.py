@@ -50,7 +50,7 @@ from karma.evals.report import parse_label, writing
 from karma.evals.task import TaskResult
 from karma.evals.tasks import TASKS, get_task
 from karma.evals.shortcuts import HEADER_DRAWS, MIN_GAP_SD
-from karma.evals.shortcuts_report import run_rm_report
+from karma.evals.shortcuts_report import rm_names, run_rm_report
 from karma.evals.toxicity import make_scorer
 from karma.reward import inspect_reward_model
 from karma.run import RunLock, show_progress
@@ -198,15 +198,6 @@ def parse_rm_args(argv) -> argparse.Namespace:
         policies[rm] = variant
     args.policies = policies
     return args
-
-
-def rm_names(directories: list[str]) -> list[str]:
-    """The names the report gives the reward models (shortcuts_report.run_rm_report's rule, which
-    --policies uses): the directory name, or parent/name for best/ and final/, or the full paths
-    if two would collide."""
-    paths = [Path(d) for d in directories]
-    names = [f"{p.parent.name}/{p.name}" if p.name in ("best", "final") else p.name for p in paths]
-    return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
 def eval_result_labels(path: Path) -> set[tuple[str, str]]:

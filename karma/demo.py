@@ -42,8 +42,9 @@ from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
 from karma.data.format import render_prompt
 from karma.data.prompts import prompt_problem, read_prompts, write_prompts
 from karma.generate import generate
-from karma.reward import RewardConfig, encode, inspect_reward_model, load_reward_model
-from karma.tokenizer import left_pad, load_tokenizer
+from karma.ppo.rollout import decode_replies, encode_queries
+from karma.reward import inspect_reward_model, load_reward_model
+from karma.tokenizer import load_tokenizer
 from karma.weights import inspect_model, load_model
 
 Z95 = 1.959964  # two-sided 95% normal quantile
@@ -130,22 +131,21 @@ def demo_inputs(demo_dir, reward_model=None, check_reward_model: bool = True) ->
 def sample_replies(model_name: str, prompts: list[dict], k: int, settings: dict, prompt_format: str, seed: int,
                    device=None, batch: int = 48, label: str = "") -> list[list[str]]:
     """K sampled replies per prompt -> [n][k] texts. Prompts are rendered and cut as PPO renders
-    them (rollout.collect_rollout); batch b draws with seed + b, so two models asked the same
+    them (rollout.encode_queries, as collect_rollout); batch b draws with seed + b, so two models asked the same
     prompts draw with the same seeds. On a CPU a decode step costs about one read of the weights
     whatever the batch, so large batches are cheap; a line per batch on stderr shows progress in a log."""
     model = load_model(model_name, dtype=torch.float32, device=device).eval()
     tok = load_tokenizer(model_name)
     dev = model.embed.weight.device
-    cut = RewardConfig(format=prompt_format, max_length=settings["max_prompt_tokens"])
     rows = [p for p in prompts for _ in range(k)]  # prompt-major: row i*k + j is prompt i's j-th reply
     texts, start = [], time.perf_counter()
     for b, lo in enumerate(range(0, len(rows), batch)):
         chunk = rows[lo:lo + batch]
-        query, mask = left_pad([encode(tok, p["messages"], None, p.get("meta"), cut) for p in chunk], tok.pad_id)
+        query, mask = encode_queries(tok, chunk, prompt_format, settings["max_prompt_tokens"])
         out = generate(model, query.to(dev), mask.to(dev), max_new_tokens=settings["max_new_tokens"],
                        temperature=settings["temperature"], top_k=settings.get("top_k"), top_p=settings.get("top_p"),
                        stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + b)
-        texts += [tok.decode(r[m.bool()].tolist()) for r, m in zip(out.tokens, out.mask)]
+        texts += decode_replies(tok, out.tokens, out.mask)
         print(f"[{label or model_name}: {len(texts)}/{len(rows)} replies sampled, "
               f"{time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
     del model

@@ -24,6 +24,14 @@ RELIANCE_COLUMNS = ["RM", "probe", "input", "n (threads)", "mean abs Δ", "mean 
 
 # ------------------------------------------------------------------------------------- files
 
+def rm_names(directories: list) -> list[str]:
+    """The names the report gives the reward models (which --policies uses): the directory name,
+    or parent/name for train_rm's best/ and final/, or the full paths if two would collide."""
+    paths = [Path(d) for d in directories]
+    names = [f"{p.parent.name}/{p.name}" if p.name in ("best", "final") else p.name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
 def run_rm_report(rm_dirs: list, data_dir, out_dir, max_examples: int | None = None, seed: int = 0,
                   eval_results=None, policies: dict | None = None, n_resamples: int = 1000,
                   device=None, dtype=None, log=None, min_gap_sd: float = MIN_GAP_SD,
@@ -39,10 +47,7 @@ def run_rm_report(rm_dirs: list, data_dir, out_dir, max_examples: int | None = N
     eval_results: eval.py's results.json, as a dict or a path. The RMs are loaded one at a time
     (device: cuda when available; dtype: the checkpoint's). log: callable(str) for progress.
     min_gap_sd, header_draws: rm_report's (the flip threshold; headers averaged for no_header)."""
-    paths = [Path(d) for d in rm_dirs]
-    names = [f"{p.parent.name}/{p.name}" if p.name in ("best", "final") else p.name for p in paths]
-    if len(set(names)) < len(names):
-        names = [str(p) for p in paths]
+    paths, names = [Path(d) for d in rm_dirs], rm_names(rm_dirs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaders = {name: (lambda p=p: load_reward_model(p, dtype=dtype, device=device)) for name, p in zip(names, paths)}
 

@@ -120,6 +120,18 @@ def rollout_stats(total: dict) -> dict:
             "generated_tokens": int(total["generated_tokens"])}
 
 
+def encode_queries(tok, prompts: list[dict], fmt: str, max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as the policy reads them: rendered in the reward model's format (karma.reward.encode
+    with response=None), cut to max_prompt_tokens, left-padded -> (ids [B, T], mask [B, T])."""
+    cut = RewardConfig(format=fmt, max_length=max_prompt_tokens)
+    return left_pad([encode(tok, p["messages"], None, p.get("meta"), cut) for p in prompts], tok.pad_id)
+
+
+def decode_replies(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Generated replies [B, N] (mask: real tokens) as text."""
+    return [tok.decode(r[m.bool()].tolist()) for r, m in zip(tokens, mask)]
+
+
 @torch.no_grad()
 def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int,
                     d: Dist | None = None, generator_model=None):
@@ -133,9 +145,8 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     """
     d = d or Dist(0, 1, policy.embed.weight.device)
     device = policy.embed.weight.device
-    prompt_cfg = RewardConfig(format=reward.cfg.format, max_length=cfg.max_prompt_tokens)  # the RM's rendering
-    queries = [encode(policy_tok, p["messages"], None, p.get("meta"), prompt_cfg) for p in prompts]
-    query, query_mask = (t.to(device) for t in left_pad(queries, policy_tok.pad_id))
+    query, query_mask = (t.to(device) for t in encode_queries(policy_tok, prompts, reward.cfg.format,
+                                                              cfg.max_prompt_tokens))
     start = time.perf_counter()
     out = generate(generator_model or policy, query, query_mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                    top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=policy_tok.stop_ids, pad_id=policy_tok.pad_id, seed=seed)
@@ -143,7 +154,7 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     response, response_mask = out.tokens, out.mask
     if response.shape[1] == 0:
         raise RuntimeError("the policy generated no tokens (max_new_tokens 0?)")
-    texts = [policy_tok.decode(r[m.bool()].tolist()) for r, m in zip(response, response_mask)]
+    texts = decode_replies(policy_tok, response, response_mask)
 
     start = time.perf_counter()
     scores = reward.score([p["messages"] for p in prompts], texts, [p.get("meta") for p in prompts]).float().to(device)
