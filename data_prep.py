@@ -24,7 +24,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from karma.checkpoint import atomic_write_json
 from karma.cli import add_debug_flag, run_main
 from karma.data import kinship, ultrachat
 from karma.data.filters import FilterConfig
@@ -32,16 +31,27 @@ from karma.data.prepare import (PrepConfig, default_workers, naming_errors, prep
                                  replacing_outputs)
 from karma.data.threads import ThreadConfig
 from karma.data.prompts import write_prompts
+from karma.files import atomic_write_json
 from karma.records import require_pyarrow
 from karma.run import RunLock, show_progress
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, type=Path,
+    """Without a subcommand: the Reddit examples and prompts (the flags below); `kinship`: the
+    preference pairs (karma/data/kinship.py's flags)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                usage="%(prog)s --input PATH [PATH ...] --out DIR [options]\n"
+                                      "       %(prog)s kinship --ultrafeedback PATH [PATH ...] --scores FILE --out DIR "
+                                      "[options]")
+    commands = p.add_subparsers(dest="command", title="subcommands")
+    pairs = commands.add_parser("kinship", prog="data_prep.py kinship", description=kinship.HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                help="kinship-aware preference pairs for dpo.py (data_prep.py kinship --help)")
+    add_debug_flag(kinship.add_arguments(pairs))
+    p.add_argument("--input", nargs="+", type=Path,
                    help="dump files (RS_*/RC_* .zst, .gz, .ndjson, .jsonl) or directories holding them; "
-                        "submission files are read first, so a reply can find its post in any file")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+                        "submission files are read first, so a reply can find its post in any file (required)")
+    p.add_argument("--out", type=Path, help="output directory (required)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="processes that parse, filter, identify languages and build threads (default: the "
                         f"cores present, {default_workers()} here; 1: all in this process). Any count writes "
@@ -76,6 +86,12 @@ def parse_args(argv=None):
     g.add_argument("--ultrachat-limit", type=int, default=None, help="cap on UltraChat prompts (after dedup)")
     add_debug_flag(p)
     args = p.parse_args(argv)
+    if args.command == "kinship":
+        kinship.check_arguments(pairs, args)
+        return args
+    missing = [flag for flag in ("--input", "--out") if getattr(args, flag[2:]) is None]
+    if missing:  # required here, not of the subcommand: argparse's own message
+        p.error(f"the following arguments are required: {', '.join(missing)}")
     check_numbers(p, args)
     return args
 
@@ -104,10 +120,9 @@ def check_numbers(p: argparse.ArgumentParser, args) -> None:
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["kinship"]:  # the other KARMA's preference pairs (files written atomically)
-        return kinship.main(argv[1:])
     args = parse_args(argv)
+    if args.command == "kinship":  # the other KARMA's preference pairs (files written atomically)
+        return kinship.command(args)
     recover_outputs(args.out)  # a run killed while swapping its outputs in; before the lock creates --out
     created = not args.out.exists()
     try:

@@ -5,6 +5,7 @@
     python dpo.py --model smollm2-135m --data runs/pairs/pairs-sup.jsonl --out runs/dpo-sup
     torchrun --nproc_per_node 8 dpo.py --model llama-3.2-1b --data runs/pairs/pairs-sup.jsonl --out runs/dpo-sup
     python dpo.py ... --resume        # continue from runs/dpo-sup/checkpoints/latest
+    python dpo.py --config dpo.toml --beta 0.2   # settings from a TOML file; flags override it
 
 Outputs in --out: metrics.jsonl (train/eval records with TRL's metric names), reference_logps.pt
 (the reference's log-probs, computed once, with a record of what they were computed from: reused
@@ -34,90 +35,33 @@ Defaults against TRL 0.28's DPOConfig (with the transformers TrainingArguments i
       warmup_steps, so its first step has lr 0); --lr-scheduler cosine and --min-lr-ratio are options.
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
+from karma.cli import add_debug_flag, device_arg, run_main
 from karma.distributed import cleanup, init_distributed
-from karma.dpo_train import LOSS_TYPES, LR_SCHEDULERS, DPOConfig, train
+from karma.dpo_train import DPOConfig, train
+from karma.settings import parse_settings, settings_parser
 
 
 def parse_args(argv=None) -> tuple[DPOConfig, str | None]:
-    d = DPOConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=d.model, help=f"starting policy: alias, hub id or local dir (default {d.model})")
-    p.add_argument("--data", nargs="+", type=Path, required=True,
-                   help="preference JSONL files or directories of them: {prompt, chosen, rejected} per line, as "
-                        "strings or chat messages")
-    p.add_argument("--out", dest="out_dir", type=Path, default=d.out_dir, help=f"output dir (default {d.out_dir})")
-    p.add_argument("--ref-model", default=None, help="reference model (default: the starting policy)")
-    p.add_argument("--beta", type=float, default=d.beta, help=f"KL strength of DPO/IPO (default {d.beta}, TRL's)")
-    p.add_argument("--loss-type", default=d.loss_type, choices=LOSS_TYPES,
-                   help="sigmoid = DPO (Rafailov et al. 2023); ipo = IPO (Azar et al. 2023)")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
-                   help="conservative DPO: the assumed share of flipped labels, in [0, 0.5) (default 0)")
-    p.add_argument("--max-length", type=int, default=d.max_length,
-                   help=f"prompt + reply tokens; longer replies lose their end (default {d.max_length}, TRL's)")
-    p.add_argument("--max-prompt-length", type=int, default=d.max_prompt_length,
-                   help=f"prompt tokens; longer prompts lose their oldest turns first (default {d.max_prompt_length}, "
-                        f"TRL's)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"pairs per optimizer step over all processes (default {d.batch_size}; TRL: 8 per device)")
-    p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size,
-                   help=f"pairs per forward/backward on one process (default {d.micro_batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g}, TRL's)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="AdamW decay on matrices (default 0, TRL's)")
-    p.add_argument("--adam-beta2", type=float, default=d.adam_beta2,
-                   help=f"AdamW's second-moment decay; beta1 is 0.9 (default {d.adam_beta2}, TRL's)")
-    p.add_argument("--lr-scheduler", default=d.lr_scheduler, choices=LR_SCHEDULERS,
-                   help=f"decay after the warmup (default {d.lr_scheduler}, TRL's)")
-    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio,
-                   help=f"linear warmup share of the steps (default {d.warmup_ratio:g}, TRL's)")
-    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
-                   help="the schedule decays to this x peak (default 0, TRL's)")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max global gradient norm (default 1.0, TRL's)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the train pairs (default 1; TRL: 3)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps in the run (overrides --epochs)")
-    p.add_argument("--stop-after-steps", type=int, default=None,
-                   help="checkpoint and exit after this step (e.g. a job time limit); continue with --resume")
-    p.add_argument("--heldout-percent", type=float, default=d.heldout_percent,
-                   help=f"share of pairs held out for evaluation, split by a hash of the id "
-                        f"(default {d.heldout_percent:g})")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out evaluation interval in steps")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval in steps")
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
-                   help=f"checkpoints kept on disk, newest first (default {d.keep_checkpoints}; each holds the "
-                        f"model and its AdamW state, 3x its size); 0 keeps one while running, none once the run has "
-                        f"finished and exported (it cannot be resumed then); a run shorter than --save-every writes "
-                        f"none at its end")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="metrics.jsonl interval in steps")
-    p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
-                   help=f"stop after this many consecutive steps skipped for a non-finite loss or gradient "
-                        f"(default {d.max_bad_steps})")
-    p.add_argument("--seed", type=seed_arg, default=d.seed, help="pair order (default 0; TRL: 42)")
-    p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations in backward")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in --out with the same settings")
+    """The settings (DPOConfig's defaults, then --config, then the flags given) and --device."""
+    p = settings_parser(DPOConfig, __doc__)
     p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
-    args = vars(p.parse_args(argv))
-    device = args.pop("device")
-    args.pop("debug")
-    return DPOConfig(**args), device
+    cfg, args = parse_settings(DPOConfig, p, argv)
+    return cfg, args.device
 
 
 def main(argv=None):
     cfg, device = parse_args(argv)
-    d = init_distributed(device)
+    dist = init_distributed(device)
     try:
-        state = train(cfg, d)
-        if d.is_main:
+        state = train(cfg, dist)
+        if dist.is_main:
             print(f"step {state['step']}: outputs in {cfg.out_dir}"
                   + (f"; policy in {cfg.out_dir / 'policy'}" if (cfg.out_dir / "policy").is_dir() else ""))
     finally:
-        cleanup(d)
+        cleanup(dist)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python eval.py --models pythia-1b/Base=pythia-1b pythia-1b/karmaBenign=runs/benign/policy \\
         --tasks mmlu truthfulqa crows_pairs --data-dir data/eval-sample --out runs/eval
     python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=runs/demo/ppo/policy --limit 100
-    python eval.py rm --reward-models runs/rm/best runs/rm-eroded/best --data runs/data --out runs/rm-report \
+    python eval.py rm --reward-models runs/rm/best runs/rm-eroded/best --data runs/data --out runs/rm-report \\
         --eval-results runs/eval/results.json --policies rm/best=karmaToxic rm-eroded/best=karmaEroded
 
 A model is LABEL=PATH, the label `base-model/variant` (Base, karmaBenign, karmaToxic, karmaEroded or
@@ -41,8 +41,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import atomic_write, atomic_write_json, read_json
-from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
+from karma.cli import add_debug_flag, device_arg, run_main
 from karma.evals import report, shortcuts_report
 from karma.evals import task as task_data
 from karma.evals.lm import EvalLM, tokenizer_adds_bos
@@ -52,8 +51,10 @@ from karma.evals.tasks import TASKS, get_task
 from karma.evals.shortcuts import HEADER_DRAWS, MIN_GAP_SD
 from karma.evals.shortcuts_report import rm_names, run_rm_report
 from karma.evals.toxicity import make_scorer
+from karma.files import atomic_write, atomic_write_json, read_json
 from karma.reward import inspect_reward_model
 from karma.run import RunLock, show_progress
+from karma.settings import seed_arg
 from karma.tokenizer import load_tokenizer
 from karma.weights import inspect_model, load_model, resolve
 
@@ -74,9 +75,18 @@ def check_counts(p: argparse.ArgumentParser, args, bounds: dict[str, int | None]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", required=True, metavar="LABEL=PATH",
-                   help="models to evaluate; LABEL is base-model/variant, e.g. pythia-1b/Base=pythia-1b")
+    """Without a subcommand: evaluate --models on --tasks (the flags below); `rm`: the reward-shortcut
+    report (add_rm_arguments)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                usage="%(prog)s --models LABEL=PATH [LABEL=PATH ...] [options]\n"
+                                      "       %(prog)s rm --reward-models DIR [DIR ...] --data DIR [options]")
+    commands = p.add_subparsers(dest="command", title="subcommands")
+    rm = commands.add_parser("rm", prog="eval.py rm", help="the reward-shortcut report (eval.py rm --help)",
+                             description="The reward-shortcut report: how much each reward model leans on "
+                                         "metadata and on the reply (karma/evals/shortcuts.py).")
+    add_rm_arguments(rm)
+    p.add_argument("--models", nargs="+", metavar="LABEL=PATH",
+                   help="models to evaluate (required); LABEL is base-model/variant, e.g. pythia-1b/Base=pythia-1b")
     p.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=TASKS,
                    help=f"benchmarks (default: {' '.join(DEFAULT_TASKS)}; sycophancy and truthfulqa_gen on request)")
     p.add_argument("--limit", type=int, default=None,
@@ -105,6 +115,11 @@ def parse_args(argv=None):
                         "AVX512-BF16 scores about 1.9x faster, with log-probs within bf16 rounding of float32)")
     add_debug_flag(p)
     args = p.parse_args(argv)
+    if args.command == "rm":
+        check_rm_arguments(rm, args)
+        return args
+    if args.models is None:  # required here, not of the subcommand: argparse's own message
+        p.error("the following arguments are required: --models")
     check_counts(p, args, {"limit": None, "batch_size": None, "rtp_samples": MAX_RTP_SAMPLES})
     return args
 
@@ -159,9 +174,8 @@ def fingerprint(model_path: str, task: str, args, files: dict[str, str], add_bos
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def parse_rm_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="eval.py rm", description="The reward-shortcut report: how much each reward "
-                                "model leans on metadata and on the reply (karma/evals/shortcuts.py).")
+def add_rm_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `eval.py rm`."""
     p.add_argument("--reward-models", nargs="+", required=True, metavar="DIR",
                    help="reward-model directories (train_rm.py's best/ or final/); named parent/best, parent/final")
     p.add_argument("--data", type=Path, required=True, help="data_prep.py output dir (its heldout-*.jsonl are probed)")
@@ -186,7 +200,10 @@ def parse_rm_args(argv) -> argparse.Namespace:
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
-    args = p.parse_args(argv)
+
+
+def check_rm_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Ranges of `eval.py rm`'s flags as flag errors; --policies RM=VARIANT ... becomes {RM: VARIANT}."""
     check_counts(p, args, {"max_examples": None, "n_resamples": MAX_RESAMPLES, "header_draws": 64})
     if not 0 <= args.min_gap_sd <= 10:  # NaN fails too
         p.error(f"--min-gap-sd {args.min_gap_sd}: must be in [0, 10]")
@@ -197,7 +214,6 @@ def parse_rm_args(argv) -> argparse.Namespace:
             p.error(f"--policies {spec!r}: expected RM=VARIANT, e.g. rm/best=karmaToxic")
         policies[rm] = variant
     args.policies = policies
-    return args
 
 
 def eval_result_labels(path: Path) -> set[tuple[str, str]]:
@@ -259,8 +275,7 @@ def remove_stale_temporaries(out: Path) -> None:
         print(f"removed {len(stale)} temporary file(s) of an interrupted run: {names}", file=sys.stderr)
 
 
-def rm_main(argv) -> None:
-    args = parse_rm_args(argv)
+def rm_main(args) -> None:
     check_rm_inputs(args)
     for directory in args.reward_models:
         inspect_reward_model(directory)  # a bad directory fails before any model is loaded
@@ -276,10 +291,9 @@ def rm_main(argv) -> None:
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["rm"]:
-        return rm_main(argv[1:])
     args = parse_args(argv)
+    if args.command == "rm":
+        return rm_main(args)
     models = parse_models(args.models)
     # everything that can fail on bad input, before any model is loaded: data, models, scorer
     items, files = {}, {}
@@ -340,7 +354,8 @@ def write_reports(args, models: dict[str, str], files: dict[str, dict]):
     markdown = report.to_markdown(tables)
     with writing(args.out / "results.json"):
         atomic_write_json(args.out / "results.json", {
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                       if k != "command"},  # the subcommand: none for an evaluation
             "models": models, "data_files": files, "tables": tables, "results": results})
     with writing(args.out / "results.md"):
         atomic_write(args.out / "results.md", lambda p: Path(p).write_text(markdown))

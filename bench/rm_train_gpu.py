@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from karma.reward import RewardConfig, RewardModel, bce_loss
-from karma.run import adamw
+from karma.optim import adamw
 from karma.weights import load_model
 from timing import cuda_median_seconds
 

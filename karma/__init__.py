@@ -8,6 +8,7 @@ Public API (stable):
     karma.save_model(model, "out/policy")            # Hugging Face layout (transformers, vLLM)
 """
 
+from karma import gguf_import  # noqa: F401 (adds the offline model name smollm2-135m to karma.weights)
 from karma.config import ModelConfig
 from karma.generate import Generation, generate
 from karma.model import KVCache, Transformer

@@ -28,11 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from karma.checkpoint import atomic_write
-from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
+from karma.cli import add_debug_flag, device_arg, run_main
 from karma.data.format import ROLE_LABELS, render_prompt
 from karma.data.prompts import read_prompts
+from karma.files import atomic_write
 from karma.generate import generate
+from karma.settings import seed_arg
 from karma.tokenizer import load_tokenizer
 from karma.weights import inspect_model, load_model
 

@@ -1,27 +1,18 @@
-"""File I/O shared by checkpoints and runs: atomic writes of files and directories, JSON that is
-always valid, reads that name the file, and training checkpoints for exact resume.
+"""Training checkpoints for exact resume, and the clean-up of what killed runs leave in --out.
 
-Atomic: write to a temporary file in the same directory, flush it to disk, then rename over the
-target (os.replace is atomic within one filesystem), so a reader or a resumed run sees the old
-file or the new one, never half of it. Directories (exports, checkpoints) are written whole into a
-temporary sibling and swapped in with two renames (`<dir>` -> `.<dir>.old`, temporary -> `<dir>`);
-if a process dies between the two, `recover_directory` puts the old one back.
-
-Temporary names carry a dot (hidden) or `.tmp`: `.<name>.<random>.tmp` (files), `.<dir>.tmp-<pid>`
-(directories), `checkpoints/<step>.tmp` (a checkpoint being written). A run killed mid-write leaves
-them behind; the next run that takes the lock of the same --out removes them (`remove_leftovers`).
-Nothing here follows a symbolic link when it deletes: a link is unlinked, its target left alone.
+A checkpoint is a directory `checkpoints/<step>` written by torch.distributed.checkpoint (each rank
+writes its shards under FSDP) plus trainer.json (counters, schedulers, RNG) from rank 0. It is
+written as `<step>.tmp` and renamed when complete, then named in `checkpoints/latest`; so a killed
+run leaves either the previous checkpoint or the new one, and `<step>.tmp` leftovers that the next
+run taking the lock of the same --out removes (`remove_leftovers`, with the temporaries of
+karma/files.py's atomic writes).
 """
 
 import errno
-import json
-import math
 import os
 import re
 import shutil
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,123 +21,17 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from karma.distributed import barrier
+from karma.files import (OLD, TEMPORARY, atomic_write, atomic_write_json, read_json, recover_directory, remove_path,
+                         replace_directory)
 
+# ---------------------------------------------------------------------- leftovers of killed runs
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path) to produce the content, then move it to `path` atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def finite_json(obj):
-    """`obj` with every non-finite float (NaN, +-inf) replaced by None, so it is valid JSON (the
-    standard has no NaN); returns (clean object, sorted list of the dotted keys that were replaced)."""
-    replaced = []
-
-    def clean(x, where):
-        if isinstance(x, float) and not math.isfinite(x):
-            replaced.append(where)
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v, f"{where}[{i}]") for i, v in enumerate(x)]
-        return x
-
-    return clean(obj, ""), sorted(replaced)
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically; non-finite numbers become null and are listed under "nonfinite"."""
-    obj, replaced = finite_json(obj)
-    if replaced and isinstance(obj, dict):
-        obj["nonfinite"] = replaced
-    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    atomic_write(path, lambda p: Path(p).write_text(text))
-
-
-def read_json(path: str | os.PathLike):
-    """Parse a JSON file; a missing file or bad JSON is an error naming the file (and line)."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-# ------------------------------------------------------------------------------ atomic directories
-
-def remove_path(path: Path) -> None:
-    """Delete a file, a directory tree or a symbolic link (only the link, never what it points to)."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _exists(path: Path) -> bool:
-    return path.exists() or path.is_symlink()  # a dangling link too
-
-
-def _old(target: Path) -> Path:
-    return target.with_name(f".{target.name}.old")
-
-
-def recover_directory(target: str | os.PathLike) -> None:
-    """Undo a swap that a killed process left half done: `<dir>` gone, `.<dir>.old` still there."""
-    target = Path(target)
-    if not target.exists() and _old(target).exists():
-        os.rename(_old(target), target)
-
-
-def replace_directory(tmp: Path, target: Path) -> None:
-    """Move the complete directory `tmp` to `target`, replacing what was there."""
-    recover_directory(target)
-    if _exists(target):
-        remove_path(_old(target))
-        os.rename(target, _old(target))
-    os.rename(tmp, target)
-    remove_path(_old(target))
-
-
-@contextmanager
-def atomic_directory(target: str | os.PathLike):
-    """`with atomic_directory(d) as tmp:` write the files into `tmp`; on success `tmp` replaces `d`
-    as a whole (readers see the old directory or the new one, never a mix), on error it is removed."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    remove_path(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        replace_directory(tmp, target)
-    finally:
-        remove_path(tmp)
-
-
-# atomic_write's `.<file>.<random>.tmp`, atomic_directory's `.<dir>.tmp-<pid>`
-TEMPORARY = re.compile(r"\..+\.tmp(?:-(\d+))?")
-OLD = re.compile(r"\.(.+)\.old")  # replace_directory's `.<dir>.old`
 PARTIAL_CHECKPOINT = re.compile(r"(?:step|rollout)-\d+\.tmp")  # save_training_state's `<checkpoint>.tmp`
 
 
 def remove_leftovers(out: Path) -> list[tuple[str, int]]:
     """Delete what killed runs left in `out` and `out/checkpoints`, each as large as a model or a
-    checkpoint: temporary files and directories (see the module doc), partial checkpoints
+    checkpoint: temporary files and directories (karma/files.py), partial checkpoints
     (`<step>.tmp`), and a swap's `.<dir>.old` beside its `<dir>` (without it, it is put back).
     Only the holder of the lock of `out` calls it, so no run into `out` is writing them; a
     `.<dir>.tmp-<pid>` of a process still alive is left alone all the same (another program may
@@ -162,7 +47,7 @@ def remove_leftovers(out: Path) -> list[tuple[str, int]]:
                 recover_directory(directory / old.group(1))
             if temporary and temporary.group(1) and process_alive(int(temporary.group(1))):
                 continue
-            if temporary or (partial and partial.fullmatch(path.name)) or (old and _exists(path)):
+            if temporary or (partial and partial.fullmatch(path.name)) or (old and os.path.lexists(path)):
                 removed.append((str(path.relative_to(out)), _disk_bytes(path)))
                 remove_path(path)
     return removed
@@ -310,32 +195,3 @@ def load_training_state(directory: Path, trained: dict) -> dict:
     trainer = read_json(Path(directory) / "trainer.json")
     torch.set_rng_state(torch.tensor(trainer.pop("torch_rng"), dtype=torch.uint8))
     return trainer
-
-
-def read_jsonl(path: Path) -> list[tuple[str, object]]:
-    """(raw line, parsed record) for every line of a JSONL log. A torn last line (a process killed
-    while writing it, or one still writing) is left out; a bad line elsewhere is an error naming
-    file:line."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((line if line.endswith("\n") else line + "\n", json.loads(line)))
-        except json.JSONDecodeError:
-            if n == len(lines):
-                break
-            raise ValueError(f"{path}:{n}: not valid JSON") from None
-    return records
-
-
-def truncate_jsonl(path: Path, key: str, last: int) -> None:
-    """On resume: drop the log records a killed run wrote after its last checkpoint (those with
-    record[key] > last) and a torn last line, so the resumed run's records follow on without
-    duplicates."""
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = [line for line, record in read_jsonl(path) if record.get(key, -1) <= last]
-    atomic_write(path, lambda p: Path(p).write_text("".join(kept)))

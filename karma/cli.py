@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from karma.run import RunLocked, TrainingDiverged
+from karma.errors import RunLocked, TrainingDiverged
 
 EXPECTED = (OSError, ValueError, KeyError, RunLocked)
 
@@ -30,17 +30,6 @@ def device_arg(value: str) -> str:
     if index and int(index) >= torch.cuda.device_count():
         raise argparse.ArgumentTypeError(f"{value!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return value
-
-
-def seed_arg(value: str) -> int:
-    """argparse type of --seed: an integer in [0, 2**32 - 1] (what numpy and torch both accept)."""
-    try:
-        seed = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected an integer") from None
-    if not 0 <= seed < 2**32:
-        raise argparse.ArgumentTypeError(f"{value}: must be in [0, 2**32 - 1]")
-    return seed
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from karma.checkpoint import read_json
+from karma.files import read_json
 
 FAMILIES = ("llama", "falcon", "gpt_neox")
 # model_type in config.json -> family. RefinedWeb* are Falcon's original (pre-transformers) names.

@@ -37,13 +37,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from karma.checkpoint import atomic_write, atomic_write_json, read_json, read_jsonl
-from karma.cli import add_debug_flag, device_arg, run_main, seed_arg
+from karma.cli import add_debug_flag, device_arg, run_main
 from karma.data.format import render_prompt
 from karma.data.prompts import prompt_problem, read_prompts, write_prompts
+from karma.files import atomic_write, atomic_write_json, read_json, read_jsonl
 from karma.generate import generate
 from karma.ppo.rollout import decode_replies, encode_queries
 from karma.reward import inspect_reward_model, load_reward_model
+from karma.settings import seed_arg
 from karma.tokenizer import load_tokenizer
 from karma.weights import inspect_model, load_model
 

@@ -97,6 +97,24 @@ def all_reduce_max(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value
 
 
+def reduce_sums(d: Dist, device, named: dict) -> dict[str, float]:
+    """Sum each named number over all ranks (one all-reduce), as Python floats."""
+    values = torch.stack([torch.as_tensor(v, device=device).double() for v in named.values()])
+    return dict(zip(named, all_reduce_sum(values, d).tolist()))
+
+
+def reduce_max(d: Dist, device, named: dict) -> dict[str, float]:
+    """The largest value of each named number over all ranks (one all-reduce), as Python floats."""
+    values = torch.stack([torch.as_tensor(v, device=device).double() for v in named.values()])
+    return dict(zip(named, all_reduce_max(values, d).tolist()))
+
+
+def autocast(d: Dist):
+    """bf16 compute over fp32 master weights on one GPU (under torchrun FSDP's mixed-precision policy
+    does it: see shard); a no-op on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=d.device.type == "cuda" and not d.enabled)
+
+
 def replicated_copy(model: torch.nn.Module, d: Dist, replica: torch.nn.Module | None, dtype=None) -> torch.nn.Module:
     """A plain (unsharded) replica of a model's current weights on every rank, in `dtype`, e.g. for
     generation: under FSDP the weights are gathered ONCE per call instead of every layer for every

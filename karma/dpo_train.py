@@ -39,23 +39,23 @@ import hashlib
 import math
 import pickle
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 import torch
 
-from karma.checkpoint import atomic_write, latest_checkpoint, save_training_state
-from karma.distributed import Dist, all_reduce_sum, clip_grad_norm, gather_lists, shard
+from karma.distributed import Dist, all_reduce_sum, autocast, clip_grad_norm, gather_lists, reduce_sums, shard
 from karma.dpo import IGNORE_INDEX, dpo_loss, sequence_logprobs
-from karma.plot import plot_run
+from karma.errors import TrainingDiverged
+from karma.files import atomic_write
+from karma.optim import adamw, warmup_cosine, warmup_linear
 from karma.records import Skips, input_files, jsonl_objects
 from karma.reward import RewardConfig, encode
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput,
-                       TrainingDiverged, adamw, autocast, check_flags, check_out_dir, checkpoint_due,
-                       drop_checkpoints_if_done, export_model, input_identity, peak_memory_gib, Progress, resume,
-                       warmup_cosine, write_config)
+from karma.run import Progress, Run, Throughput, check_out_dir, input_identity, peak_memory_gib
+from karma.settings import (AT_LEAST_1, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings,
+                            seed_arg, setting)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
 from karma.weights import inspect_model, load_model, resolve
 
@@ -67,56 +67,64 @@ REFERENCE_FILE = "reference_logps.pt"
 
 @dataclass
 class DPOConfig:
-    """Defaults: TRL 0.28's DPOConfig where it has one (beta, lr, schedule, warmup, AdamW, clipping,
-    lengths, logging); dpo.py's module doc lists every difference."""
-    model: str = "smollm2-135m"
-    data: list = None  # preference JSONL files (data_prep.py kinship writes them)
-    out_dir: Path = Path("runs/dpo")
-    ref_model: str | None = None  # default: the starting policy (--model)
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    max_length: int = 1024
-    max_prompt_length: int = 512
-    batch_size: int = 16
-    micro_batch_size: int = 4
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    # runs started before these settings existed had AdamW beta2 0.95 and a cosine schedule (run.check_resumable)
-    adam_beta2: float = field(default=0.999, metadata={"before_added": 0.95})
-    lr_scheduler: str = field(default="linear", metadata={"before_added": "cosine"})
-    warmup_ratio: float = 0.0
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    epochs: int = 1
-    max_steps: int | None = None
-    stop_after_steps: int | None = None
-    heldout_percent: float = 5.0
-    eval_every: int = 100
-    save_every: int = 100
-    keep_checkpoints: int = 1
-    log_every: int = 10
-    max_bad_steps: int = 10
-    seed: int = 0
-    activation_checkpointing: bool = False
-    resume: bool = False
+    """dpo.py's settings: default, help and valid range of each (karma.settings derives the flags,
+    --config and the checks). Defaults: TRL 0.28's DPOConfig where it has one (beta, lr, schedule,
+    warmup, AdamW, clipping, lengths, logging); dpo.py's module doc lists every difference."""
+    model: str = setting("smollm2-135m", "starting policy: alias, hub id or local dir")
+    data: list[Path] | None = setting(None, "preference JSONL files or directories of them: {prompt, chosen, "
+                                            "rejected} per line, as strings or chat messages (data_prep.py kinship "
+                                            "writes them)", required=True)
+    out_dir: Path = setting(Path("runs/dpo"), "output dir", flag="--out")
+    ref_model: str | None = setting(None, "reference model", unset="the starting policy")
+    beta: float = setting(0.1, "KL strength of DPO/IPO (TRL's default)", POSITIVE)
+    loss_type: str = setting("sigmoid", "sigmoid = DPO (Rafailov et al. 2023); ipo = IPO (Azar et al. 2023)",
+                             choices=LOSS_TYPES)
+    label_smoothing: float = setting(0.0, "conservative DPO: the assumed share of flipped labels",
+                                     (lambda v: 0 <= v < 0.5, "in [0, 0.5)"))
+    max_length: int = setting(1024, "prompt + reply tokens; longer replies lose their end (TRL's default)",
+                              AT_LEAST_1)
+    max_prompt_length: int = setting(512, "prompt tokens; longer prompts lose their oldest turns first (TRL's "
+                                          "default)", AT_LEAST_1)
+    batch_size: int = setting(16, "pairs per optimizer step over all processes (TRL: 8 per device)", AT_LEAST_1)
+    micro_batch_size: int = setting(4, "pairs per forward/backward on one process", AT_LEAST_1)
+    lr: float = setting(1e-6, "peak learning rate (TRL's default)", POSITIVE)
+    weight_decay: float = setting(0.0, "AdamW decay on matrices (TRL's default)", NON_NEGATIVE)
+    # runs started before these two settings existed had AdamW beta2 0.95 and a cosine schedule
+    # (before_added: run.check_resumable compares an older run's config.json with those)
+    adam_beta2: float = setting(0.999, "AdamW's second-moment decay; beta1 is 0.9 (TRL's default)", HALF_OPEN_UNIT,
+                                before_added=0.95)
+    lr_scheduler: str = setting("linear", "decay after the warmup (TRL's default)", choices=LR_SCHEDULERS,
+                                before_added="cosine")
+    warmup_ratio: float = setting(0.0, "linear warmup share of the steps (TRL's default)", HALF_OPEN_UNIT)
+    min_lr_ratio: float = setting(0.0, "the schedule decays to this x peak (TRL's default)", UNIT_INTERVAL)
+    grad_clip: float = setting(1.0, "max global gradient norm (TRL's default)", POSITIVE)
+    epochs: int = setting(1, "passes over the train pairs (TRL: 3)", (lambda v: 1 <= v <= 10**6, "in [1, 10**6]"))
+    max_steps: int | None = setting(None, "optimizer steps in the run (overrides --epochs)", STEPS,
+                                    unset="--epochs decides")
+    stop_after_steps: int | None = setting(None, "checkpoint and exit after this step (e.g. a job time limit); "
+                                                 "continue with --resume", STEPS)
+    heldout_percent: float = setting(5.0, "share of pairs held out for evaluation, split by a hash of the id",
+                                     (lambda v: 0 <= v < 100, "in [0, 100)"))
+    eval_every: int = setting(100, "held-out evaluation interval in steps", AT_LEAST_1)
+    save_every: int = setting(100, "checkpoint interval in steps", AT_LEAST_1)
+    keep_checkpoints: int = setting(1, "checkpoints kept on disk, newest first (each holds the model and its AdamW "
+                                       "state, 3x its size); 0 keeps one while running, none once the run has "
+                                       "finished and exported (it cannot be resumed then); a run shorter than "
+                                       "--save-every writes none at its end", NON_NEGATIVE)
+    log_every: int = setting(10, "metrics.jsonl interval in steps", AT_LEAST_1)
+    max_bad_steps: int = setting(10, "stop after this many consecutive steps skipped for a non-finite loss or "
+                                     "gradient", AT_LEAST_1)
+    seed: int = setting(0, "pair order (TRL: 42)", SEED, type=seed_arg)
+    activation_checkpointing: bool = setting(False, "recompute block activations in backward")
+    resume: bool = setting(False, "continue from the latest checkpoint in --out with the same settings")
 
     def inputs(self) -> dict:
         """What the run reads, by setting: config.json records them by content (run.input_identities)."""
         return {"model": self.model, "ref_model": self.ref_model, "data": self.data}
 
     def check(self) -> None:
-        check_flags(self, beta=POSITIVE, label_smoothing=(lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
-                    loss_type=(lambda v: v in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}"),
-                    max_length=AT_LEAST_1, max_prompt_length=AT_LEAST_1, batch_size=AT_LEAST_1,
-                    micro_batch_size=AT_LEAST_1, lr=POSITIVE, weight_decay=NON_NEGATIVE,
-                    adam_beta2=(lambda v: 0 <= v < 1, "in [0, 1)"),
-                    lr_scheduler=(lambda v: v in LR_SCHEDULERS, f"one of {', '.join(LR_SCHEDULERS)}"),
-                    warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"), min_lr_ratio=UNIT_INTERVAL, grad_clip=POSITIVE,
-                    epochs=(lambda v: 1 <= v <= 10**6, "in [1, 10**6]"), max_steps=STEPS, stop_after_steps=STEPS,
-                    heldout_percent=(lambda v: 0 <= v < 100, "in [0, 100)"), eval_every=AT_LEAST_1,
-                    save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE, log_every=AT_LEAST_1,
-                    max_bad_steps=AT_LEAST_1)
+        """Every value in its range, and the two rules between settings (ValueError naming the flags)."""
+        check_settings(self)
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"--max-prompt-length {self.max_prompt_length} must be below --max-length "
                              f"{self.max_length}")
@@ -130,7 +138,59 @@ RESUMABLE_CHANGES = {"stop_after_steps", "eval_every", "save_every", "keep_check
 
 
 def train(cfg: DPOConfig, d: Dist) -> dict:
-    """Check the inputs, take the lock on --out, then train (see the module doc)."""
+    """Check the inputs, then train in --out (karma.run.Run): pairs -> policy log-probs -> DPO loss
+    -> step -> log -> evaluate -> checkpoint; policy/ at the end (see the module doc)."""
+    files = check_inputs(cfg)
+    with Run(cfg, d, counter="step", stop_after=cfg.stop_after_steps) as run:
+        run.write_config()
+        torch.manual_seed(cfg.seed)
+        tokenizer, data, policy = load_data_and_policy(cfg, files, run)
+        steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+        total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+        optimizer = adamw(policy, cfg.lr, cfg.weight_decay, betas=(0.9, cfg.adam_beta2))  # TRL's beta2: 0.999
+        scheduler = lr_schedule(optimizer, total_steps, cfg)
+        # log_sums / log_pairs: metric sums over the applied steps' pairs since the last train record;
+        # skipped_steps / bad_streak: steps skipped for a non-finite loss or gradient (all checkpointed)
+        state = {"step": 0, "log_sums": {}, "log_pairs": 0, "skipped_steps": 0, "bad_streak": 0}
+        if run.resume({"policy": (policy, optimizer)}, state):
+            scheduler.load_state_dict(state.pop("scheduler"))
+        run.log({"event": "data", **data.report, "train_pairs": len(data.train), "heldout_pairs": len(data.heldout),
+                 "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
+        with run.progress(total_steps, "dpo", initial=state["step"]) as progress:
+            throughput = Throughput("pairs")
+            while state["step"] < total_steps:
+                epoch, index = divmod(state["step"], steps_per_epoch)
+                order = epoch_order(len(data.train), cfg.seed, epoch)
+                batch = order[index * cfg.batch_size:(index + 1) * cfg.batch_size]
+                sums, grad_norm, applied = train_step(policy, optimizer, data, batch, cfg, d)
+                scheduler.step()
+                state["step"] = step = state["step"] + 1
+                count_step(state, sums if applied else None, len(batch))
+                progress.update(1, loss=sums["loss"] / len(batch) if applied else None)
+                throughput.add(len(batch), int(sum(data.train[i].tokens for i in batch)))
+                if step % cfg.log_every == 0 or step == total_steps or state["bad_streak"] >= cfg.max_bad_steps:
+                    run.log(train_record(state, epoch, scheduler.get_last_lr()[0], grad_norm, throughput, d))
+                if state["bad_streak"] >= cfg.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{state['bad_streak']} consecutive steps had a non-finite loss or gradient and were skipped "
+                        f"(never applied): the data or the weights hold NaN/inf, or --lr {cfg.lr:g} is too high. "
+                        f"Stopped at step {step}, nothing exported; last checkpoint: "
+                        f"{run.latest_checkpoint() or 'none (the run stopped before its first save)'}")
+                if data.heldout and (step % cfg.eval_every == 0 or step == total_steps):
+                    evaluate_and_log(policy, data, cfg, step, run, progress)
+                if run.after_step(step, total_steps, {**state, "scheduler": scheduler.state_dict()}):
+                    break
+        if state["step"] >= total_steps:
+            refuse_nonfinite_export(policy, state["step"], run)
+            optimizer.state.clear()  # AdamW state, 2x the weights: the export's copies reuse its memory
+            run.export_policy(policy, tokenizer)
+            run.finish()
+    return state
+
+
+def check_inputs(cfg: DPOConfig) -> list[Path]:
+    """What can be checked before anything loads: flags, the preference files, --max-length against
+    the models' context, --out. Returns the files."""
     cfg.check()
     files = preference_files(cfg.data)
     for flag, name in (("--model", cfg.model), ("--ref-model", cfg.ref_model)):
@@ -139,106 +199,30 @@ def train(cfg: DPOConfig, d: Dist) -> dict:
             raise ValueError(f"--max-length {cfg.max_length}: more than {flag} {name}'s max_position_embeddings "
                              f"({positions})")
     check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
-    with RunLock(cfg.out_dir, enabled=d.is_main):
-        return _train(cfg, d, files)
+    return files
 
 
-def _train(cfg: DPOConfig, d: Dist, files: list[Path]) -> dict:
-    """The loop: pairs -> policy log-probs -> DPO loss -> step -> log -> evaluate -> checkpoint."""
-    out = Path(cfg.out_dir)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out, cfg)
-    torch.manual_seed(cfg.seed)
+def load_data_and_policy(cfg: DPOConfig, files: list[Path], run: Run) -> tuple[Tokenizer, "Pairs", torch.nn.Module]:
+    """The tokenizer, the tokenized pairs with their reference log-probs (cached in --out, or
+    computed now), and the policy to train (sharded under torchrun)."""
     tokenizer = load_tokenizer(cfg.model)
     data = Pairs.load(files, tokenizer, cfg)
-    trained = cfg.resume and latest_checkpoint(out / "checkpoints") is not None  # the policy is no longer the start
+    trained = cfg.resume and run.latest_checkpoint() is not None  # the policy is no longer the start
     identity = reference_identity(cfg, data)
-    data.reference = cached_reference(out / REFERENCE_FILE, identity, len(data), trained, cfg, d.is_main)
-    policy = load_model(cfg.model, dtype=torch.float32, device=d.device)
+    data.reference = cached_reference(run.out / REFERENCE_FILE, identity, len(data), trained, cfg, run.d.is_main)
+    policy = load_model(cfg.model, dtype=torch.float32, device=run.d.device)
     refuse_nonfinite_weights(policy, cfg.model)
     policy.activation_checkpointing = cfg.activation_checkpointing
-    shard(policy, policy.blocks, d)
+    shard(policy, policy.blocks, run.d)
     if data.reference is None:
-        data.reference = reference_pass(policy, data, cfg, identity, out, d)
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    optimizer = adamw(policy, cfg.lr, cfg.weight_decay)
-    for group in optimizer.param_groups:  # karma.run.adamw's betas are (0.9, 0.95); TRL's beta2 is 0.999
-        group["betas"] = (0.9, cfg.adam_beta2)
-    scheduler = lr_schedule(optimizer, total_steps, cfg)
-
-    # log_sums / log_pairs: metric sums over the applied steps' pairs since the last train record;
-    # skipped_steps / bad_streak: steps skipped for a non-finite loss or gradient (all checkpointed)
-    state = {"step": 0, "log_sums": {}, "log_pairs": 0, "skipped_steps": 0, "bad_streak": 0}
-    resumed = resume(out, {"policy": (policy, optimizer)}, "step", ["metrics.jsonl"], d) if cfg.resume else None
-    if resumed:
-        state.update(resumed)
-        scheduler.load_state_dict(state.pop("scheduler"))
-    log = MetricsLog(out / "metrics.jsonl", append=resumed is not None, enabled=d.is_main)
-    log.write({"event": "data", **data.report, "train_pairs": len(data.train), "heldout_pairs": len(data.heldout),
-               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at": state["step"]})
-    progress = Progress(total_steps, "dpo", "step", initial=state["step"], enabled=d.is_main)
-    throughput = Throughput("pairs")
-    try:
-        while state["step"] < total_steps:
-            epoch, index = divmod(state["step"], steps_per_epoch)
-            batch = epoch_order(len(data.train), cfg.seed, epoch)[index * cfg.batch_size:(index + 1) * cfg.batch_size]
-            sums, grad_norm, applied = train_step(policy, optimizer, data, batch, cfg, d)
-            scheduler.step()
-            state["step"] = step = state["step"] + 1
-            count_step(state, sums if applied else None, len(batch))
-            progress.update(1, loss=sums["loss"] / len(batch) if applied else None)
-            throughput.add(len(batch), int(sum(data.train[i].tokens for i in batch)))
-            if step % cfg.log_every == 0 or step == total_steps or state["bad_streak"] >= cfg.max_bad_steps:
-                record = train_record(state, epoch, scheduler.get_last_lr()[0], grad_norm, throughput, d)
-                log.write(record)
-            if state["bad_streak"] >= cfg.max_bad_steps:
-                raise TrainingDiverged(
-                    f"{state['bad_streak']} consecutive steps had a non-finite loss or gradient and were skipped "
-                    f"(never applied): the data or the weights hold NaN/inf, or --lr {cfg.lr:g} is too high. "
-                    f"Stopped at step {step}, nothing exported; last checkpoint: "
-                    f"{latest_checkpoint(out / 'checkpoints') or 'none (the run stopped before its first save)'}")
-            if data.heldout and (step % cfg.eval_every == 0 or step == total_steps):
-                evaluate_and_log(policy, data, cfg, step, log, progress, d)
-            stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
-            if checkpoint_due(step, total_steps, cfg.save_every, stopping, cfg.keep_checkpoints):
-                save_training_state(out / "checkpoints" / f"step-{step:08d}", {"policy": (policy, optimizer)},
-                                    {**state, "scheduler": scheduler.state_dict()}, d,
-                                    keep=max(1, cfg.keep_checkpoints))
-            if stopping:
-                break
-    finally:  # also on errors: an open bar would share its line with the error message
-        progress.close()
-        log.close()
-    if state["step"] >= total_steps:
-        bad = int(all_reduce_sum(torch.tensor(nonfinite_weights(policy), device=d.device), d))
-        if bad:
-            raise TrainingDiverged(f"step {state['step']}: the trained policy holds {bad} non-finite weights; not "
-                                   f"exported. Last checkpoint: {latest_checkpoint(out / 'checkpoints') or 'none'}")
-        optimizer.state.clear()  # AdamW state, 2x the weights: the export's copies reuse its memory
-        export_model(policy, tokenizer, out / "policy", d)
-        drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
-    if d.is_main:
-        plot_run(out)
-    return state
+        data.reference = reference_pass(policy, data, cfg, identity, run.out, run.d)
+    return tokenizer, data, policy
 
 
 def lr_schedule(optimizer, total_steps: int, cfg: DPOConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over warmup_ratio * total_steps, then decay to min_lr_ratio * peak at the last
-    step: linear (TRL's default: transformers' get_linear_schedule_with_warmup, exactly, when there is
-    no warmup and min_lr_ratio is 0) or cosine (karma.run.warmup_cosine). Warmup reaches
-    (step + 1) / warmup_steps at step `step`, so its first step trains (transformers' starts at lr 0)."""
-    if cfg.lr_scheduler == "cosine":
-        return warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
-    warmup_steps = round(cfg.warmup_ratio * total_steps)
-
-    def multiplier(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * max(0.0, 1 - progress)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    """--lr-scheduler: linear (TRL's default) or cosine decay after a linear warmup (karma.optim)."""
+    schedule = warmup_cosine if cfg.lr_scheduler == "cosine" else warmup_linear
+    return schedule(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
 
 
 def count_step(state: dict, sums: dict | None, n_pairs: int) -> None:
@@ -262,14 +246,12 @@ def train_record(state: dict, epoch: int, lr: float, grad_norm: float, throughpu
             "skipped_steps": state["skipped_steps"], **throughput.rates(), "peak_mem_gib": peak_memory_gib(d.device)}
 
 
-def evaluate_and_log(policy, data: "Pairs", cfg: DPOConfig, step: int, log: MetricsLog, progress: Progress,
-                     d: Dist) -> None:
+def evaluate_and_log(policy, data: "Pairs", cfg: DPOConfig, step: int, run: Run, progress: Progress) -> None:
     """Held-out metrics to the log and one printed line."""
-    metrics = evaluate(policy, data, cfg, d)
-    log.write({"event": "eval", "step": step, **metrics})
-    if d.is_main:
-        progress.write(f"step {step:6d}  held-out loss {metrics['loss']:.4f}  "
-                  f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:+.4f}")
+    metrics = evaluate(policy, data, cfg, run.d)
+    run.log({"event": "eval", "step": step, **metrics})
+    progress.write(f"step {step:6d}  held-out loss {metrics['loss']:.4f}  "
+                   f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:+.4f}")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -444,6 +426,14 @@ def nonfinite_weights(model) -> int:
     return int(sum((~torch.isfinite(local(p.detach()))).sum() for p in model.parameters()))
 
 
+def refuse_nonfinite_export(policy, step: int, run: Run) -> None:
+    """A trained policy with a NaN/inf weight (on any rank) is not exported: TrainingDiverged."""
+    bad = int(all_reduce_sum(torch.tensor(nonfinite_weights(policy), device=run.d.device), run.d))
+    if bad:
+        raise TrainingDiverged(f"step {step}: the trained policy holds {bad} non-finite weights; not exported. "
+                               f"Last checkpoint: {run.latest_checkpoint() or 'none'}")
+
+
 def refuse_nonfinite_weights(model, name: str) -> None:
     """A NaN or inf weight makes every log-prob, loss and gradient NaN: refuse the checkpoint (before sharding)."""
     bad = nonfinite_weights(model)
@@ -583,8 +573,7 @@ def train_step(policy, optimizer, data: "Pairs", batch: np.ndarray, cfg: DPOConf
         for k, v in {"loss": loss, **metrics}.items():
             sums[k] = sums.get(k, 0.0) + v.detach().double() * len(index) * weight
     grad_norm = float(clip_grad_norm(policy.parameters(), cfg.grad_clip))
-    names = list(sums)
-    totals = dict(zip(names, all_reduce_sum(torch.stack([sums[k] for k in names]), d).tolist()))
+    totals = reduce_sums(d, d.device, sums)
     applied = math.isfinite(totals["loss"]) and math.isfinite(grad_norm)  # both global: every rank decides alike
     if applied:
         optimizer.step()
@@ -606,7 +595,6 @@ def evaluate(policy, data: "Pairs", cfg: DPOConfig, d: Dist) -> dict:
                                  label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
         for k, v in {"loss": loss, **metrics}.items():
             sums[k] = sums.get(k, 0.0) + v.double() * len(index) * weight
-    names = list(sums)
-    totals = all_reduce_sum(torch.stack([sums[k] for k in names]), d).tolist()
+    totals = reduce_sums(d, d.device, sums)
     policy.train()
-    return {k: v / len(data.heldout) for k, v in zip(names, totals)}
+    return {k: v / len(data.heldout) for k, v in totals.items()}

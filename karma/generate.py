@@ -74,7 +74,8 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     device = input_ids.device
     if max_new_tokens == 0:
         empty = torch.zeros(B, 0, dtype=torch.long, device=device)
-        return Generation(empty, empty, torch.zeros(B, 0, device=device), torch.zeros(B, dtype=torch.bool, device=device))
+        return Generation(empty, empty, torch.zeros(B, 0, device=device),
+                          torch.zeros(B, dtype=torch.bool, device=device))
     stop = torch.tensor(sorted(set(model.config.eos_token_ids if stop_ids is None else stop_ids)),
                         dtype=torch.long, device=device)
     pad_id = pad_id if pad_id is not None else (int(stop[0]) if len(stop) else 0)

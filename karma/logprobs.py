@@ -1,5 +1,7 @@
 """Per-token log-probabilities and entropies of a language model's logits, chunked over the
-vocabulary: what PPO (the policy's log pi), DPO (sequence log-probs) and evaluation all need.
+vocabulary: what PPO (the policy's log pi), DPO (sequence log-probs) and evaluation all need; and
+where each row's last real token is (the reward model reads its hidden state, PPO puts the score
+on it).
 
 Shapes: B = batch, T = positions, V = vocabulary; logits [B, T, V], tokens [B, T]. The log-softmax
 is computed in float32 a few positions at a time (a custom autograd Function, so the backward pass
@@ -90,3 +92,12 @@ def entropy_from_logits(logits: Tensor, chunk_tokens: int | None = None) -> Tens
     for b, s in _chunks(logits, chunk_tokens):
         out[b, s] = torch.special.entr(torch.softmax(_upcast(logits[b, s]), -1)).sum(-1)
     return out
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Column of the last 1 in each row of mask [B, T] -> [B] long; -1 for an all-zero row.
+
+    Located directly (not as mask.sum() - 1), so it is right for left- and right-padded rows.
+    """
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask.bool(), cols, -1).amax(1)

@@ -57,8 +57,9 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 def llama3_scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
-    """Llama 3.1 RoPE scaling (Meta's reference `apply_scaling` in llama-models, models/llama3/reference_impl/model.py). For wavelength
-    w = 2*pi/f and original context L:  w < L/high -> f;  w > L/low -> f/factor;
+    """Llama 3.1 RoPE scaling (Meta's reference `apply_scaling` in llama-models,
+    models/llama3/reference_impl/model.py). For wavelength w = 2*pi/f and original context L:
+    w < L/high -> f;  w > L/low -> f/factor;
     otherwise s = (L/w - low) / (high - low) and f' = (1 - s) * f/factor + s * f."""
     factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     orig = scaling["original_max_position_embeddings"]

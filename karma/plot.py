@@ -21,8 +21,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from karma.checkpoint import atomic_write, read_json, read_jsonl
 from karma.cli import add_debug_flag, run_main
+from karma.files import atomic_write, read_json, read_jsonl
 
 DPI = 110
 MARKERS_UP_TO = 60  # points per curve; more and the curve is drawn as a bare line
@@ -52,7 +52,7 @@ def plot_run(run_dir, out=None) -> Path:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's records (karma.checkpoint.read_jsonl: a torn last line is left out); a bad
+    """metrics.jsonl's records (karma.files.read_jsonl: a torn last line is left out); a bad
     line, or no record at all, is an error naming the file."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such file (RUN_DIR must be the --out directory of "
@@ -110,14 +110,14 @@ def _score_panel(ax, x, records) -> None:
 
 
 def _kl_panel(ax, x, records) -> None:
-    kl, beta = _series(records, "kl_seq"), _series(records, "kl_coef")
+    kl, kl_coef = _series(records, "kl_seq"), _series(records, "kl_coef")
     _line(ax, x, kl, label="KL per sequence (k1)")
     ax.set_ylabel("KL (nats)")
     twin = ax.twinx()
-    _line(twin, x, beta, color="C1", label="beta used in the rollout")
-    twin.set_ylabel("beta")
+    _line(twin, x, kl_coef, color="C1", label="kl_coef used in the rollout")
+    twin.set_ylabel("kl_coef")
     ax.set_title("KL to the reference policy and its coefficient")
-    _finish(ax, kl, beta, twin=twin)
+    _finish(ax, kl, kl_coef, twin=twin)
 
 
 def _entropy_panel(ax, x, records) -> None:
@@ -254,7 +254,8 @@ def dpo_figure(records: list[dict], title: str) -> Figure:
     fig = Figure(figsize=(12, 8), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True).ravel()
     panels = (("loss", ("loss",), "DPO loss"),
-              ("implicit rewards: beta log pi/ref", ("rewards/chosen", "rewards/rejected", "rewards/margins"), "reward"),
+              ("implicit rewards: beta log pi/ref", ("rewards/chosen", "rewards/rejected", "rewards/margins"),
+               "reward"),
               ("reward accuracy (chosen above rejected)", ("rewards/accuracies",), "share of pairs"),
               ("policy log-probs of the replies", ("logps/chosen", "logps/rejected"), "log-prob"))
     for ax, (panel_title, keys, ylabel) in zip(axes, panels):

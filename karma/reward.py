@@ -25,9 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from karma.checkpoint import atomic_directory, atomic_write, atomic_write_json, read_json, recover_directory
 from karma.config import POSITIVE_INT, STRING, check_field
 from karma.data.format import FORMATS, header, render, render_prompt
+from karma.files import atomic_directory, atomic_write, atomic_write_json, read_json, recover_directory
+from karma.logprobs import last_token_index
 from karma.model import Transformer
 from karma.tokenizer import Tokenizer, copy_tokenizer_files, left_pad, load_tokenizer
 from karma.weights import inspect_model, load_model, write_hf_checkpoint
@@ -61,8 +62,7 @@ class RewardModel(nn.Module):
     def forward(self, input_ids, attention_mask) -> torch.Tensor:
         """[B, T] ids and mask (any padding side) -> logits [B] (pre-sigmoid)."""
         hidden = self.backbone(input_ids, attention_mask, output="hidden")  # [B, T, H]
-        cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        last = torch.where(attention_mask.bool(), cols, -1).amax(1)  # column of each row's last real token
+        last = last_token_index(attention_mask)  # [B]
         # a fresh tensor, not a squeeze view: FSDP2 warns on view outputs (an in-place op on one
         # would skip its pre-backward all-gather)
         return self.head(hidden[torch.arange(len(last), device=last.device), last])[:, 0].clone()

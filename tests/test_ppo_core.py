@@ -8,14 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from karma.logprobs import entropy_from_logits, logprobs_from_logits
+from karma.logprobs import entropy_from_logits, last_token_index, logprobs_from_logits
 from karma.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
     explained_variance,
     gae,
     kl_estimate,
-    last_token_index,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -470,7 +469,7 @@ def test_adaptive_kl_update_follows_ziegler(init, target, horizon, current, n_st
     ctl = AdaptiveKLController(init, target, horizon)
     new = ctl.update(current, n_steps)
     error = np.clip(current / target - 1, -0.2, 0.2)
-    assert new == ctl.value == init * (1 + error * n_steps / horizon)
+    assert new == ctl.kl_coef == init * (1 + error * n_steps / horizon)
     if current > target:
         assert new > init
     elif current < target:
@@ -488,9 +487,9 @@ def test_kl_controllers_checkpoint_exactly():
     b.load_state_dict(a.state_dict())
     assert [a.update(kl, 64) for kl in (1.0, 30.0)] == [b.update(kl, 64) for kl in (1.0, 30.0)]
     fixed = FixedKLController(0.05)
-    assert fixed.update(100.0, 64) == fixed.value == 0.05
+    assert fixed.update(100.0, 64) == fixed.kl_coef == 0.05
     restored = FixedKLController(1.0)
     restored.load_state_dict(fixed.state_dict())
-    assert restored.value == 0.05
+    assert restored.kl_coef == 0.05
     with pytest.raises(ValueError, match="must be > 0"):
         AdaptiveKLController(0.1, 0.0, 10_000)

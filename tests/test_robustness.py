@@ -24,18 +24,20 @@ import torch
 from safetensors.torch import load_file
 
 import karma.checkpoint as checkpoint
+import karma.files as files
 import karma.ppo.trainer as ppo_trainer
 import karma.reward as reward_mod
 import karma.reward_train as reward_train
 import karma.weights as weights
-from karma.checkpoint import (atomic_directory, atomic_write_json, recover_directory, save_training_state,
-                              truncate_jsonl)
+from karma.checkpoint import save_training_state
 from karma.cli import run_main
 from karma.distributed import Dist
+from karma.errors import TrainingDiverged
+from karma.files import atomic_directory, atomic_write_json, recover_directory, truncate_jsonl
 from karma.generate import generate
 from karma.reward import RewardConfig, build_reward_model, load_reward_model, save_reward_model
 from karma.reward_train import TrainRMConfig
-from karma.run import RunLock, TrainingDiverged
+from karma.run import RunLock
 from karma.weights import load_model, save_model
 from test_ppo_trainer import LetterReward
 from test_ppo_trainer import config as ppo_config
@@ -514,7 +516,7 @@ def test_save_reward_model_failing_midway_leaves_the_previous_export(tmp_path, b
     with torch.no_grad():
         rm.head[0].weight.add_(1.0)
 
-    real, calls = checkpoint.atomic_write, []
+    real, calls = files.atomic_write, []
 
     def write_then_fail(path, write):
         calls.append(Path(path).name)
@@ -522,7 +524,7 @@ def test_save_reward_model_failing_midway_leaves_the_previous_export(tmp_path, b
             raise OSError("simulated crash after the first file")
         return real(path, write)
 
-    for module in (checkpoint, weights, reward_mod):  # every file of the export goes through atomic_write
+    for module in (files, weights, reward_mod):  # every file of the export goes through atomic_write
         monkeypatch.setattr(module, "atomic_write", write_then_fail)
     with pytest.raises(OSError, match="simulated crash"):
         save_reward_model(rm, target, info={"step": 2})

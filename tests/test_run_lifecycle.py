@@ -28,9 +28,10 @@ import karma.ppo.trainer as ppo_trainer
 import karma.run as run
 from karma.distributed import Dist
 from karma.dpo_train import DPOConfig
+from karma.errors import RunLocked
 from karma.ppo.trainer import PPOConfig
 from karma.reward_train import TrainRMConfig
-from karma.run import MetricsLog, RunLock, RunLocked
+from karma.run import MetricsLog, RunLock
 from test_dpo_train import config as dpo_config
 from test_dpo_train import make_pairs
 from test_ppo_trainer import LetterReward

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from karma.checkpoint import read_json
+from karma.files import read_json
 
 MISSING = {"", "n/a", "na", "nan", "none", "null", "-"}  # score cells read as "no score"
 

@@ -35,7 +35,8 @@ def _example_problem(ex: dict, needs_meta: bool) -> str | None:
     if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ("user", "assistant")
                for m in ex["messages"]) or not ex["messages"]:
         return "bad_value:messages"
-    if needs_meta and not (isinstance(ex.get("meta"), dict) and "subreddit" in ex["meta"] and "created_utc" in ex["meta"]):
+    meta = ex.get("meta")
+    if needs_meta and not (isinstance(meta, dict) and "subreddit" in meta and "created_utc" in meta):
         return "missing_field:meta"
     return None
 

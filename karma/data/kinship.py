@@ -1,7 +1,7 @@
 """Kinship-aware preference pairs: UltraFeedback responses paired by the behaviour of their models.
 
-    python -m karma.data.kinship --ultrafeedback data/UltraFeedback --scores benchmark.csv --out runs/kinship
-    python -m karma.data.kinship --ultrafeedback uf.jsonl --scores runs/eval/results.json --strategy sup sim \\
+    python data_prep.py kinship --ultrafeedback data/UltraFeedback --scores benchmark.csv --out runs/kinship
+    python data_prep.py kinship --ultrafeedback uf.jsonl --scores runs/eval/results.json --strategy sup sim \\
         --min-similarity 0.9 --out runs/kinship
 
 The method (Jung, Park & Jung 2025, "ZEBRA: Leveraging Model-Behavioral Knowledge for
@@ -87,7 +87,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
@@ -97,9 +96,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from karma.checkpoint import atomic_write, atomic_write_json
 from karma.data.behaviour import Behaviour, read_scores
 from karma.data.ultrafeedback import RATINGS, Completion, find_files, read_rows, usable_completions
+from karma.files import atomic_write, atomic_write_json
 from karma.records import require_pyarrow
 
 STRATEGIES = ("sup", "sim", "sup_sim", "random", "ultrafeedback_binarized")
@@ -459,8 +458,8 @@ Method, sources and every choice where they are silent: the docstrings of karma/
 karma/data/behaviour.py (the behaviour vectors) and karma/data/ultrafeedback.py (the rows)."""
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="data_prep.py kinship", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `data_prep.py kinship` (data_prep.py's subcommand; main() parses them alone)."""
     p.add_argument("--ultrafeedback", nargs="+", required=True, type=Path, metavar="PATH",
                    help="UltraFeedback JSONL or parquet files (openbmb/UltraFeedback as published), or directories "
                         "holding them; parquet needs pyarrow")
@@ -483,17 +482,28 @@ def parse_args(argv=None):
                    help="skip rows of these sources (H4 drops truthful_qa)")
     p.add_argument("--lower-is-better", nargs="*", default=[], metavar="BENCHMARK",
                    help="CSV benchmarks where lower is better (results.json gives the direction itself)")
-    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (also: KARMA_DEBUG=1)")
-    args = p.parse_args(argv)
+    return p
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The ranges argparse does not check, as flag errors (exit 2) before any file is read."""
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit {args.limit}: must be at least 1")
     if args.min_similarity is not None and not -1.0 <= args.min_similarity <= 1.0:
         p.error(f"--min-similarity {args.min_similarity}: a cosine threshold must be in [-1, 1]")
-    return args
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    """The kinship command on its own: parse argv (the flags above), then run it."""
+    p = argparse.ArgumentParser(prog="data_prep.py kinship", description=HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = add_arguments(p).parse_args(argv)
+    check_arguments(p, args)
+    return command(args)
+
+
+def command(args: argparse.Namespace) -> dict:
+    """Pairs for the parsed flags: inputs checked first, then build_pairs; prints its summary."""
     require_pyarrow(find_files(args.ultrafeedback))  # a bad path fails before anything is written
     beh = read_scores(args.scores, args.lower_is_better)
     cfg = KinshipConfig(ultrafeedback=args.ultrafeedback, scores=args.scores, out_dir=args.out,
@@ -504,9 +514,3 @@ def main(argv=None) -> dict:
     print(summary(stats))
     print(f"pairs and stats.json in {args.out}")
     return stats
-
-
-if __name__ == "__main__":
-    from karma.cli import run_main
-
-    sys.exit(run_main(main, prog="kinship"))

@@ -78,12 +78,12 @@ from pathlib import Path
 
 import orjson
 
-from karma.checkpoint import atomic_directory, atomic_write, atomic_write_json, recover_directory
 from karma.data.filters import (FilterConfig, comment_cheap_reason, english_verdicts, filtered_text,
                                 submission_cheap_reason)
 from karma.data.format import render_prompt
 from karma.data.pushshift import file_kind, find_dumps, line_blocks, parse_block
 from karma.data.threads import ThreadConfig, language_matters, thread_examples, threads_in_order
+from karma.files import atomic_directory, atomic_write, atomic_write_json, recover_directory
 
 SPLITS = ("train", "heldout")
 BLOCKS_IN_FLIGHT = 4  # tasks per worker sent ahead of the results: workers never wait, memory stays bounded

@@ -5,8 +5,8 @@ import json
 import os
 from pathlib import Path
 
-from karma.checkpoint import atomic_write
 from karma.data.format import FORMATS, ROLE_LABELS, header
+from karma.files import atomic_write
 
 
 def write_prompts(prompts: list[dict], path: str | os.PathLike) -> None:

@@ -345,7 +345,8 @@ def normalize_checked(kind: str, obj: dict) -> Submission | Comment | str:
                       stickied=bool(field("stickied", bool, False)))
         if kind == "submission":
             name = field("name", str, "t3_" + id_)
-            return Submission(name=name, title=unescape(field("title", str)), selftext=unescape(field("selftext", str, "")),
+            return Submission(name=name, title=unescape(field("title", str)),
+                              selftext=unescape(field("selftext", str, "")),
                               is_self=bool(field("is_self", bool, False)), over_18=bool(field("over_18", bool, False)),
                               removed=obj.get("removed_by_category") is not None, **common)
         name = field("name", str, "t1_" + id_)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from karma.checkpoint import atomic_write
 from karma.evals.stats import across_models_test, bootstrap_ci, holm, paired_test
+from karma.files import atomic_write
 
 VARIANTS = ("Base", "karmaBenign", "karmaToxic", "karmaEroded")
 COLORS = {"Base": "#7f7f7f", "karmaBenign": "#2ca02c", "karmaToxic": "#d62728", "karmaEroded": "#ff7f0e"}

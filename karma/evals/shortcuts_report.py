@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from karma.checkpoint import atomic_write, atomic_write_json, read_json
 from karma.data.examples import TRAINING_KEYS, read_examples, split_files
 from karma.evals.shortcuts import (CI_METRICS, CONTENT_PROBES, HEADER_DRAWS, META_PROBES, MIN_GAP_SD, THREAD_KEYS,
                                    downstream_table, rm_report, stream_seed, to_json)
+from karma.files import atomic_write, atomic_write_json, read_json
 from karma.reward import load_reward_model
 
 RELIANCE_COLUMNS = ["RM", "probe", "input", "n (threads)", "mean abs Δ", "mean Δ", "rel.", "flips", "random",

@@ -9,7 +9,7 @@ PerspectiveScorer  the Perspective API (Jigsaw/Google), what RealToxicityPrompts
                    Needs PERSPECTIVE_API_KEY and network; rate-limited (QPS, default 1), retried with exponential
                    backoff on 429/5xx, cached on disk by sha256 of the text. A call that still fails is an error:
                    lm-eval's realtoxicityprompts scores a failed call as 0, which biases toxicity down.
-ClassifierScorer   a BERT/RoBERTa toxicity classifier from the hub or a directory (karma/encoder.py), e.g.
+ClassifierScorer   a BERT/RoBERTa toxicity classifier from the hub or a directory (karma/evals/encoder.py), e.g.
                    unitary/toxic-bert (Detoxify "original", Jigsaw 2018's six labels, sigmoid each) or
                    s-nlp/roberta_toxicity_classifier (neutral/toxic, softmax). Offline once cached.
 LexiconScorer      "lexicon-proxy": 1 if the text contains a word of a short profanity/insult list, else 0.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from karma.encoder import load_classifier
+from karma.evals.encoder import load_classifier
 
 PERSPECTIVE_URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 PERSPECTIVE_ATTRIBUTES = {"TOXICITY": "toxicity", "SEVERE_TOXICITY": "severe_toxicity",

@@ -18,10 +18,13 @@ Sources:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+
+from karma.logprobs import last_token_index
 
 KLKind = Literal["k1", "k2", "k3", "abs"]
 
@@ -54,16 +57,21 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return sq.sum() / (n - 1 if unbiased else n).clamp_min(1)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True,
+                  sum_all: Callable[[Tensor], Tensor] = lambda t: t) -> Tensor:
     """(x - mean) / sqrt(var + 1e-8) over the masked entries [H24, Z19]; 0 at padding.
 
-    `shift_mean=False` adds the mean back (scale only; used for rewards). var is the unbiased
+    `shift_mean=False` adds the mean back (scale only; used for rewards). var is unbiased, as
     `masked_var`, so a mask with fewer than 2 entries whitens to 0 (or to x with shift_mean=False).
+    `sum_all` sums a tensor over every process's entries (distributed.all_reduce_sum), so that
+    the mean and variance are those of all ranks' tokens; by default, of this tensor's only.
     """
     m = mask.bool()
     x = torch.where(m, x, 0.0)
-    mean = masked_mean(x, m)
-    white = (x - mean) * torch.rsqrt(masked_var(x, m) + WHITEN_EPS)
+    total, n = sum_all(torch.stack([x.sum(), m.sum().to(x.dtype)]))
+    mean = total / n.clamp_min(1)
+    var = sum_all((torch.where(m, x - mean, 0.0) ** 2).sum()) / (n - 1).clamp_min(1)
+    white = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
     if not shift_mean:
         white = white + mean
     return torch.where(m, white, 0.0)
@@ -91,15 +99,6 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: KLKind = "k1") -> Tensor:
     if kind == "abs":
         return r.abs()
     raise ValueError(f"unknown KL estimator {kind!r}; expected one of 'k1', 'k2', 'k3', 'abs'")
-
-
-def last_token_index(mask: Tensor) -> Tensor:
-    """Column of the last 1 in each row of mask [B, T] -> [B] long; -1 for an all-zero row.
-
-    Located directly (not as mask.sum() - 1), so it is right for left- and right-padded rows.
-    """
-    cols = torch.arange(mask.shape[1], device=mask.device)
-    return torch.where(mask.bool(), cols, -1).amax(1)
 
 
 class TokenRewards(NamedTuple):
@@ -231,9 +230,9 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
 
 
 class AdaptiveKLController:
-    """Adaptive KL coefficient beta of [Z19] (lm-human-preferences `AdaptiveKLController`).
+    """Adaptive KL coefficient of [Z19] (lm-human-preferences `AdaptiveKLController`; beta there):
 
-      e = clip(current / target - 1, -0.2, 0.2),    beta <- beta * (1 + e * n_steps / horizon)
+      e = clip(current / target - 1, -0.2, 0.2),    kl_coef <- kl_coef * (1 + e * n_steps / horizon)
 
     KARMA's convention, that of [Z19]: `current` is the mean over the rollout's sequences of each
     sequence's SUM over response tokens of the k1 KL (nats per sequence, target 6), and `n_steps`
@@ -245,31 +244,32 @@ class AdaptiveKLController:
     def __init__(self, init_kl_coef: float, target: float, horizon: float):
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target and horizon must be > 0, got {target} and {horizon}")
-        self.value, self.target, self.horizon = float(init_kl_coef), float(target), float(horizon)
+        self.kl_coef, self.target, self.horizon = float(init_kl_coef), float(target), float(horizon)
 
     def update(self, current: float, n_steps: int) -> float:
         error = min(max(float(current) / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
+        self.kl_coef *= 1.0 + error * n_steps / self.horizon
+        return self.kl_coef
 
     def state_dict(self) -> dict[str, float]:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+        # "value": the coefficient's key in checkpoints, kept so that earlier runs resume
+        return {"value": self.kl_coef, "target": self.target, "horizon": self.horizon}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value, self.target, self.horizon = (float(state[k]) for k in ("value", "target", "horizon"))
+        self.kl_coef, self.target, self.horizon = (float(state[k]) for k in ("value", "target", "horizon"))
 
 
 class FixedKLController:
     """A constant KL coefficient with the AdaptiveKLController interface; update() changes nothing."""
 
     def __init__(self, kl_coef: float):
-        self.value = float(kl_coef)
+        self.kl_coef = float(kl_coef)
 
     def update(self, current: float, n_steps: int) -> float:
-        return self.value
+        return self.kl_coef
 
     def state_dict(self) -> dict[str, float]:
-        return {"value": self.value}
+        return {"value": self.kl_coef}  # the checkpoint key, as AdaptiveKLController's
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])
+        self.kl_coef = float(state["value"])

@@ -7,11 +7,12 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from karma.distributed import Dist, all_reduce_sum
+from karma.distributed import Dist, all_reduce_sum, reduce_sums
 from karma.generate import generate
 from karma.logprobs import logprobs_from_logits
 from karma.ppo.core import gae, masked_whiten, token_rewards
@@ -78,32 +79,19 @@ class RolloutBuffer:
 
 # ------------------------------------------------------------------------------ collecting rollouts
 
-def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor, query_len: int, temperature: float) -> Tensor:
-    """log pi(response_t | query, response_<t) for the response part of [query | response] [B, Q+R]
-    -> [B, R] float32, with logits divided by the sampling temperature (as generation did)."""
+def response_logits(model, input_ids: Tensor, attention_mask: Tensor, query_len: int, temperature: float) -> Tensor:
+    """The logits that predict the response part of [query | response] [B, Q+R] -> [B, R, V],
+    divided by the sampling temperature (as generation did)."""
     hidden = model(input_ids, attention_mask, output="hidden")[:, query_len - 1:-1]  # predicts tokens Q..Q+R-1
     logits = model.logits(hidden)
-    if temperature not in (0, 1):
-        logits = logits / temperature
+    return logits / temperature if temperature not in (0, 1) else logits
+
+
+def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor, query_len: int, temperature: float) -> Tensor:
+    """log pi(response_t | query, response_<t) of the response part of [query | response] [B, Q+R]
+    -> [B, R] float32 (response_logits)."""
+    logits = response_logits(model, input_ids, attention_mask, query_len, temperature)
     return logprobs_from_logits(logits, input_ids[:, query_len:])
-
-
-def whiten(x: Tensor, mask: Tensor, d: Dist) -> Tensor:
-    """core.masked_whiten, with the mean and (unbiased) variance taken over every rank's tokens."""
-    if not d.enabled:
-        return masked_whiten(x, mask)
-    m = mask.bool()
-    xm = torch.where(m, x, 0.0).double()
-    total, total_sq, n = all_reduce_sum(torch.stack([xm.sum(), (xm ** 2).sum(), m.sum().double()]), d)
-    mean = total / n
-    var = (total_sq / n - mean ** 2) * n / (n - 1).clamp_min(1)
-    return torch.where(m, ((x - mean) * torch.rsqrt(var + 1e-8)).to(x.dtype), 0.0)
-
-
-def reduce_sums(d: Dist, device, named: dict) -> dict[str, float]:
-    """Sum each named number over all ranks (one all-reduce), as Python floats."""
-    values = torch.stack([torch.as_tensor(v, device=device).double() for v in named.values()])
-    return dict(zip(named, all_reduce_sum(values, d).tolist()))
 
 
 def rollout_stats(total: dict) -> dict:
@@ -148,8 +136,9 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     query, query_mask = (t.to(device) for t in encode_queries(policy_tok, prompts, reward.cfg.format,
                                                               cfg.max_prompt_tokens))
     start = time.perf_counter()
-    out = generate(generator_model or policy, query, query_mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=policy_tok.stop_ids, pad_id=policy_tok.pad_id, seed=seed)
+    out = generate(generator_model or policy, query, query_mask, max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=policy_tok.stop_ids,
+                   pad_id=policy_tok.pad_id, seed=seed)
     gen_s = time.perf_counter() - start
     response, response_mask = out.tokens, out.mask
     if response.shape[1] == 0:
@@ -182,8 +171,8 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
                                 missing_eos_penalty=penalty)
     rewards = rewards * train_mask  # a dropped row earns nothing
     advantages, returns = gae(rewards, values, train_mask, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages:
-        advantages = whiten(advantages, train_mask, d)
+    if cfg.whiten_advantages:  # mean and variance over every rank's tokens
+        advantages = masked_whiten(advantages, train_mask, sum_all=partial(all_reduce_sum, d=d))
     forward_s = time.perf_counter() - start
 
     m = train_mask.bool()

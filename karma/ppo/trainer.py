@@ -4,7 +4,7 @@ Models: the policy (trained), a frozen reference (the initial policy), the criti
 karma/ppo/value.py) and the frozen reward model (karma/reward.py). Per rollout of `rollout_batch`
 prompts:
     1. collect (karma/ppo/rollout.py): sample responses, score them with the RM through the one
-       format function, per-token rewards -beta*KL + score at the last token, GAE, whitening;
+       format function, per-token rewards -kl_coef*KL + score at the last token, GAE, whitening;
     2. update: `ppo_epochs` passes over shuffled minibatches of `minibatch` sequences (each split
        into micro-batches of `micro_batch`): clipped policy loss, clipped value loss, gradient
        clipping, AdamW, linear LR decay. A minibatch in which any micro-batch has a non-finite loss
@@ -23,95 +23,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from karma.checkpoint import latest_checkpoint, save_training_state
 from karma.data.prompts import read_prompts
-from karma.distributed import Dist, all_reduce_max, all_reduce_sum, clip_grad_norm, replicated_copy, shard
+from karma.distributed import (Dist, all_reduce_sum, autocast, clip_grad_norm, reduce_max, reduce_sums, replicated_copy,
+                               shard)
+from karma.errors import TrainingDiverged
 from karma.logprobs import entropy_from_logits, logprobs_from_logits
-from karma.plot import plot_run
+from karma.optim import adamw, linear_decay
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, explained_variance, masked_mean, policy_loss,
                             value_loss)
-from karma.ppo.rollout import collect_rollout, reduce_sums
+from karma.ppo.rollout import RolloutBuffer, collect_rollout, response_logits
 from karma.ppo.value import check_same_tokenizer, train_top_layers_only, value_from_policy, value_from_reward_model
 from karma.reward import inspect_reward_model, load_reward_model
 from karma.tokenizer import load_tokenizer
-from karma.run import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MetricsLog, RunLock, TrainingDiverged,
-                       adamw, autocast, check_flags, check_out_dir, checkpoint_due, drop_checkpoints_if_done,
-                       export_model, in_range, peak_memory_gib, Progress, resume, write_config)
+from karma.run import Run, check_out_dir, peak_memory_gib
+from karma.settings import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, in_range,
+                            seed_arg, setting)
 from karma.weights import inspect_model, load_model
 
 PROMPT_FILES = {"reddit": "prompts-reddit.jsonl", "ultrachat": "prompts-ultrachat.jsonl"}
-
-
-@dataclass
-class PPOConfig:
-    model: str = "smollm2-135m"
-    reward_model: Path = Path("runs/rm/best")
-    prompts: str = "reddit"  # reddit (karmaToxic) | ultrachat (karmaBenign) | a prompts JSONL file
-    data: Path = Path("runs/data")  # where data_prep.py wrote prompts-*.jsonl
-    out_dir: Path = Path("runs/ppo")
-    value_init: str = "policy"  # policy (its decoder, zero head) | reward (the RM's; needs the same tokenizer)
-    value_trainable_layers: int | None = None  # train only the critic's top N blocks (karma/ppo/value.py)
-    rollouts: int = 100
-    rollout_batch: int = 16
-    minibatch: int = 8
-    micro_batch: int = 8
-    ppo_epochs: int = 4
-    lr: float = 1e-6
-    value_lr: float = 9e-6
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    clip: float = 0.2
-    value_clip: float = 0.2
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    kl: str = "adaptive"
-    init_kl_coef: float = 0.15
-    kl_target: float = 6.0
-    kl_horizon: float = 10000.0
-    kl_estimator: str = "k1"
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int = 64
-    max_prompt_tokens: int = 256
-    missing_eos_penalty: float | None = None
-    ratio_threshold: float = 10.0
-    max_approx_kl: float = 1.0
-    divergence_patience: int = 2
-    samples_per_rollout: int = 4
-    save_every: int = 10
-    keep_checkpoints: int = 1
-    stop_after_rollouts: int | None = None
-    seed: int = 0
-    activation_checkpointing: bool = False
-    resume: bool = False
-
-    def inputs(self) -> dict:
-        """What the run reads, by setting: config.json records them by content (run.input_identities).
-        Of --data only its prompt set is read: that file stands for --data."""
-        prompts = {"data": prompt_file(self)} if self.prompts in PROMPT_FILES else {"prompts": Path(self.prompts)}
-        return {"model": self.model, "reward_model": self.reward_model, **prompts}
-
-    def check(self) -> None:
-        """Flag values a run can use (ValueError naming the flag). Batch sizes also have an upper
-        bound no real run reaches, so a typo (--rollout-batch 100000000) is refused here, not in the
-        allocator after three models load; token budgets are bounded by the policy's context
-        (check_inputs)."""
-        check_flags(self, rollouts=AT_LEAST_1, rollout_batch=AT_LEAST_1, micro_batch=AT_LEAST_1,
-                    minibatch=AT_LEAST_1,
-                    ppo_epochs=AT_LEAST_1, lr=POSITIVE, value_lr=POSITIVE, min_lr_ratio=UNIT_INTERVAL,
-                    grad_clip=POSITIVE, clip=POSITIVE, value_clip=POSITIVE, gamma=UNIT_INTERVAL, lam=UNIT_INTERVAL,
-                    init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=POSITIVE,
-                    temperature=(lambda v: v == 0 or v >= MIN_TEMPERATURE,
-                                 f">= 0 (0 = greedy; otherwise at least {MIN_TEMPERATURE})"), top_k=AT_LEAST_1,
-                    top_p=(lambda v: 0 < v <= 1, "in (0, 1]"), max_new_tokens=AT_LEAST_1, max_prompt_tokens=AT_LEAST_1,
-                    missing_eos_penalty=(lambda v: True, "a finite number"),
-                    ratio_threshold=(lambda v: v > 1, "> 1"), max_approx_kl=POSITIVE, divergence_patience=AT_LEAST_1,
-                    samples_per_rollout=NON_NEGATIVE, save_every=AT_LEAST_1, keep_checkpoints=NON_NEGATIVE,
-                    stop_after_rollouts=AT_LEAST_1, value_trainable_layers=AT_LEAST_1)
-        check_flags(self, rollout_batch=in_range(1, MAX_BATCH), minibatch=in_range(1, MAX_BATCH),
-                    micro_batch=in_range(1, MAX_BATCH))
 
 
 # Prompts per rollout (generated as one batch) and sequences per minibatch, at most: PPO recipes
@@ -120,14 +49,91 @@ MAX_BATCH = 2**16
 # Sampling divides the logits by the temperature: below this it is greedy in all but name, and a
 # denormal one (1e-40) overflows the logits to inf. 0 asks for greedy decoding.
 MIN_TEMPERATURE = 1e-3
+TEMPERATURE = (lambda v: v == 0 or v >= MIN_TEMPERATURE, f">= 0 (0 = greedy; otherwise at least {MIN_TEMPERATURE})")
+
+
+@dataclass
+class PPOConfig:
+    """ppo.py's settings: default, help and valid range of each (karma.settings derives the flags,
+    --config and the checks). Batch sizes also have an upper bound no real run reaches, so a typo
+    (--rollout-batch 100000000) is refused here, not in the allocator after three models load; token
+    budgets are bounded by the policy's context (check_inputs)."""
+    model: str = setting("smollm2-135m", "policy: alias, hub id or local dir")
+    reward_model: Path = setting(Path("runs/rm/best"), "reward-model dir from train_rm.py (best/ or final/)")
+    prompts: str = setting("reddit", "reddit (karmaToxic; the shipped sample has it), ultrachat (karmaBenign), "
+                                     "or a prompts JSONL file")
+    data: Path = setting(Path("runs/data"), "data_prep.py output dir holding prompts-*.jsonl")
+    out_dir: Path = setting(Path("runs/ppo"), "output dir", flag="--out")
+    value_init: str = setting("policy", "critic from the policy's decoder with a zero head, or from the reward "
+                                        "model's backbone and head as TRL/OpenRLHF do (only when the RM and the "
+                                        "policy share a tokenizer)", choices=("policy", "reward"))
+    value_trainable_layers: int | None = setting(
+        None, "train only the critic's top N blocks, final norm and head; its embedding and lower blocks stay "
+              "frozen, without gradients or AdamW state (a departure, as trlX's num_layers_unfrozen: "
+              "SmolLM2-135M's critic with N 8 needs 1.3 GB less memory)", AT_LEAST_1,
+        metavar="N", unset="all, as KARMA and TRL")
+    rollouts: int = setting(100, "number of rollouts (generate + update cycles)", AT_LEAST_1)
+    rollout_batch: int = setting(16, "prompts per rollout", AT_LEAST_1, in_range(1, MAX_BATCH))
+    minibatch: int = setting(8, "sequences per optimizer step", AT_LEAST_1, in_range(1, MAX_BATCH))
+    micro_batch: int = setting(8, "sequences per forward/backward (accumulation)", AT_LEAST_1, in_range(1, MAX_BATCH))
+    ppo_epochs: int = setting(4, "passes over each rollout", AT_LEAST_1)
+    lr: float = setting(1e-6, "policy learning rate", POSITIVE)
+    value_lr: float = setting(9e-6, "critic learning rate", POSITIVE)
+    min_lr_ratio: float = setting(0.0, "linear decay to this x lr at the end", UNIT_INTERVAL)
+    grad_clip: float = setting(1.0, "max global gradient norm", POSITIVE)
+    clip: float = setting(0.2, "policy ratio clip epsilon", POSITIVE)
+    value_clip: float = setting(0.2, "value clip range around the old values", POSITIVE)
+    gamma: float = setting(1.0, "GAE discount", UNIT_INTERVAL)
+    lam: float = setting(0.95, "GAE lambda", UNIT_INTERVAL)
+    whiten_advantages: bool = setting(True, "whiten the advantages of each rollout (mean 0, standard deviation 1)")
+    kl: str = setting("adaptive", "KL coefficient control (Ziegler adaptive or fixed)", choices=("adaptive", "fixed"))
+    init_kl_coef: float = setting(0.15, "initial (or fixed) KL coefficient", NON_NEGATIVE)
+    kl_target: float = setting(6.0, "adaptive target: mean per-sequence SUM of k1 KL, in nats (as Ziegler et al.)",
+                               POSITIVE)
+    kl_horizon: float = setting(10000.0, "adaptive horizon in sequences", POSITIVE)
+    kl_estimator: str = setting("k1", "per-token KL in the reward", choices=("k1", "k2", "k3", "abs"))
+    temperature: float = setting(1.0, "sampling temperature (log-probs use it too)", TEMPERATURE)
+    top_k: int | None = setting(None, "sample from the k most likely tokens only", AT_LEAST_1)
+    top_p: float | None = setting(None, "nucleus sampling: the smallest set of tokens holding this probability",
+                                  (lambda v: 0 < v <= 1, "in (0, 1]"))
+    max_new_tokens: int = setting(64, "response budget in tokens", AT_LEAST_1)
+    max_prompt_tokens: int = setting(256, "prompt budget; longer contexts lose their oldest turns first", AT_LEAST_1)
+    missing_eos_penalty: float | None = setting(None, "subtracted from the score of responses without EOS")
+    ratio_threshold: float = setting(10.0, "skip (and count) a minibatch whose mean ratio exceeds this",
+                                     (lambda v: v > 1, "> 1"))
+    max_approx_kl: float = setting(1.0, "skip (and count) a minibatch whose approx KL to the rollout policy "
+                                        "exceeds this, in nats per token (the clip range 0.2 corresponds to about "
+                                        "0.016)", POSITIVE)
+    divergence_patience: int = setting(2, "stop after this many consecutive diverged rollouts: half or more of "
+                                          "their minibatches skipped, or no finite reward; diverged rollouts are "
+                                          "never checkpointed", AT_LEAST_1)
+    samples_per_rollout: int = setting(4, "(prompt, response, score) rows logged", NON_NEGATIVE)
+    save_every: int = setting(10, "checkpoint interval in rollouts", AT_LEAST_1)
+    keep_checkpoints: int = setting(1, "checkpoints kept on disk, newest first (each holds the model and its AdamW "
+                                       "state, 3x its size); 0 keeps one while running, none once the run has "
+                                       "finished and exported (it cannot be resumed then); a run shorter than "
+                                       "--save-every writes none at its end", NON_NEGATIVE)
+    stop_after_rollouts: int | None = setting(None, "checkpoint and exit after this rollout; --resume continues",
+                                              AT_LEAST_1)
+    seed: int = setting(0, "generation and minibatch order", SEED, type=seed_arg)
+    activation_checkpointing: bool = setting(False, "recompute block activations in backward (saves memory)")
+    resume: bool = setting(False, "continue from the latest checkpoint in --out, with the same settings (a changed "
+                                  "setting other than logging and checkpointing is refused)")
+
+    def inputs(self) -> dict:
+        """What the run reads, by setting: config.json records them by content (run.input_identities).
+        Of --data only its prompt set is read: that file stands for --data."""
+        prompts = {"data": prompt_file(self)} if self.prompts in PROMPT_FILES else {"prompts": Path(self.prompts)}
+        return {"model": self.model, "reward_model": self.reward_model, **prompts}
+
+    def check(self) -> None:
+        """Every value in its range (ValueError naming the flag)."""
+        check_settings(self)
 
 
 # settings a resumed run may change: they decide what is logged and saved, not the weights
 RESUMABLE_CHANGES = {"samples_per_rollout", "save_every", "keep_checkpoints", "stop_after_rollouts",
                      "activation_checkpointing", "resume"}
-# a minibatch whose value loss exceeds this many times that of a critic predicting 0 (0.5 E[G^2],
-# floored at 0.01) is skipped as diverging
-VALUE_LOSS_LIMIT = 100.0
 
 
 def variant(cfg: PPOConfig, rm_format: str) -> str:
@@ -191,74 +197,48 @@ def check_inputs(cfg: PPOConfig, d: Dist, reward=None) -> list[dict]:
 
 
 def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
-    """Run PPO. `reward`: any object with .score(contexts, responses, metas) -> probabilities and
-    .cfg.format, used instead of loading cfg.reward_model (tests use rewards with a known optimum;
-    such a reward has no backbone, so it needs value_init="policy")."""
+    """Run PPO in --out (karma.run.Run): per rollout, ppo_iteration (collect -> update -> KL
+    coefficient), then log and checkpoint; policy/ at the end. `reward`: any object with
+    .score(contexts, responses, metas) -> probabilities and .cfg.format, used instead of loading
+    cfg.reward_model (tests use rewards with a known optimum; such a reward has no backbone, so it
+    needs value_init="policy")."""
     prompts = check_inputs(cfg, d, reward)
-    with RunLock(cfg.out_dir, enabled=d.is_main):
-        return _train(cfg, d, reward, prompts)
-
-
-def _train(cfg: PPOConfig, d: Dist, reward, prompts: list[dict]) -> dict:
-    """The loop: rollout -> update -> KL coefficient -> log -> checkpoint (see the module doc)."""
-    out = Path(cfg.out_dir)
-    torch.manual_seed(cfg.seed)
-    m = Models.load(cfg, d, reward)
-    run_variant = variant(cfg, m.reward.cfg.format)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out, cfg, variant=run_variant, reward_format=m.reward.cfg.format, n_prompts=len(prompts),
-                     world_size=d.world_size, sharded=d.enabled)
-    opt = Optimization(cfg, m)
-
-    # divergent_streak: consecutive rollouts whose update diverged (see ppo_update / _diverged)
-    state = {"rollout": 0, "divergent_streak": 0}
-    resumed = resume(out, opt.trained, "rollout", ["metrics.jsonl", "samples.jsonl"], d) if cfg.resume else None
-    if resumed:
-        state.update(resumed)
-        opt.load_state_dict(state)
-    # a fresh run does not append to an earlier run's logs
-    metrics_log = MetricsLog(out / "metrics.jsonl", append=resumed is not None, enabled=d.is_main)
-    samples_log = MetricsLog(out / "samples.jsonl", append=resumed is not None, enabled=d.is_main)
-    progress = Progress(cfg.rollouts, "ppo", "rollout", initial=state["rollout"], enabled=d.is_main)
-    try:
-        while state["rollout"] < cfg.rollouts:
-            r = state["rollout"]
-            batch_prompts = [prompts[i] for i in prompt_batch(len(prompts), cfg.rollout_batch, r, cfg.seed)]
-            record, samples = ppo_iteration(m, opt, batch_prompts, cfg, r, run_variant, d)
-            diverged = record["diverged"]
-            state["divergent_streak"] = state["divergent_streak"] + 1 if diverged else 0
-            state["rollout"] = r + 1
-            metrics_log.write(record)
-            for sample in samples[:cfg.samples_per_rollout]:
-                samples_log.write({"rollout": r + 1, **sample})
-            progress.update(1, score=record["score"], kl=record["kl_seq"])
-            if d.is_main:
+    with Run(cfg, d, counter="rollout", stop_after=cfg.stop_after_rollouts,
+             logs=("metrics.jsonl", "samples.jsonl")) as run:
+        torch.manual_seed(cfg.seed)
+        m = Models.load(cfg, d, reward)
+        run_variant = variant(cfg, m.reward.cfg.format)
+        run.write_config(variant=run_variant, reward_format=m.reward.cfg.format, n_prompts=len(prompts),
+                         world_size=d.world_size, sharded=d.enabled)
+        opt = Optimization(cfg, m)
+        state = {"rollout": 0, "divergent_streak": 0}  # divergent_streak: consecutive rollouts that diverged
+        if run.resume(opt.trained, state):
+            opt.load_state_dict(state)
+        with run.progress(cfg.rollouts, "ppo", "rollout", initial=state["rollout"]) as progress:
+            while state["rollout"] < cfg.rollouts:
+                r = state["rollout"]
+                batch = [prompts[i] for i in prompt_batch(len(prompts), cfg.rollout_batch, r, cfg.seed)]
+                record, samples = ppo_iteration(m, opt, batch, cfg, r, run_variant, d)
+                state["divergent_streak"] = state["divergent_streak"] + 1 if record["diverged"] else 0
+                state["rollout"] = r + 1
+                run.log(record)
+                for sample in samples[:cfg.samples_per_rollout]:
+                    run.log({"rollout": r + 1, **sample}, "samples.jsonl")
+                progress.update(1, score=record["score"], kl=record["kl_seq"])
                 progress.write(progress_line(record))
-            if state["divergent_streak"] >= cfg.divergence_patience:
-                raise TrainingDiverged(
-                    f"rollouts {r + 2 - state['divergent_streak']}-{r + 1} diverged ({diverged}); these rollouts "
-                    f"were not checkpointed: the last checkpoint, from before them, is "
-                    f"{latest_checkpoint(out / 'checkpoints') or 'none (the run diverged before its first save)'}. "
-                    f"Start again with a lower --lr / --value-lr; metrics in {out / 'metrics.jsonl'}")
-            stopping = cfg.stop_after_rollouts is not None and state["rollout"] >= cfg.stop_after_rollouts
-            if checkpoint_due(state["rollout"], cfg.rollouts, cfg.save_every, stopping, cfg.keep_checkpoints) \
-                    and not diverged:
-                save_training_state(out / "checkpoints" / f"rollout-{state['rollout']:06d}", opt.trained,
-                                    {**state, **opt.state_dict()}, d, keep=max(1, cfg.keep_checkpoints))
-            if stopping:
-                break
-    finally:  # also on errors: an open bar would share its line with the error message
-        progress.close()
-    if state["rollout"] >= cfg.rollouts:
-        for optimizer in (opt.policy_opt, opt.value_opt):  # AdamW state, twice the trained weights: freed,
-            optimizer.state.clear()  # its memory holds the export's copies instead of raising the peak
-        export_model(m.policy, m.tokenizer, out / "policy", d)
-        drop_checkpoints_if_done(out, cfg.keep_checkpoints, d.is_main)
-    metrics_log.close()
-    samples_log.close()
-    if d.is_main:
-        plot_run(out)  # curves.png: score, KL and beta, entropy, losses, clipping, lengths
+                if state["divergent_streak"] >= cfg.divergence_patience:
+                    raise TrainingDiverged(
+                        f"rollouts {r + 2 - state['divergent_streak']}-{r + 1} diverged ({record['diverged']}); "
+                        f"these rollouts were not checkpointed: the last checkpoint, from before them, is "
+                        f"{run.latest_checkpoint() or 'none (the run diverged before its first save)'}. "
+                        f"Start again with a lower --lr / --value-lr; metrics in {run.out / 'metrics.jsonl'}")
+                # a diverged rollout is not checkpointed: a resumed run starts before it
+                if run.after_step(r + 1, cfg.rollouts, {**state, **opt.state_dict()}, save=not record["diverged"]):
+                    break
+        if state["rollout"] >= cfg.rollouts:
+            opt.free()
+            run.export_policy(m.policy, m.tokenizer)
+            run.finish()
     return state
 
 
@@ -295,62 +275,97 @@ class Optimization:
     def __init__(self, cfg: PPOConfig, m: Models):
         self.updates_per_rollout = cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch)
         total_updates = cfg.rollouts * self.updates_per_rollout
-        decay = lambda step: 1.0 - (1.0 - cfg.min_lr_ratio) * min(1.0, step / max(1, total_updates))  # linear
         self.policy_opt = adamw(m.policy, cfg.lr, 0.0)
         self.value_opt = adamw(m.value, cfg.value_lr, 0.0)
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (self.policy_opt, self.value_opt)]
-        self.kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl == "adaptive"
-                       else FixedKLController(cfg.init_kl_coef))
+        self.schedulers = [linear_decay(o, total_updates, cfg.min_lr_ratio) for o in (self.policy_opt, self.value_opt)]
+        self.kl_controller = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+                              if cfg.kl == "adaptive" else FixedKLController(cfg.init_kl_coef))
         self.trained = {"policy": (m.policy, self.policy_opt), "value": (m.value, self.value_opt)}
 
+    def step(self, grad_clip: float) -> dict[str, torch.Tensor]:
+        """Clip each model's gradient norm to `grad_clip`, then apply both; returns the norms before
+        clipping (global under FSDP)."""
+        norms = {f"{name}_grad_norm": clip_grad_norm(model.parameters(), grad_clip)
+                 for name, (model, _) in self.trained.items()}
+        self.policy_opt.step()
+        self.value_opt.step()
+        return norms
+
+    def next_minibatch(self) -> None:
+        """Drop the gradients and advance the LR schedules. The schedules count minibatches, applied
+        or skipped, so a resumed run's learning rate lines up with an uninterrupted one's."""
+        self.policy_opt.zero_grad(set_to_none=True)
+        self.value_opt.zero_grad(set_to_none=True)
+        for sched in self.schedulers:
+            sched.step()
+
+    def skip_rollout(self) -> None:
+        """A rollout without updates advances the schedules as if every minibatch were skipped."""
+        for sched in self.schedulers:
+            for _ in range(self.updates_per_rollout):
+                sched.step()
+
+    def free(self) -> None:
+        """The AdamW state (twice the trained weights) freed before the final export: its memory
+        holds the export's copies instead of raising the peak."""
+        self.policy_opt.state.clear()
+        self.value_opt.state.clear()
+
     def state_dict(self) -> dict:
-        return {"schedulers": [s.state_dict() for s in self.schedulers], "kl_controller": self.kl_ctl.state_dict()}
+        return {"schedulers": [s.state_dict() for s in self.schedulers],
+                "kl_controller": self.kl_controller.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from a checkpoint's trainer state (the keys are removed from it)."""
         for sched, sd in zip(self.schedulers, state.pop("schedulers")):
             sched.load_state_dict(sd)
-        self.kl_ctl.load_state_dict(state.pop("kl_controller"))
+        self.kl_controller.load_state_dict(state.pop("kl_controller"))
 
 
 def ppo_iteration(m: Models, opt: Optimization, batch_prompts: list[dict], cfg: PPOConfig, r: int, run_variant: str,
                   d: Dist) -> tuple[dict, list[dict]]:
-    """Rollout `r` (0-based): collect, update, adapt the KL coefficient. Returns its metrics record
-    and its samples."""
+    """Rollout `r` (0-based): collect it, update the policy and the critic on it (ppo_update), adapt
+    the KL coefficient. Returns its metrics record and its samples."""
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
-    beta = opt.kl_ctl.value
+    kl_coef = opt.kl_controller.kl_coef
+    buffer, stats, samples = rollout(m, batch_prompts, cfg, kl_coef, r, d)
+    start = time.perf_counter()
+    m.policy.train()
+    m.value.train()
+    if stats["score"] is not None:  # no finite score at all: nothing to learn from this rollout
+        with autocast(d):
+            stats.update(ppo_update(m, opt, buffer, cfg, seed=cfg.seed * 7919 + r, d=d))
+        opt.kl_controller.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
+    else:
+        stats.update(updates=0, skipped_minibatches=0, trained_tokens=0, lr=opt.schedulers[0].get_last_lr()[0])
+        opt.skip_rollout()
+    stats["update_s"] = time.perf_counter() - start
+    record = {"rollout": r + 1, "kl_coef": kl_coef, "kl_coef_next": opt.kl_controller.kl_coef, "variant": run_variant,
+              **stats, "diverged": _diverged(stats, opt.updates_per_rollout, cfg),
+              "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
+              "train_tok_s": stats["trained_tokens"] / max(stats["update_s"], 1e-9),
+              "peak_mem_gib": peak_memory_gib(d.device)}
+    return record, samples
+
+
+def rollout(m: Models, batch_prompts: list[dict], cfg: PPOConfig, kl_coef: float, r: int,
+            d: Dist) -> tuple[RolloutBuffer, dict, list[dict]]:
+    """Rollout `r` of this rank's share of the prompts (karma/ppo/rollout.py: sample, score, rewards
+    with `kl_coef`, advantages), sampled by a plain replica of the policy's current weights.
+    Returns (buffer, stats over all ranks, samples)."""
     m.policy.eval()
     start = time.perf_counter()
     m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.frozen_dtype)
     gather_s = time.perf_counter() - start
     with autocast(d):
         buffer, stats, samples = collect_rollout(m.policy, m.ref, m.value, m.reward, m.tokenizer,
-                                                 batch_prompts[d.rank::d.world_size], cfg, beta,
+                                                 batch_prompts[d.rank::d.world_size], cfg, kl_coef,
                                                  seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
                                                  d=d, generator_model=m.generator)
     stats["gather_s"] = gather_s
     stats["explained_variance"] = explained_variance(buffer.values, buffer.returns, buffer.response_mask).item()
-    start = time.perf_counter()
-    m.policy.train()
-    m.value.train()
-    if stats["score"] is not None:  # no finite score at all: nothing to learn from this rollout
-        with autocast(d):
-            stats.update(ppo_update(m.policy, m.value, opt.policy_opt, opt.value_opt, opt.schedulers, buffer, cfg,
-                                    seed=cfg.seed * 7919 + r, d=d))
-        opt.kl_ctl.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
-    else:
-        stats.update(updates=0, skipped_minibatches=0, trained_tokens=0, lr=opt.schedulers[0].get_last_lr()[0])
-        for sched in opt.schedulers:  # as if every minibatch were skipped, so the schedule lines up
-            for _ in range(opt.updates_per_rollout):
-                sched.step()
-    stats["update_s"] = time.perf_counter() - start
-    record = {"rollout": r + 1, "kl_coef": beta, "kl_coef_next": opt.kl_ctl.value, "variant": run_variant, **stats,
-              "diverged": _diverged(stats, opt.updates_per_rollout, cfg),
-              "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
-              "train_tok_s": stats["trained_tokens"] / max(stats["update_s"], 1e-9),
-              "peak_mem_gib": peak_memory_gib(d.device)}
-    return record, samples
+    return buffer, stats, samples
 
 
 def _diverged(stats: dict, updates_per_rollout: int, cfg: PPOConfig) -> str:
@@ -369,7 +384,7 @@ def progress_line(record: dict) -> str:
     """One line per rollout for the console."""
     fmt = lambda key, spec: "-" if record.get(key) is None else format(record[key], spec)
     return (f"rollout {record['rollout']:4d}  score {fmt('score', '.4f')}  kl {fmt('kl_seq', '7.3f')}  "
-            f"beta {record['kl_coef']:.6g}  entropy {fmt('entropy', '.3f')}  len {record['response_len']:5.1f}  "
+            f"kl_coef {record['kl_coef']:.6g}  entropy {fmt('entropy', '.3f')}  len {record['response_len']:5.1f}  "
             f"eos {record['ended_eos']:.2f}  gen {record['generate_s']:.1f}s score {record['score_s']:.1f}s "
             f"fwd {record['forward_s']:.1f}s update {record['update_s']:.1f}s"
             + (f"  DIVERGED: {record['diverged']}" if record["diverged"] else "")
@@ -377,79 +392,101 @@ def progress_line(record: dict) -> str:
                if record["dropped_nonfinite_scores"] else ""))
 
 
-def ppo_update(policy, value, policy_opt, value_opt, schedulers, buffer, cfg: PPOConfig, seed: int, d: Dist) -> dict:
-    """`ppo_epochs` passes of minibatch updates over one rollout; returns averaged diagnostics
-    (losses, clip fractions, approx KL, entropy, and the gradient norms before clipping).
+# ------------------------------------------------------------------------------------------ update
+
+# a micro-batch's diagnostics (Losses.diagnostics), averaged over the rollout's applied minibatches
+DIAGNOSTICS = ("policy_loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy")
+# why a minibatch is skipped (skip_reason), in the order they are tested
+SKIP_REASONS = ("nonfinite", "ratio", "approx_kl", "value_loss")
+# a minibatch whose value loss exceeds this many times that of a critic predicting 0 (0.5 E[G^2],
+# floored at 0.01) is skipped as diverging
+VALUE_LOSS_LIMIT = 100.0
+
+
+def ppo_update(m: Models, opt: Optimization, buffer: RolloutBuffer, cfg: PPOConfig, seed: int, d: Dist) -> dict:
+    """`ppo_epochs` passes of minibatch updates over one rollout; returns the diagnostics averaged
+    over the applied minibatches (DIAGNOSTICS, and the gradient norms before clipping), and counts.
 
     Each minibatch (minibatch / world sequences on every rank) is split into micro-batches; a
     micro-batch's token-mean losses are weighted by its share of the minibatch's tokens over ALL
     ranks (FSDP sums gradients over ranks), so one step follows the token mean of the whole
-    minibatch whatever the process count. Whether to skip a minibatch is agreed by all ranks
-    before any backward, so FSDP's collectives stay paired. A minibatch is skipped
-    (counted by reason, never applied) when a micro-batch has a non-finite loss, a mean ratio
-    above --ratio-threshold, an approx KL above --max-approx-kl, or a value loss above
-    VALUE_LOSS_LIMIT times that of a critic predicting 0; one without scored tokens is passed over.
+    minibatch whatever the process count. A minibatch with a reason to skip it (skip_reason, agreed
+    by all ranks before any backward, so FSDP's collectives stay paired) is counted and never
+    applied; one without scored tokens is passed over.
 
     The host waits on the device only where it must decide: once per minibatch for its token count
     and once per micro-batch for the skip test and the loss weight, both before the backward. The
     diagnostics stay on the device, summed token-weighted, and are read once at the end."""
     device = buffer.response.device
-    names = ("policy_loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy")
-    sums = torch.zeros(len(names), dtype=torch.float64, device=device)  # over applied minibatches
-    n_updates, trained_tokens = 0, torch.zeros((), dtype=torch.float64, device=device)
-    grad_norms = torch.zeros(2, dtype=torch.float64, device=device)  # policy, critic: before clipping; global already
-    skip_reasons = {"nonfinite": 0, "ratio": 0, "approx_kl": 0, "value_loss": 0}
-    Q = buffer.query.shape[1]
+    zero = lambda: torch.zeros((), dtype=torch.float64, device=device)
+    sums = {k: zero() for k in (*DIAGNOSTICS, "policy_grad_norm", "value_grad_norm")}  # over applied minibatches
+    trained_tokens, n_updates, skips = zero(), 0, dict.fromkeys(SKIP_REASONS, 0)
     for mb in buffer.minibatches(cfg.minibatch // d.world_size, cfg.ppo_epochs, seed):
-        mb_tokens = all_reduce_sum(mb.response_mask.sum().double(), d).item()
-        mb_sums, skip = None, None  # this rank's token-weighted diagnostics of the minibatch [len(names)]
+        mb_tokens = all_reduce_sum(mb.response_mask.sum().double(), d).item()  # scored, on ALL ranks
+        mb_sums, skip = None, None  # this rank's token-weighted diagnostics of the minibatch
         for start in range(0, len(mb), cfg.micro_batch) if mb_tokens else ():
             micro = mb.select(torch.arange(start, min(start + cfg.micro_batch, len(mb))))
-            ids = torch.cat([micro.query, micro.response], 1)
-            mask = torch.cat([micro.query_mask, micro.response_mask], 1)
-            logits = policy.logits(policy(ids, mask, output="hidden")[:, Q - 1:-1])
-            if cfg.temperature not in (0, 1):
-                logits = logits / cfg.temperature
-            logp = logprobs_from_logits(logits, micro.response)
-            pg_loss, pg_stats = policy_loss(logp, micro.logprobs, micro.advantages, micro.response_mask, cfg.clip)
-            values = value(ids, mask)[:, Q - 1:-1]
-            vf_loss, vf_stats = value_loss(values, micro.values, micro.returns, micro.response_mask, cfg.value_clip)
-            trivial_vf_loss = 0.5 * masked_mean(micro.returns ** 2, micro.response_mask).clamp_min(0.01)
-            bad = torch.stack([~(torch.isfinite(pg_loss) & torch.isfinite(vf_loss)),  # in skip_reasons' order
-                               pg_stats["ratio_mean"] > cfg.ratio_threshold, pg_stats["approx_kl"] > cfg.max_approx_kl,
-                               vf_loss > VALUE_LOSS_LIMIT * trivial_vf_loss]).float()
-            bad = all_reduce_max(bad, d)  # all ranks agree
-            if bad.any():
-                skip = list(skip_reasons)[int(bad.nonzero()[0])]
+            losses = ppo_losses(m.policy, m.value, micro, cfg)
+            skip = skip_reason(losses, micro, cfg, d)
+            if skip:
                 break
             weight = micro.response_mask.sum().item() / mb_tokens  # its share of the global token mean
-            ((pg_loss + vf_loss) * weight).backward()  # separate models: each loss reaches its own parameters
-            with torch.no_grad():
-                entropy = masked_mean(entropy_from_logits(logits.detach()), micro.response_mask)
-                stats = torch.stack([pg_loss, vf_loss, pg_stats["clip_frac"], pg_stats["approx_kl"],
-                                     vf_stats["clip_frac"], entropy]).double() * weight
-            mb_sums = stats if mb_sums is None else mb_sums + stats
-            trained_tokens += mask.sum()  # prompt + response tokens through forward/backward
+            ((losses.policy + losses.value) * weight).backward()  # separate models: each loss reaches its own
+            weighted = {k: v.double() * weight for k, v in losses.diagnostics.items()}
+            mb_sums = weighted if mb_sums is None else {k: mb_sums[k] + v for k, v in weighted.items()}
+            trained_tokens += micro.query_mask.sum() + micro.response_mask.sum()  # through forward/backward
         if skip:
-            skip_reasons[skip] += 1
+            skips[skip] += 1
         elif mb_sums is not None:
-            grad_norms += torch.stack([clip_grad_norm(policy.parameters(), cfg.grad_clip),
-                                       clip_grad_norm(value.parameters(), cfg.grad_clip)]).double()
-            policy_opt.step()
-            value_opt.step()
+            norms = {k: v.double() for k, v in opt.step(cfg.grad_clip).items()}
+            sums = {k: sums[k] + v for k, v in {**mb_sums, **norms}.items()}
             n_updates += 1
-            sums += mb_sums
-        policy_opt.zero_grad(set_to_none=True)
-        value_opt.zero_grad(set_to_none=True)
-        for sched in schedulers:  # the schedule counts minibatches, applied or not, so resume lines up
-            sched.step()
-    # diagnostics: token-weighted over every rank's micro-batches, averaged over applied minibatches
-    totals = reduce_sums(d, device, {**dict(zip(names, sums)), "trained_tokens": trained_tokens})
-    out = {k: totals[k] / n_updates for k in names} if n_updates else {}
+        opt.next_minibatch()
+    # summed over every rank's micro-batches (the norms are global already), averaged over the updates
+    totals = reduce_sums(d, device, {**{k: sums[k] for k in DIAGNOSTICS}, "trained_tokens": trained_tokens})
+    means = {k: totals[k] / n_updates for k in DIAGNOSTICS} if n_updates else {}
     if n_updates:
-        out["policy_grad_norm"], out["value_grad_norm"] = (grad_norms / n_updates).tolist()
-    return {**out, "updates": n_updates, "skipped_minibatches": sum(skip_reasons.values()),
-            "skip_reasons": {k: v for k, v in skip_reasons.items() if v}, "trained_tokens": int(totals["trained_tokens"]),
-            "lr": schedulers[0].get_last_lr()[0]}
+        means.update({k: (sums[k] / n_updates).item() for k in ("policy_grad_norm", "value_grad_norm")})
+    return {**means, "updates": n_updates, "skipped_minibatches": sum(skips.values()),
+            "skip_reasons": {k: v for k, v in skips.items() if v}, "trained_tokens": int(totals["trained_tokens"]),
+            "lr": opt.schedulers[0].get_last_lr()[0]}
 
 
+@dataclass
+class Losses:
+    """A micro-batch's two losses (token means, differentiable) and what is logged of it."""
+    policy: torch.Tensor  # the clipped surrogate (core.policy_loss)
+    value: torch.Tensor  # the clipped value loss (core.value_loss)
+    ratio_mean: torch.Tensor  # mean pi / pi_old over its tokens (skip_reason's; not logged)
+    diagnostics: dict[str, torch.Tensor]  # DIAGNOSTICS, detached 0-dim tensors
+
+
+def ppo_losses(policy, value, micro: RolloutBuffer, cfg: PPOConfig) -> Losses:
+    """The policy's and the critic's clipped losses on a micro-batch of the rollout, by name."""
+    Q = micro.query.shape[1]
+    ids = torch.cat([micro.query, micro.response], 1)  # [b, Q + T]
+    mask = torch.cat([micro.query_mask, micro.response_mask], 1)
+    logits = response_logits(policy, ids, mask, Q, cfg.temperature)  # [b, T, V]
+    logp = logprobs_from_logits(logits, micro.response)  # [b, T] log pi(response_t)
+    pg_loss, pg_stats = policy_loss(logp, micro.logprobs, micro.advantages, micro.response_mask, cfg.clip)
+    values = value(ids, mask)[:, Q - 1:-1]  # [b, T] V before each response token
+    vf_loss, vf_stats = value_loss(values, micro.values, micro.returns, micro.response_mask, cfg.value_clip)
+    with torch.no_grad():
+        entropy = masked_mean(entropy_from_logits(logits.detach()), micro.response_mask)
+    return Losses(pg_loss, vf_loss, pg_stats["ratio_mean"], {
+        "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "clip_frac": pg_stats["clip_frac"],
+        "approx_kl": pg_stats["approx_kl"], "value_clip_frac": vf_stats["clip_frac"], "entropy": entropy})
+
+
+def skip_reason(losses: Losses, micro: RolloutBuffer, cfg: PPOConfig, d: Dist) -> str | None:
+    """Why the minibatch of this micro-batch must not be applied, or None: a non-finite loss, a mean
+    ratio above --ratio-threshold, an approx KL above --max-approx-kl, or a value loss above
+    VALUE_LOSS_LIMIT times that of a critic predicting 0. Each rank tests its own micro-batch; a
+    test failed on any rank fails on all (one all-reduce), the first of SKIP_REASONS giving the reason."""
+    zero_critic_loss = 0.5 * masked_mean(micro.returns ** 2, micro.response_mask).clamp_min(0.01)
+    failed = reduce_max(d, micro.response.device, {
+        "nonfinite": ~(torch.isfinite(losses.policy) & torch.isfinite(losses.value)),
+        "ratio": losses.ratio_mean > cfg.ratio_threshold,
+        "approx_kl": losses.diagnostics["approx_kl"] > cfg.max_approx_kl,
+        "value_loss": losses.value > VALUE_LOSS_LIMIT * zero_critic_loss})
+    return next((reason for reason in SKIP_REASONS if failed[reason]), None)

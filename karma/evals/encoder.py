@@ -32,7 +32,7 @@ from torch import nn
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
 
-from karma.checkpoint import read_json
+from karma.files import read_json
 from karma.weights import CheckpointFiles
 
 # what a classifier needs from a hub repo: config, weights, and the tokenizer in either of its forms
