@@ -46,7 +46,8 @@ import numpy as np
 import orjson
 import torch
 
-from karma.distributed import Dist, all_reduce_sum, autocast, clip_grad_norm, gather_lists, reduce_sums, shard
+from karma.distributed import (CPU_BF16_HELP, Dist, all_reduce_sum, autocast, clip_grad_norm, gather_lists, reduce_sums,
+                               shard)
 from karma.dpo import IGNORE_INDEX, dpo_loss, sequence_logprobs
 from karma.errors import TrainingDiverged
 from karma.files import atomic_write
@@ -116,6 +117,7 @@ class DPOConfig:
                                      "gradient", AT_LEAST_1)
     seed: int = setting(0, "pair order (TRL: 42)", SEED, type=seed_arg)
     activation_checkpointing: bool = setting(False, "recompute block activations in backward")
+    cpu_bf16: bool = setting(False, CPU_BF16_HELP)
     resume: bool = setting(False, "continue from the latest checkpoint in --out with the same settings")
 
     def inputs(self) -> dict:
@@ -541,7 +543,7 @@ def compute_reference(model, data: "Pairs", cfg: DPOConfig, d: Dist) -> torch.Te
     rows = []
     with Progress(len(jobs), "dpo reference log-probs", "batch", enabled=d.is_main) as progress:
         for split, (index, weight) in jobs:
-            with autocast(d):
+            with autocast(d, cfg.cpu_bf16):
                 chosen, rejected = reply_logps(model, data.rows(split, index), data.pad_id, d.device,
                                                average=cfg.loss_type == "ipo")
             offset = 0 if split == "train" else len(data.train)
@@ -563,7 +565,7 @@ def train_step(policy, optimizer, data: "Pairs", batch: np.ndarray, cfg: DPOConf
     for m, (index, weight) in enumerate(micro):
         if d.enabled:  # reduce gradients once per step, after the last micro-batch
             policy.set_requires_gradient_sync(m == len(micro) - 1)
-        with autocast(d):
+        with autocast(d, cfg.cpu_bf16):
             chosen, rejected = reply_logps(policy, data.rows("train", index), data.pad_id, d.device,
                                            average=cfg.loss_type == "ipo")
         ref = data.reference_of("train", index).to(d.device)
@@ -587,7 +589,7 @@ def evaluate(policy, data: "Pairs", cfg: DPOConfig, d: Dist) -> dict:
     policy.eval()
     sums = {}
     for index, weight in micro_batches(range(len(data.heldout)), cfg.micro_batch_size, d):
-        with autocast(d):
+        with autocast(d, cfg.cpu_bf16):
             chosen, rejected = reply_logps(policy, data.rows("heldout", index), data.pad_id, d.device,
                                            average=cfg.loss_type == "ipo")
         ref = data.reference_of("heldout", index).to(d.device)

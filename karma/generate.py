@@ -80,7 +80,10 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
                         dtype=torch.long, device=device)
     pad_id = pad_id if pad_id is not None else (int(stop[0]) if len(stop) else 0)
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
-    cache = KVCache(model.config, B, T + max_new_tokens, model.embed.weight.dtype, device)
+    # under autocast the keys and values come out in its dtype (bf16), whatever the weights' dtype
+    autocast_on = torch.is_autocast_enabled(device.type)
+    cache_dtype = torch.get_autocast_dtype(device.type) if autocast_on else model.embed.weight.dtype
+    cache = KVCache(model.config, B, T + max_new_tokens, cache_dtype, device)
 
     hidden = model(input_ids, attention_mask, cache=cache, output="hidden")  # prefill: [B, T, hidden]
     logits = model.logits(hidden[:, -1])  # [B, V]

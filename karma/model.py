@@ -139,8 +139,9 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if layer_cache is not None:  # write this step's keys/values, attend over every slot
             k_cache, v_cache = layer_cache  # [B, KV, max_len, hd]
-            k = k_cache.index_copy_(2, slots, k)
-            v = v_cache.index_copy_(2, slots, v)
+            # .to: under autocast the rotated keys are fp32 (rope's tables follow the fp32 stream), v is bf16
+            k = k_cache.index_copy_(2, slots, k.to(k_cache.dtype))
+            v = v_cache.index_copy_(2, slots, v.to(v_cache.dtype))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
         )  # [B, H, T, hd]

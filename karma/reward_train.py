@@ -28,8 +28,8 @@ import torch
 
 from karma.checkpoint import latest_checkpoint
 from karma.data.examples import read_examples, split_files
-from karma.distributed import (Dist, all_reduce_sum, autocast, barrier, clip_grad_norm, full_state_dict, gather_lists,
-                               shard)
+from karma.distributed import (CPU_BF16_HELP, Dist, all_reduce_sum, autocast, barrier, clip_grad_norm, full_state_dict,
+                               gather_lists, shard)
 from karma.errors import TrainingDiverged
 from karma.files import atomic_directory, atomic_write_json
 from karma.metrics import binary_metrics
@@ -99,6 +99,7 @@ class TrainRMConfig:
                                      "gradient", AT_LEAST_1)
     seed: int = setting(0, "data order and head initialisation", SEED, type=seed_arg)
     activation_checkpointing: bool = setting(False, "recompute block activations in backward")
+    cpu_bf16: bool = setting(False, CPU_BF16_HELP)
     resume: bool = setting(False, "continue from the latest checkpoint in --out, with the same settings (a changed "
                                   "setting other than logging, evaluation and checkpoint intervals is refused)")
 
@@ -258,7 +259,7 @@ def train_step(rm: RewardModel, optimizer, data: Data, batch: np.ndarray, cfg: T
         labels = torch.from_numpy(data.train_labels[rows]).to(d.device)  # [b]
         if d.enabled:  # reduce gradients once per step, after the last micro-batch
             rm.set_requires_gradient_sync(micro == n_micro - 1)
-        with autocast(d):
+        with autocast(d, cfg.cpu_bf16):
             logits = rm(ids.to(d.device), mask.to(d.device))  # [b]
         loss = bce_loss(logits, labels, reduction="sum")
         (loss * weight).backward()
@@ -302,7 +303,7 @@ def evaluate_and_keep_best(rm: RewardModel, data: Data, state: dict, cfg: TrainR
                            progress: Progress) -> None:
     """Held-out metrics to the log and eval.json; a new best finite AUC is exported to best/."""
     step = state["step"]
-    metrics = evaluate(rm, data.eval_ids, data.eval_labels, cfg.eval_batch_size, run.d)
+    metrics = evaluate(rm, data.eval_ids, data.eval_labels, cfg.eval_batch_size, run.d, cfg.cpu_bf16)
     usable = metrics["roc_auc"] is not None and not metrics["nonfinite_scores"]
     if usable and (state["best_auc"] is None or metrics["roc_auc"] > state["best_auc"]):
         state["best_auc"], state["best_step"] = metrics["roc_auc"], step
@@ -317,7 +318,8 @@ def evaluate_and_keep_best(rm: RewardModel, data: Data, state: dict, cfg: TrainR
 
 
 @torch.no_grad()
-def evaluate(rm: RewardModel, ids: list[list[int]], labels: np.ndarray, batch_size: int, d: Dist) -> dict:
+def evaluate(rm: RewardModel, ids: list[list[int]], labels: np.ndarray, batch_size: int, d: Dist,
+             cpu_bf16: bool = False) -> dict:
     """Held-out metrics (karma.metrics); the rows are split across ranks and gathered. Non-finite
     scores are counted (`nonfinite_scores`) and left out of the metrics."""
     rm.eval()
@@ -327,7 +329,7 @@ def evaluate(rm: RewardModel, ids: list[list[int]], labels: np.ndarray, batch_si
     for b in range(n_batches):
         rows = mine[b * batch_size:(b + 1) * batch_size]
         x, mask = left_pad([ids[i] for i in (rows or [0])], rm.tokenizer.pad_id)
-        with autocast(d):
+        with autocast(d, cpu_bf16):
             p = torch.sigmoid(rm(x.to(d.device), mask.to(d.device)).float())
         probs += list(zip(rows, p.tolist()))  # nothing for a padding batch (rows empty)
     gathered = sorted(gather_lists(probs, d))

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from karma.data.prompts import read_prompts
-from karma.distributed import (Dist, all_reduce_sum, autocast, clip_grad_norm, reduce_max, reduce_sums, replicated_copy,
-                               shard)
+from karma.distributed import (CPU_BF16_HELP, Dist, all_reduce_sum, autocast, clip_grad_norm, reduce_max, reduce_sums,
+                               replicated_copy, shard)
 from karma.errors import TrainingDiverged
 from karma.logprobs import entropy_from_logits, logprobs_from_logits
 from karma.optim import adamw, linear_decay
@@ -117,6 +117,7 @@ class PPOConfig:
                                               AT_LEAST_1)
     seed: int = setting(0, "generation and minibatch order", SEED, type=seed_arg)
     activation_checkpointing: bool = setting(False, "recompute block activations in backward (saves memory)")
+    cpu_bf16: bool = setting(False, CPU_BF16_HELP)
     resume: bool = setting(False, "continue from the latest checkpoint in --out, with the same settings (a changed "
                                   "setting other than logging and checkpointing is refused)")
 
@@ -334,7 +335,7 @@ def ppo_iteration(m: Models, opt: Optimization, batch_prompts: list[dict], cfg: 
     m.policy.train()
     m.value.train()
     if stats["score"] is not None:  # no finite score at all: nothing to learn from this rollout
-        with autocast(d):
+        with autocast(d, cfg.cpu_bf16):
             stats.update(ppo_update(m, opt, buffer, cfg, seed=cfg.seed * 7919 + r, d=d))
         opt.kl_controller.update(stats["kl_seq"], n_steps=cfg.rollout_batch)
     else:
@@ -358,7 +359,7 @@ def rollout(m: Models, batch_prompts: list[dict], cfg: PPOConfig, kl_coef: float
     start = time.perf_counter()
     m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.frozen_dtype)
     gather_s = time.perf_counter() - start
-    with autocast(d):
+    with autocast(d, cfg.cpu_bf16):
         buffer, stats, samples = collect_rollout(m.policy, m.ref, m.value, m.reward, m.tokenizer,
                                                  batch_prompts[d.rank::d.world_size], cfg, kl_coef,
                                                  seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
