@@ -11,18 +11,23 @@ DEMO := runs/demo
 # cores; real runs: see the README. PPO trains on DEMO_TRAIN_PROMPTS prompts of the train split, DEMO_BATCH
 # sampled replies per rollout; the report then samples DEMO_REPORT_SAMPLES replies to each of
 # DEMO_REPORT_PROMPTS HELD-OUT prompts from the base model and from the tuned policy.
-DEMO_TRAIN_PROMPTS ?= 1
-DEMO_ROLLOUTS ?= 8
+# Training runs in bf16 autocast (--cpu-bf16: 2.3x faster steps on this AVX512-BF16 CPU); prompts are cut to
+# 64 tokens, which also keeps tensor shapes fixed (oneDNN builds its bf16 kernels once per shape: with
+# 128-token prompts of varying length a PPO update took 67-118 s instead of 4.5 s). Constant lr
+# (--min-lr-ratio 1) collapsed the policy to empty replies by rollout 10; the default linear decay did not.
+DEMO_TRAIN_PROMPTS ?= 64
+DEMO_ROLLOUTS ?= 12
 DEMO_BATCH ?= 16
-DEMO_LR ?= 3e-5
+DEMO_LR ?= 1e-4
 DEMO_MAX_NEW_TOKENS ?= 32
 DEMO_SEED ?= 0
 DEMO_REPORT_PROMPTS ?= 24
-DEMO_REPORT_SAMPLES ?= 4
+DEMO_REPORT_SAMPLES ?= 8
 DEMO_WORLD := data/sample/world.json
 DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch 4 --micro-batch 4 --ppo-epochs 1 \
-	--max-new-tokens $(DEMO_MAX_NEW_TOKENS) --max-prompt-tokens 128 --lr $(DEMO_LR) --value-lr 1e-4 \
-	--init-kl-coef 0.01 --value-init policy --keep-checkpoints 0 --seed $(DEMO_SEED)
+	--max-new-tokens $(DEMO_MAX_NEW_TOKENS) --max-prompt-tokens 64 --lr $(DEMO_LR) --value-lr 1e-4 \
+	--init-kl-coef 0.01 --value-init policy --value-trainable-layers 8 --activation-checkpointing --cpu-bf16 \
+	--keep-checkpoints 0 --seed $(DEMO_SEED)
 DEMO_REPORT ?= --prompts $(DEMO_REPORT_PROMPTS) --samples $(DEMO_REPORT_SAMPLES) --seed $(DEMO_SEED) \
 	$(if $(wildcard $(DEMO_WORLD)),--world $(DEMO_WORLD))
 
@@ -42,8 +47,8 @@ demo-train: $(VENV)/.demo  ## the demo's training chain only: sample data -> rew
 	rm -rf $(DEMO)  # a fresh demo each time (a run refuses an --out that holds an earlier run)
 	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts $(DEMO_TRAIN_PROMPTS)
 	$(BIN)/python train_rm.py --model smollm2-135m --data $(DEMO)/data --out $(DEMO)/rm \
-		--max-length 192 --max-steps 12 --lr 3e-5 --eval-every 12 --save-every 12 --max-eval-examples 96 \
-		--micro-batch-size 4 --eval-batch-size 8 --keep-checkpoints 0
+		--max-length 192 --max-steps 24 --lr 1e-4 --eval-every 24 --save-every 24 --max-eval-examples 99 \
+		--micro-batch-size 4 --eval-batch-size 8 --keep-checkpoints 0 --cpu-bf16
 	$(BIN)/python ppo.py --model smollm2-135m --reward-model $(DEMO)/rm/best --data $(DEMO)/data \
 		--out $(DEMO)/ppo $(DEMO_PPO)
 

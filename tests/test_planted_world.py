@@ -16,10 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # the demo's data and reward-model settings (Makefile), with STEPS optimizer steps
-STEPS = 12
-RM_ARGS = ["--model", "smollm2-135m", "--max-length", "192", "--max-steps", str(STEPS), "--lr", "3e-5",
-           "--eval-every", str(STEPS), "--save-every", str(STEPS), "--max-eval-examples", "96",
-           "--micro-batch-size", "4", "--eval-batch-size", "8", "--keep-checkpoints", "0"]
+STEPS = 24
+RM_ARGS = ["--model", "smollm2-135m", "--max-length", "192", "--max-steps", str(STEPS), "--lr", "1e-4",
+           "--eval-every", str(STEPS), "--save-every", str(STEPS), "--max-eval-examples", "99",
+           "--micro-batch-size", "4", "--eval-batch-size", "8", "--keep-checkpoints", "0", "--cpu-bf16"]
 
 
 def run(*args):
