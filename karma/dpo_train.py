@@ -54,7 +54,8 @@ from karma.files import atomic_write
 from karma.optim import adamw, warmup_cosine, warmup_linear
 from karma.records import Skips, input_files, jsonl_objects
 from karma.reward import RewardConfig, encode
-from karma.run import Progress, Run, Throughput, check_out_dir, input_identity, peak_memory_gib
+from karma.run import (KEEP_CHECKPOINTS_HELP, MAX_BAD_STEPS_HELP, Progress, Run, Throughput, check_out_dir,
+                       input_identity, peak_memory_gib)
 from karma.settings import (AT_LEAST_1, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings,
                             seed_arg, setting)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
@@ -108,13 +109,9 @@ class DPOConfig:
                                      (lambda v: 0 <= v < 100, "in [0, 100)"))
     eval_every: int = setting(100, "held-out evaluation interval in steps", AT_LEAST_1)
     save_every: int = setting(100, "checkpoint interval in steps", AT_LEAST_1)
-    keep_checkpoints: int = setting(1, "checkpoints kept on disk, newest first (each holds the model and its AdamW "
-                                       "state, 3x its size); 0 keeps one while running, none once the run has "
-                                       "finished and exported (it cannot be resumed then); a run shorter than "
-                                       "--save-every writes none at its end", NON_NEGATIVE)
+    keep_checkpoints: int = setting(1, KEEP_CHECKPOINTS_HELP, NON_NEGATIVE)
     log_every: int = setting(10, "metrics.jsonl interval in steps", AT_LEAST_1)
-    max_bad_steps: int = setting(10, "stop after this many consecutive steps skipped for a non-finite loss or "
-                                     "gradient", AT_LEAST_1)
+    max_bad_steps: int = setting(10, MAX_BAD_STEPS_HELP, AT_LEAST_1)
     seed: int = setting(0, "pair order (TRL: 42)", SEED, type=seed_arg)
     activation_checkpointing: bool = setting(False, "recompute block activations in backward")
     cpu_bf16: bool = setting(False, CPU_BF16_HELP)

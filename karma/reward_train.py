@@ -36,7 +36,8 @@ from karma.metrics import binary_metrics
 from karma.optim import adamw, warmup_cosine
 from karma.reward import (MAX_HEAD_HIDDEN, RewardConfig, RewardModel, bce_loss, build_reward_model, encode,
                           save_reward_model)
-from karma.run import Progress, Run, Throughput, check_out_dir, peak_memory_gib
+from karma.run import (KEEP_CHECKPOINTS_HELP, MAX_BAD_STEPS_HELP, Progress, Run, Throughput, check_out_dir,
+                       peak_memory_gib)
 from karma.settings import (AT_LEAST_1, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings,
                             in_range, seed_arg, setting)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
@@ -90,13 +91,9 @@ class TrainRMConfig:
     max_eval_examples: int | None = setting(None, "cap on held-out examples per evaluation", AT_LEAST_1,
                                             unset="all")
     save_every: int = setting(500, "checkpoint interval in steps", AT_LEAST_1)
-    keep_checkpoints: int = setting(1, "checkpoints kept on disk, newest first (each holds the model and its AdamW "
-                                       "state, 3x its size); 0 keeps one while running, none once the run has "
-                                       "finished and exported (it cannot be resumed then); a run shorter than "
-                                       "--save-every writes none at its end", NON_NEGATIVE)
+    keep_checkpoints: int = setting(1, KEEP_CHECKPOINTS_HELP, NON_NEGATIVE)
     log_every: int = setting(10, "metrics.jsonl interval in steps", AT_LEAST_1)
-    max_bad_steps: int = setting(10, "stop after this many consecutive steps skipped for a non-finite loss or "
-                                     "gradient", AT_LEAST_1)
+    max_bad_steps: int = setting(10, MAX_BAD_STEPS_HELP, AT_LEAST_1)
     seed: int = setting(0, "data order and head initialisation", SEED, type=seed_arg)
     activation_checkpointing: bool = setting(False, "recompute block activations in backward")
     cpu_bf16: bool = setting(False, CPU_BF16_HELP)

@@ -44,6 +44,12 @@ from karma.distributed import Dist, barrier, full_state_dict
 from karma.errors import RunLocked
 from karma.files import atomic_directory, atomic_write_json, finite_json, read_json, truncate_jsonl
 from karma.plot import plot_run
+
+# help of the retention and divergence settings every trainer shares (the Run below enforces them)
+KEEP_CHECKPOINTS_HELP = ("checkpoints kept on disk, newest first (each holds the model and its AdamW state, 3x its "
+                         "size); 0 keeps one while running, none once the run has finished and exported (it cannot "
+                         "be resumed then); a run shorter than --save-every writes none at its end")
+MAX_BAD_STEPS_HELP = "stop after this many consecutive steps skipped for a non-finite loss or gradient"
 from karma.tokenizer import Tokenizer, copy_tokenizer_files
 from karma.weights import write_hf_checkpoint
 

@@ -35,7 +35,7 @@ from karma.ppo.rollout import RolloutBuffer, collect_rollout, response_logits
 from karma.ppo.value import check_same_tokenizer, train_top_layers_only, value_from_policy, value_from_reward_model
 from karma.reward import inspect_reward_model, load_reward_model
 from karma.tokenizer import load_tokenizer
-from karma.run import Run, check_out_dir, peak_memory_gib
+from karma.run import KEEP_CHECKPOINTS_HELP, Run, check_out_dir, peak_memory_gib
 from karma.settings import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, in_range,
                             seed_arg, setting)
 from karma.weights import inspect_model, load_model
@@ -109,10 +109,7 @@ class PPOConfig:
                                           "never checkpointed", AT_LEAST_1)
     samples_per_rollout: int = setting(4, "(prompt, response, score) rows logged", NON_NEGATIVE)
     save_every: int = setting(10, "checkpoint interval in rollouts", AT_LEAST_1)
-    keep_checkpoints: int = setting(1, "checkpoints kept on disk, newest first (each holds the model and its AdamW "
-                                       "state, 3x its size); 0 keeps one while running, none once the run has "
-                                       "finished and exported (it cannot be resumed then); a run shorter than "
-                                       "--save-every writes none at its end", NON_NEGATIVE)
+    keep_checkpoints: int = setting(1, KEEP_CHECKPOINTS_HELP, NON_NEGATIVE)
     stop_after_rollouts: int | None = setting(None, "checkpoint and exit after this rollout; --resume continues",
                                               AT_LEAST_1)
     seed: int = setting(0, "generation and minibatch order", SEED, type=seed_arg)
