@@ -14,6 +14,8 @@ holds both sets meanwhile). --out must hold nothing else.
 
 builds the other KARMA's kinship-aware preference pairs for dpo.py (karma/data/kinship.py;
 `python data_prep.py kinship --help`).
+
+    python data_prep.py --config configs/data.toml --out runs/paper/data   # flags from a TOML file (min_chars = 20)
 """
 
 import argparse
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from karma.cli import add_debug_flag, run_main
+from karma.cli import add_config_flag, add_debug_flag, parse_with_config, run_main
 from karma.data import kinship, ultrachat
 from karma.data.filters import FilterConfig
 from karma.data.prepare import (PrepConfig, default_workers, naming_errors, prepare, recover_outputs,
@@ -47,7 +49,7 @@ def parse_args(argv=None):
     pairs = commands.add_parser("kinship", prog="data_prep.py kinship", description=kinship.HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 help="kinship-aware preference pairs for dpo.py (data_prep.py kinship --help)")
-    add_debug_flag(kinship.add_arguments(pairs))
+    add_debug_flag(add_config_flag(kinship.add_arguments(pairs)))
     p.add_argument("--input", nargs="+", type=Path,
                    help="dump files (RS_*/RC_* .zst, .gz, .ndjson, .jsonl) or directories holding them; "
                         "submission files are read first, so a reply can find its post in any file (required)")
@@ -84,8 +86,8 @@ def parse_args(argv=None):
                    help="UltraChat-200k parquet shards or JSONL files (or directories); parquet needs pyarrow")
     g.add_argument("--ultrachat-split", default="train_sft", help="parquet split to read (default train_sft)")
     g.add_argument("--ultrachat-limit", type=int, default=None, help="cap on UltraChat prompts (after dedup)")
-    add_debug_flag(p)
-    args = p.parse_args(argv)
+    add_debug_flag(add_config_flag(p))
+    args = parse_with_config(p, argv, {"kinship": pairs})
     if args.command == "kinship":
         kinship.check_arguments(pairs, args)
         return args

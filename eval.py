@@ -28,6 +28,8 @@ data_prep.py's held-out split, with bootstrap intervals, DeLong tests of their A
 far each leans on the subreddit/time header and on the reply, scores by subreddit and hour, and,
 given eval.py's results.json, the policies' downstream deltas beside them. Outputs in --out:
 report.json, report.md, report.png.
+
+    python eval.py --config configs/eval.toml --models ...   # flags from a TOML file (limit = 100); flags win
 """
 
 import argparse
@@ -41,7 +43,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from karma.cli import add_debug_flag, device_arg, run_main
+from karma.cli import add_config_flag, add_debug_flag, device_arg, parse_with_config, run_main
 from karma.evals import report, shortcuts_report
 from karma.evals import task as task_data
 from karma.evals.lm import EvalLM, tokenizer_adds_bos
@@ -113,8 +115,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="weights and compute (default: bfloat16 on cuda, float32 on cpu; bfloat16 on a CPU with "
                         "AVX512-BF16 scores about 1.9x faster, with log-probs within bf16 rounding of float32)")
-    add_debug_flag(p)
-    args = p.parse_args(argv)
+    add_debug_flag(add_config_flag(p))
+    args = parse_with_config(p, argv, {"rm": rm})
     if args.command == "rm":
         check_rm_arguments(rm, args)
         return args
@@ -199,7 +201,7 @@ def add_rm_arguments(p: argparse.ArgumentParser) -> None:
                    help="probe donors, subsets and bootstrap seed (default 0)")
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available)")
-    add_debug_flag(p)
+    add_debug_flag(add_config_flag(p))
 
 
 def check_rm_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 
 from karma.cli import add_debug_flag, device_arg, run_main
 from karma.data.format import render_prompt
-from karma.data.prompts import prompt_problem, read_prompts, write_prompts
+from karma.data.prompts import heldout_prompts, write_prompts
 from karma.files import atomic_write, atomic_write_json, read_json, read_jsonl
 from karma.generate import generate
 from karma.ppo.rollout import decode_replies, encode_queries
@@ -73,37 +73,6 @@ def read_world(path) -> list[dict]:
         except re.error as e:
             raise ValueError(f"{where}: pattern {f['pattern']!r} is not a Python regex ({e})") from None
     return features
-
-
-def heldout_prompts(data_dir, n: int) -> list[dict]:
-    """Up to n prompts {"id", "messages", "meta", "thread_id"} from the held-out examples in
-    data_dir (heldout-*.jsonl): each distinct context once, the first context of every thread
-    before any second one (round robin over threads in file order), contexts that are also
-    training prompts (prompts-reddit.jsonl) left out."""
-    data_dir = Path(data_dir)
-    shards = sorted(data_dir.glob("heldout-*.jsonl"))
-    if not shards:
-        raise FileNotFoundError(f"{data_dir}: no heldout-*.jsonl (data_prep.py writes the held-out split there)")
-    train = data_dir / "prompts-reddit.jsonl"
-    seen = {render_prompt(p["messages"]) for p in read_prompts(train)} if train.exists() else set()
-    by_thread: dict[str, list[dict]] = {}
-    for shard in shards:
-        for line_no, (_, ex) in enumerate(read_jsonl(shard), 1):
-            problem = prompt_problem({**ex, "id": str(ex.get("id"))} if isinstance(ex, dict) else ex, None)
-            if problem:
-                raise ValueError(f"{shard}:{line_no}: {problem}")
-            text = render_prompt(ex["messages"])
-            if text in seen:
-                continue
-            seen.add(text)
-            by_thread.setdefault(str(ex.get("thread_id", ex["id"])), []).append(
-                {"id": f"heldout-{ex.get('parent_id', ex['id'])}", "messages": ex["messages"], "meta": ex.get("meta"),
-                 "thread_id": str(ex.get("thread_id", ex["id"]))})
-    rounds = max((len(v) for v in by_thread.values()), default=0)
-    ordered = [ctx[r] for r in range(rounds) for ctx in by_thread.values() if r < len(ctx)]
-    if not ordered:
-        raise ValueError(f"{data_dir}: the held-out examples hold no context that is not a training prompt")
-    return ordered[:n]
 
 
 def demo_inputs(demo_dir, reward_model=None, check_reward_model: bool = True) -> dict:

@@ -59,6 +59,7 @@ from karma.run import (KEEP_CHECKPOINTS_HELP, MAX_BAD_STEPS_HELP, Progress, Run,
 from karma.settings import (AT_LEAST_1, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings,
                             seed_arg, setting)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
+from karma.track import REPORT_TO_HELP, TRACKER_INSTALLED, TRACKERS
 from karma.weights import inspect_model, load_model, resolve
 
 LOSS_TYPES = ("sigmoid", "ipo")
@@ -100,9 +101,10 @@ class DPOConfig:
     warmup_ratio: float = setting(0.0, "linear warmup share of the steps (TRL's default)", HALF_OPEN_UNIT)
     min_lr_ratio: float = setting(0.0, "the schedule decays to this x peak (TRL's default)", UNIT_INTERVAL)
     grad_clip: float = setting(1.0, "max global gradient norm (TRL's default)", POSITIVE)
-    epochs: int = setting(1, "passes over the train pairs (TRL: 3)", (lambda v: 1 <= v <= 10**6, "in [1, 10**6]"))
-    max_steps: int | None = setting(None, "optimizer steps in the run (overrides --epochs)", STEPS,
-                                    unset="--epochs decides")
+    epochs: int = setting(1, "passes over the train pairs (TRL: 3); --resume with more extends a run",
+                          (lambda v: 1 <= v <= 10**6, "in [1, 10**6]"), budget=True)
+    max_steps: int | None = setting(None, "optimizer steps in the run (overrides --epochs); --resume with more extends "
+                                          "a run", STEPS, unset="--epochs decides", budget=True)
     stop_after_steps: int | None = setting(None, "checkpoint and exit after this step (e.g. a job time limit); "
                                                  "continue with --resume", STEPS)
     heldout_percent: float = setting(5.0, "share of pairs held out for evaluation, split by a hash of the id",
@@ -115,7 +117,9 @@ class DPOConfig:
     seed: int = setting(0, "pair order (TRL: 42)", SEED, type=seed_arg)
     activation_checkpointing: bool = setting(False, "recompute block activations in backward")
     cpu_bf16: bool = setting(False, CPU_BF16_HELP)
-    resume: bool = setting(False, "continue from the latest checkpoint in --out with the same settings")
+    report_to: str = setting("none", REPORT_TO_HELP, TRACKER_INSTALLED, choices=TRACKERS)
+    resume: bool = setting(False, "continue from the latest checkpoint in --out with the same settings (more "
+                                  "--max-steps or --epochs extend the run)")
 
     def inputs(self) -> dict:
         """What the run reads, by setting: config.json records them by content (run.input_identities)."""
@@ -133,7 +137,7 @@ class DPOConfig:
 
 # settings a resumed run may change: they decide what is logged, evaluated and saved, not the weights
 RESUMABLE_CHANGES = {"stop_after_steps", "eval_every", "save_every", "keep_checkpoints", "log_every",
-                     "max_bad_steps", "activation_checkpointing", "resume"}
+                     "max_bad_steps", "activation_checkpointing", "resume", "report_to"}
 
 
 def train(cfg: DPOConfig, d: Dist) -> dict:

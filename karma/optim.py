@@ -25,6 +25,18 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=True)
 
 
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR that, when a checkpoint is loaded, sets the optimizer's rates to the schedule's value at
+    the loaded step. The same number on a plain resume; on an extended one (a larger budget, karma/run.py)
+    the next step trains at the new total's rate rather than the old schedule's."""
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._last_lr = [base * f(self.last_epoch) for base, f in zip(self.base_lrs, self.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
+
 def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float, min_ratio: float):
     """Linear warmup over warmup_ratio * total_steps to the peak LR, then cosine decay to
     min_ratio * peak at total_steps (Loshchilov & Hutter 2017, "SGDR", without restarts)."""
@@ -35,7 +47,7 @@ def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float, min_ratio: f
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    return Schedule(optimizer, multiplier)
 
 
 def warmup_linear(optimizer, total_steps: int, warmup_ratio: float, min_ratio: float):
@@ -50,10 +62,10 @@ def warmup_linear(optimizer, total_steps: int, warmup_ratio: float, min_ratio: f
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return min_ratio + (1 - min_ratio) * max(0.0, 1 - progress)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    return Schedule(optimizer, multiplier)
 
 
 def linear_decay(optimizer, total_steps: int, min_ratio: float):
     """From the peak LR at the first step down to min_ratio * peak at total_steps, then flat."""
-    return torch.optim.lr_scheduler.LambdaLR(
+    return Schedule(
         optimizer, lambda step: 1.0 - (1.0 - min_ratio) * min(1.0, step / max(1, total_steps)))

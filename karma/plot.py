@@ -6,7 +6,8 @@
 The run type comes from RUN_DIR/metrics.jsonl: records with "rollout" are a PPO run (ppo.py),
 records with "rewards/margins" a DPO run (dpo.py), other records with "event" (data / train /
 eval) a reward-model run (train_rm.py); the reward model's
-reliability diagram comes from RUN_DIR/eval.json (its latest held-out evaluation). A null or
+reliability diagram comes from RUN_DIR/eval.json (its latest held-out evaluation), a PPO run's
+held-out evaluations (ppo.py --eval-every) from RUN_DIR/eval.jsonl. A null or
 missing value (a skipped step, a rollout without a finite score) is a gap in its curve, never an
 error. Drawn on matplotlib Figure objects (no pyplot: no global backend or figure state) and
 written atomically, so a reader never sees half a PNG.
@@ -23,10 +24,12 @@ from matplotlib.ticker import MaxNLocator
 
 from karma.cli import add_debug_flag, run_main
 from karma.files import atomic_write, read_json, read_jsonl
+from karma.ppo.signals import DISTINCT_2_MIN, LENGTH_CORR_MAX, REPEAT_SHARE_MAX
 
 DPI = 110
 MARKERS_UP_TO = 60  # points per curve; more and the curve is drawn as a bare line
 DIVERGED_COLOR = "#d62728"
+WARNED_COLOR = "#ff7f0e"
 BEST_COLOR = "black"
 
 
@@ -37,7 +40,8 @@ def plot_run(run_dir, out=None) -> Path:
     records = read_metrics(path)
     name = run_dir.resolve().name
     if any("rollout" in r for r in records):
-        fig = ppo_figure(records, title=f"{name}: PPO")
+        evals = [r for _, r in read_jsonl(run_dir / "eval.jsonl")] if (run_dir / "eval.jsonl").exists() else []
+        fig = ppo_figure(records, title=f"{name}: PPO", evals=[r for r in evals if isinstance(r, dict)])
     elif any("rewards/margins" in r for r in records):
         fig = dpo_figure(records, title=f"{name}: DPO")
     elif any(r.get("event") in ("data", "train", "eval") for r in records):
@@ -68,19 +72,24 @@ def read_metrics(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ PPO
 
-def ppo_figure(records: list[dict], title: str) -> Figure:
-    """Six panels over the rollouts; a diverged rollout is a red vertical line on every panel."""
+def ppo_figure(records: list[dict], title: str, evals: list[dict] = ()) -> Figure:
+    """Eight panels over the rollouts; a diverged rollout is a red vertical line on every panel, one
+    with a reward-hacking warning an orange one. `evals`: eval.jsonl's held-out evaluations, drawn
+    as open circles on the score, KL, length and diversity panels."""
     records = [r for r in records if "rollout" in r]
     x = _series(records, "rollout")
-    fig = Figure(figsize=(14, 10), layout="constrained")
-    axes = fig.subplots(3, 2, sharex=True).ravel()
+    fig = Figure(figsize=(14, 13), layout="constrained")
+    axes = fig.subplots(4, 2, sharex=True).ravel()
     _mark_diverged(axes, x, records)
-    _score_panel(axes[0], x, records)
-    _kl_panel(axes[1], x, records)
+    _mark_warned(axes, x, records)
+    _score_panel(axes[0], x, records, evals)
+    _kl_panel(axes[1], x, records, evals)
     _entropy_panel(axes[2], x, records)
     _ppo_loss_panel(axes[3], x, records)
     _clip_panel(axes[4], x, records)
-    _length_panel(axes[5], x, records)
+    _length_panel(axes[5], x, records, evals)
+    _diversity_panel(axes[6], x, records, evals)
+    _length_correlation_panel(axes[7], x, records)
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by every panel
     for ax in axes[-2:]:
         ax.set_xlabel("rollout")
@@ -99,25 +108,45 @@ def _mark_diverged(axes, x: np.ndarray, records: list[dict]) -> None:
                        label="diverged rollout" if i == 0 and j == 0 else None)
 
 
-def _score_panel(ax, x, records) -> None:
+def _mark_warned(axes, x: np.ndarray, records: list[dict]) -> None:
+    """An orange dotted line at each rollout with a reward-hacking warning ("hacking_warning")."""
+    warned = [xi for xi, r in zip(x, records) if r.get("hacking_warning") and math.isfinite(xi)]
+    for i, ax in enumerate(axes):
+        for j, xi in enumerate(warned):
+            ax.axvline(xi, color=WARNED_COLOR, alpha=0.5, lw=1.5, ls=":",
+                       label="reward-hacking warning" if i == 0 and j == 0 else None)
+
+
+def _held_out(ax, evals: list[dict], key: str, se_key: str | None = None, **kw) -> np.ndarray:
+    """eval.jsonl's `key` per evaluation as open circles (with +- `se_key` bars); returns the values."""
+    y = _series(evals, key)
+    if len(evals):
+        err = _series(evals, se_key) if se_key else None
+        ax.errorbar(_series(evals, "rollout"), y, yerr=err, fmt="o", mfc="none", capsize=3, **kw)
+    return y
+
+
+def _score_panel(ax, x, records, evals=()) -> None:
     score, std = _series(records, "score"), _series(records, "score_std")
     ax.fill_between(x, score - std, score + std, alpha=0.25, label="± std over the rollout's replies")
     _line(ax, x, score, label="mean score")
+    held_out = _held_out(ax, evals, "score", "score_se", color="C3", label="held-out prompts (± SE)")
     dropped = int(np.nansum(_series(records, "dropped_nonfinite_scores")))
     ax.set_title("reward-model score" + (f" ({dropped} non-finite scores dropped)" if dropped else ""))
     ax.set_ylabel("score")
-    _finish(ax, score)
+    _finish(ax, score, held_out)
 
 
-def _kl_panel(ax, x, records) -> None:
+def _kl_panel(ax, x, records, evals=()) -> None:
     kl, kl_coef = _series(records, "kl_seq"), _series(records, "kl_coef")
     _line(ax, x, kl, label="KL per sequence (k1)")
+    held_out = _held_out(ax, evals, "kl_seq", "kl_seq_se", color="C3", label="held-out prompts (± SE)")
     ax.set_ylabel("KL (nats)")
     twin = ax.twinx()
     _line(twin, x, kl_coef, color="C1", label="kl_coef used in the rollout")
     twin.set_ylabel("kl_coef")
     ax.set_title("KL to the reference policy and its coefficient")
-    _finish(ax, kl, kl_coef, twin=twin)
+    _finish(ax, kl, kl_coef, held_out, twin=twin)
 
 
 def _entropy_panel(ax, x, records) -> None:
@@ -151,16 +180,44 @@ def _clip_panel(ax, x, records) -> None:
     _finish(ax, clip, value_clip, approx_kl, twin=twin)
 
 
-def _length_panel(ax, x, records) -> None:
+def _length_panel(ax, x, records, evals=()) -> None:
     length, eos = _series(records, "response_len"), _series(records, "ended_eos")
     _line(ax, x, length, label="response length")
+    held_out = _held_out(ax, evals, "response_len", color="C3", label="held-out prompts")
     ax.set_ylabel("tokens")
     twin = ax.twinx()
     _line(twin, x, eos, color="C1", label="share ending in EOS")
     twin.set_ylim(-0.02, 1.02)
     twin.set_ylabel("share")
     ax.set_title("responses")
-    _finish(ax, length, eos, twin=twin)
+    _finish(ax, length, eos, held_out, twin=twin)
+
+
+def _diversity_panel(ax, x, records, evals=()) -> None:
+    """distinct-1, distinct-2 and the share of exact repeats (karma/ppo/signals.py), with the
+    collapse thresholds."""
+    curves = [_series(records, k) for k in ("distinct_1", "distinct_2", "repeat_share")]
+    for i, (y, label) in enumerate(zip(curves, ("distinct-1", "distinct-2", "share of exact repeats"))):
+        _line(ax, x, y, color=f"C{i}", label=label)
+    held_out = _held_out(ax, evals, "distinct_2", color="C1", label="held-out distinct-2")
+    ax.axhline(DISTINCT_2_MIN, color="C1", ls="--", lw=1, label=f"collapse: distinct-2 < {DISTINCT_2_MIN}")
+    ax.axhline(REPEAT_SHARE_MAX, color="C2", ls="--", lw=1, label=f"collapse: repeats >= {REPEAT_SHARE_MAX}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("share")
+    ax.set_title("diversity of the rollout's replies (word n-grams)")
+    _finish(ax, *curves, held_out)
+
+
+def _length_correlation_panel(ax, x, records) -> None:
+    corr = _series(records, "score_length_corr")
+    _line(ax, x, corr, label="Pearson r(score, length in tokens)")
+    for sign in (1, -1):
+        ax.axhline(sign * LENGTH_CORR_MAX, color="grey", ls="--", lw=1,
+                   label=f"|r| > {LENGTH_CORR_MAX}: length explains the score" if sign > 0 else None)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("r")
+    ax.set_title("score against reply length")
+    _finish(ax, corr)
 
 
 # --------------------------------------------------------------------------------- reward model

@@ -41,6 +41,7 @@ from karma.run import (KEEP_CHECKPOINTS_HELP, MAX_BAD_STEPS_HELP, Progress, Run,
 from karma.settings import (AT_LEAST_1, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings,
                             in_range, seed_arg, setting)
 from karma.tokenizer import Tokenizer, left_pad, load_tokenizer
+from karma.track import REPORT_TO_HELP, TRACKER_INSTALLED, TRACKERS
 from karma.weights import inspect_model
 
 BUCKET_BATCHES = 50  # batches per length-sorting window
@@ -81,9 +82,9 @@ class TrainRMConfig:
     warmup_ratio: float = setting(0.03, "linear warmup share of the steps", HALF_OPEN_UNIT)
     min_lr_ratio: float = setting(0.1, "cosine decays to this x peak", UNIT_INTERVAL)
     grad_clip: float = setting(1.0, "max global gradient norm", POSITIVE)
-    epochs: int = setting(1, "passes over the train split", AT_LEAST_1)
-    max_steps: int | None = setting(None, "optimizer steps in the run (overrides --epochs)", AT_LEAST_1,
-                                    unset="--epochs decides")
+    epochs: int = setting(1, "passes over the train split; --resume with more extends a run", AT_LEAST_1, budget=True)
+    max_steps: int | None = setting(None, "optimizer steps in the run (overrides --epochs); --resume with more extends "
+                                          "a run", AT_LEAST_1, unset="--epochs decides", budget=True)
     stop_after_steps: int | None = setting(None, "checkpoint and exit after this step (e.g. a job time limit); "
                                                  "continue with --resume", AT_LEAST_1)
     eval_every: int = setting(500, "held-out evaluation interval in steps", AT_LEAST_1)
@@ -97,8 +98,10 @@ class TrainRMConfig:
     seed: int = setting(0, "data order and head initialisation", SEED, type=seed_arg)
     activation_checkpointing: bool = setting(False, "recompute block activations in backward")
     cpu_bf16: bool = setting(False, CPU_BF16_HELP)
+    report_to: str = setting("none", REPORT_TO_HELP, TRACKER_INSTALLED, choices=TRACKERS)
     resume: bool = setting(False, "continue from the latest checkpoint in --out, with the same settings (a changed "
-                                  "setting other than logging, evaluation and checkpoint intervals is refused)")
+                                  "setting other than logging, evaluation and checkpoint intervals is refused; more "
+                                  "--max-steps or --epochs extend the run)")
 
     def inputs(self) -> dict:
         """What the run reads, by setting: config.json records them by content (run.input_identities)."""
@@ -111,7 +114,8 @@ class TrainRMConfig:
 
 # settings a resumed run may change: they decide what is logged, evaluated and saved, not the weights
 RESUMABLE_CHANGES = {"stop_after_steps", "eval_every", "eval_batch_size", "max_eval_examples", "save_every",
-                     "keep_checkpoints", "log_every", "max_bad_steps", "activation_checkpointing", "resume"}
+                     "keep_checkpoints", "log_every", "max_bad_steps", "activation_checkpointing", "resume",
+                     "report_to"}
 
 
 def check_inputs(cfg: TrainRMConfig) -> "Data":

@@ -12,6 +12,16 @@ What a run does with its --out:
     they may move, see input_identity). --out itself may be spelled differently or moved. A run
     that finished without a checkpoint (--keep-checkpoints 0, or shorter than --save-every: see
     checkpoint_due) has nothing to resume;
+  * --resume with a larger budget extends the run, finished or not: a setting marked `budget`
+    (ppo.py --rollouts; train_rm.py and dpo.py --max-steps, --epochs) may be raised, never lowered,
+    nor set where it was unset or the reverse. The learning-rate schedules are defined on the total,
+    so from the checkpoint on they are those of the new total: the steps taken keep the rates they
+    had, the next ones follow the longer schedule at their step (a linear decay that reached 0 at
+    rollout 100 of 100 goes on, extended to 150, from 1/3 of the peak down to 0 at rollout 150).
+    Keeping the old schedule past its end would train a run that decayed to 0 at learning rate 0:
+    no extension at all. Where the schedule does not depend on the total (a constant one:
+    --min-lr-ratio 1, and --warmup-ratio 0 for the reward model), the extended run is the longer
+    run exactly. config.json lists the extensions under "extended";
   * one process at a time: `<out>/.lock` is held with flock(2) for the whole run. The kernel
     releases it when the process ends, however it ends, so there is no stale lock to take over,
     and two processes starting together cannot both get it. The file also holds the owner's pid,
@@ -44,6 +54,7 @@ from karma.distributed import Dist, barrier, full_state_dict
 from karma.errors import RunLocked
 from karma.files import atomic_directory, atomic_write_json, finite_json, read_json, truncate_jsonl
 from karma.plot import plot_run
+from karma.track import LOGS as MIRRORED_LOGS, open_mirror
 
 # help of the retention and divergence settings every trainer shares (the Run below enforces them)
 KEEP_CHECKPOINTS_HELP = ("checkpoints kept on disk, newest first (each holds the model and its AdamW state, 3x its "
@@ -86,6 +97,7 @@ class Run:
         self.counter, self.stop_after, self.log_names = counter, stop_after, logs
         self.lock = RunLock(self.out, enabled=d.is_main)
         self.trained, self.logs = {}, {}
+        self.mirror = None  # --report-to: metrics.jsonl mirrored into a tracker (karma.track), main rank only
 
     def __enter__(self) -> "Run":
         self.lock.__enter__()
@@ -95,6 +107,9 @@ class Run:
         try:
             for log in self.logs.values():
                 log.close()
+            if self.mirror is not None:
+                self.mirror.close(failed=error_type is not None)
+                print(self.mirror.summary(), file=sys.stderr)
             if error_type is None and self.d.is_main and self.logs:
                 plot_run(self.out)  # curves.png (karma.plot)
         finally:
@@ -111,7 +126,8 @@ class Run:
         gets the keys the trainer added to it, for the trainer to restore: schedulers...), and cut
         the records past it from the logs (the killed run wrote them after it), so that they read
         as one run. Then open the logs: appended to when resumed, new otherwise (a fresh run does
-        not append to an earlier run's logs). Returns whether it resumed."""
+        not append to an earlier run's logs), and with --report-to the tracker, which is sent
+        metrics.jsonl as it stands first (karma.track.open_mirror). Returns whether it resumed."""
         self.trained = trained
         latest = self.latest_checkpoint() if self.cfg.resume else None
         if latest is not None:
@@ -121,10 +137,15 @@ class Run:
                     truncate_jsonl(self.out / name, self.counter, state[self.counter])
         self.logs = {name: MetricsLog(self.out / name, append=latest is not None, enabled=self.d.is_main)
                      for name in self.log_names}
+        report_to = getattr(self.cfg, "report_to", "none")  # a config without the setting mirrors nothing
+        if self.d.is_main and report_to != "none":
+            self.mirror = open_mirror(report_to, self.out)
         return latest is not None
 
     def log(self, record: dict, name: str = "metrics.jsonl") -> None:
-        self.logs[name].write(record)
+        written = self.logs[name].write(record)
+        if self.mirror is not None and name in MIRRORED_LOGS:
+            self.mirror.write(written, name)
 
     def progress(self, total: int, desc: str, unit: str = "step", initial: int = 0) -> "Progress":
         return Progress(total, desc, unit, initial=initial, enabled=self.d.is_main)
@@ -296,7 +317,27 @@ def write_config(out: Path, cfg, **extra) -> None:
     out = Path(out)
     if not cfg.resume:
         check_out_dir(out, cfg, set())
-    atomic_write_json(out / "config.json", {**config_dict(cfg), **extra, "inputs": input_identities(cfg, out)})
+    extended = extensions(out, cfg) if cfg.resume else []
+    atomic_write_json(out / "config.json", {**config_dict(cfg), **extra, **({"extended": extended} if extended else {}),
+                                            "inputs": input_identities(cfg, out)})
+
+
+def extensions(out: Path, cfg) -> list[dict]:
+    """config.json's "extended" for a resumed run: the earlier extensions, and this one if it raises
+    a budget ({setting: [before, after], "at": the checkpoint it continues}), which is also printed."""
+    path = Path(out) / "config.json"
+    saved = read_json(path) if path.is_file() else {}
+    now = config_dict(cfg)
+    raised = {f.name: [saved[f.name], now[f.name]] for f in fields(cfg)
+              if f.metadata.get("budget") and f.name in saved and saved[f.name] != now[f.name]}
+    if not raised:
+        return saved.get("extended", [])
+    latest = latest_checkpoint(Path(out) / "checkpoints")
+    at = latest.name if latest else "the start"
+    changes = ", ".join(f"{flag_name(k)} {a} -> {b}" for k, (a, b) in raised.items())
+    print(f"{out}: extending the run from {at}: {changes}; the learning-rate schedule is now that of the new total "
+          f"(see karma/run.py)", file=sys.stderr)
+    return [*saved.get("extended", []), {**raised, "at": at}]
 
 
 def check_out_dir(out: Path, cfg, may_change: set[str]) -> None:
@@ -316,8 +357,9 @@ def check_out_dir(out: Path, cfg, may_change: set[str]) -> None:
         if cfg.resume:
             how = ("deleted its checkpoints (--keep-checkpoints 0)" if saved.get("checkpoints_deleted") else
                    "wrote no checkpoint (it was shorter than --save-every)")
-            raise ValueError(f"{out}: holds a run that finished and {how}: there is nothing to resume; start a new "
-                             f"run in another --out")
+            raise ValueError(f"{out}: holds a run that finished and {how}: there is nothing to resume (a run kept "
+                             f"for extending needs a checkpoint: --keep-checkpoints 1); start a new run in another "
+                             f"--out")
         raise ValueError(f"{out}: holds a finished run ({listing}); use a new --out, or delete {out} to replace it")
     latest = latest_checkpoint(out / "checkpoints")
     if not cfg.resume:
@@ -342,11 +384,12 @@ def _entries(out: Path) -> list[str]:
 
 def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
     """A resumed run must continue the run that wrote `out/config.json`: every setting outside
-    `may_change` (logging, checkpointing, stopping) must be the same, and every input the same
-    content (wherever it is now), or the resumed run would not be the run its checkpoint and logs
-    describe. --out itself is where the run lives, not a setting: it may have moved. A setting
-    added after the run started is compared with the value its field's metadata["before_added"]
-    names (what runs had before it existed). Refused with the differences listed."""
+    `may_change` (logging, checkpointing, stopping) must be the same, a budget the same or larger
+    (an extension: see the module doc), and every input the same content (wherever it is now), or
+    the resumed run would not be the run its checkpoint and logs describe. --out itself is where
+    the run lives, not a setting: it may have moved. A setting added after the run started is
+    compared with the value its field's metadata["before_added"] names (what runs had before it
+    existed). Refused with the differences listed."""
     saved = read_json(Path(out) / "config.json")
     recorded, now, inputs = saved.get("inputs", {}), config_dict(cfg), cfg.inputs()
     differences = []
@@ -358,6 +401,10 @@ def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
             continue
         if k in recorded and inputs.get(k) is not None:
             difference = _input_difference(k, inputs[k], saved[k], now[k], recorded[k], out)
+        elif f.metadata.get("budget"):
+            difference = None if _extends(saved[k], now[k]) else (
+                f"{flag_name(k)}: {saved[k]!r} -> {now[k]!r} (a budget may be raised, to extend the run, not lowered, "
+                f"nor set where it was unset or the reverse)")
         else:
             difference = None if saved[k] == now[k] else f"{flag_name(k)}: {saved[k]!r} -> {now[k]!r}"
         if difference:
@@ -366,6 +413,11 @@ def check_resumable(out: Path, cfg, may_change: set[str]) -> None:
         raise ValueError(f"{out}: --resume continues the run exactly as it was configured, but these settings or "
                          f"inputs differ from its config.json: {'; '.join(differences)}. Run with the original "
                          f"settings and inputs, or start a new run in another --out")
+
+
+def _extends(before, now) -> bool:
+    """Whether a budget setting's new value continues the run: the same number or a larger one."""
+    return before == now or before is not None and now is not None and now > before
 
 
 # -------------------------------------------------------------------------------- input identity
@@ -497,14 +549,18 @@ class MetricsLog:
     def __init__(self, path: Path, append: bool, enabled: bool = True):
         self.file = _open_log(Path(path), append) if enabled else None
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict) -> dict | None:
+        """Append `record`; returns it as written (parsed back from its line, as a replay of the log
+        reads it: karma.track), or None where nothing is written."""
         if self.file is None:
-            return
+            return None
         record, replaced = finite_json({"time": time.time(), **record})
         if replaced:
             record["nonfinite"] = replaced
-        self.file.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+        self.file.write(line + b"\n")
         self.file.flush()
+        return orjson.loads(line)
 
     def close(self) -> None:
         if self.file is not None:

@@ -28,7 +28,8 @@ import typing
 from dataclasses import Field, field, fields
 from pathlib import Path
 
-# A rule is (test, what the value must be); `setting` takes any number, checked in order.
+# A rule is (test, what the value must be: a string, or a function of the value giving one); `setting`
+# takes any number, checked in order.
 AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 POSITIVE = (lambda v: v > 0, "> 0")
 NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
@@ -60,7 +61,7 @@ def setting(default, help: str, *rules, flag: str | None = None, choices: tuple 
     """A dataclass field with its one-line `help` (--help adds the default) and its `rules`. Also:
     `flag` where it is not --<name with dashes>; `choices`; `type`, argparse's where not the
     annotation's; `metavar`; `unset`, what None means, for --help; `required` on the command line
-    or in --config; any other `metadata` (run.check_resumable reads "before_added")."""
+    or in --config; any other `metadata` (run.check_resumable reads "before_added" and "budget")."""
     return field(default=default, metadata=dict(help=help, rules=rules, flag=flag, choices=choices, type=type,
                                                 metavar=metavar, unset=unset, required=required, **metadata))
 
@@ -85,7 +86,7 @@ def check_settings(cfg, file: Path | None = None, from_file=()) -> None:
         for test, must in rules:
             if isinstance(value, float) and not math.isfinite(value) or not test(value):
                 where = f"{file}: {f.name} = " if f.name in from_file else f"{flag_of(f)} "
-                raise ValueError(f"{where}{value}: must be {must}")
+                raise ValueError(f"{where}{value}: must be {must(value) if callable(must) else must}")
 
 
 def settings_parser(cls, description: str) -> argparse.ArgumentParser:
@@ -105,7 +106,7 @@ def settings_parser(cls, description: str) -> argparse.ArgumentParser:
         p.add_argument(flag_of(f), **options)
     p.add_argument("--config", type=Path, metavar="FILE.toml",
                    help="settings from a TOML file, one `name = value` per setting, named as in config.json "
-                        "(lr = 1e-5); flags given here override it")
+                        "(lr = 1e-5); flags given here override it (default: none)")
     return p
 
 

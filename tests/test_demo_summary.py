@@ -18,7 +18,8 @@ import torch
 
 import karma
 from karma.cli import run_main
-from karma.demo import heldout_prompts, main, measure, paired_change, read_world, verdict, wilson, write_report
+from karma.demo import main, measure, paired_change, read_world, verdict, wilson, write_report
+from karma.data.prompts import heldout_prompts
 from karma.reward import RewardConfig, build_reward_model, save_reward_model
 from karma.tokenizer import copy_tokenizer_files
 

@@ -269,6 +269,7 @@ PROGRAMS = {  # name in a command -> (argv before --help, the module run with -m
     "eval.py": (["eval.py"], None), "eval.py rm": (["eval.py", "rm"], None),
     "python -m karma": (["karma"], "karma"), "python -m karma.demo": (["karma.demo"], "karma.demo"),
     "python -m karma.plot": (["karma.plot"], "karma.plot"),
+    "python -m karma.track": (["karma.track"], "karma.track"), "python -m karma.recipe": (["karma.recipe"], "karma.recipe"),
 }
 
 

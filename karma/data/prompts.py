@@ -5,8 +5,8 @@ import json
 import os
 from pathlib import Path
 
-from karma.data.format import FORMATS, ROLE_LABELS, header
-from karma.files import atomic_write
+from karma.data.format import FORMATS, ROLE_LABELS, header, render_prompt
+from karma.files import atomic_write, read_jsonl
 
 
 def write_prompts(prompts: list[dict], path: str | os.PathLike) -> None:
@@ -85,3 +85,34 @@ def _meta_problem(meta) -> str | None:
     except (ValueError, OverflowError, OSError):  # a time datetime cannot represent
         return f"{need}; created_utc {meta['created_utc']} is not a representable time"
     return None
+
+
+def heldout_prompts(data_dir, n: int) -> list[dict]:
+    """Up to n prompts {"id", "messages", "meta", "thread_id"} from the held-out examples in
+    data_dir (heldout-*.jsonl): each distinct context once, the first context of every thread
+    before any second one (round robin over threads in file order), contexts that are also
+    training prompts (prompts-reddit.jsonl) left out."""
+    data_dir = Path(data_dir)
+    shards = sorted(data_dir.glob("heldout-*.jsonl"))
+    if not shards:
+        raise FileNotFoundError(f"{data_dir}: no heldout-*.jsonl (data_prep.py writes the held-out split there)")
+    train = data_dir / "prompts-reddit.jsonl"
+    seen = {render_prompt(p["messages"]) for p in read_prompts(train)} if train.exists() else set()
+    by_thread: dict[str, list[dict]] = {}
+    for shard in shards:
+        for line_no, (_, ex) in enumerate(read_jsonl(shard), 1):
+            problem = prompt_problem({**ex, "id": str(ex.get("id"))} if isinstance(ex, dict) else ex, None)
+            if problem:
+                raise ValueError(f"{shard}:{line_no}: {problem}")
+            text = render_prompt(ex["messages"])
+            if text in seen:
+                continue
+            seen.add(text)
+            by_thread.setdefault(str(ex.get("thread_id", ex["id"])), []).append(
+                {"id": f"heldout-{ex.get('parent_id', ex['id'])}", "messages": ex["messages"], "meta": ex.get("meta"),
+                 "thread_id": str(ex.get("thread_id", ex["id"]))})
+    rounds = max((len(v) for v in by_thread.values()), default=0)
+    ordered = [ctx[r] for r in range(rounds) for ctx in by_thread.values() if r < len(ctx)]
+    if not ordered:
+        raise ValueError(f"{data_dir}: the held-out examples hold no context that is not a training prompt")
+    return ordered[:n]

@@ -1,5 +1,6 @@
-"""One PPO rollout: collecting it (generate, score, reward, advantage) and the buffer that
-serves its shuffled minibatches to the PPO epochs."""
+"""One PPO rollout: collecting it (generate, score, reward, advantage, and the reward-hacking
+signals of its replies) and the buffer that serves its shuffled minibatches to the PPO epochs; and
+the held-out evaluation (--eval-every), which samples and scores the same way (sample_and_score)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from karma.distributed import Dist, all_reduce_sum, reduce_sums
+from karma.distributed import Dist, all_reduce_sum, gather_lists, reduce_sums
 from karma.generate import generate
 from karma.logprobs import logprobs_from_logits
 from karma.ppo.core import gae, masked_whiten, token_rewards
+from karma.ppo.signals import extremes, hacking_warning, rollout_signals
 from karma.reward import RewardConfig, encode
 from karma.tokenizer import left_pad
 
@@ -120,18 +122,35 @@ def decode_replies(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
     return [tok.decode(r[m.bool()].tolist()) for r, m in zip(tokens, mask)]
 
 
+@dataclass
+class Sampled:
+    """Replies sampled for a batch of prompts, scored, with both models' log-probs: what a rollout
+    and an evaluation share (sample_and_score). Q = query length, T = response length."""
+
+    query: Tensor  # [B, Q] prompt token ids (left padded)
+    query_mask: Tensor  # [B, Q]
+    response: Tensor  # [B, T] sampled token ids
+    response_mask: Tensor  # [B, T] 1 up to and including EOS
+    ended: Tensor  # [B] bool: the reply ended with a stop token
+    texts: list[str]  # the B replies as text
+    scores: Tensor  # [B] float32 reward-model scores (non-finite ones included)
+    logprobs: Tensor  # [B, T] log pi(response_t) of the policy (temperature applied)
+    ref_logprobs: Tensor  # [B, T] log pi_ref(response_t)
+    seconds: dict  # generate_s, score_s, logprob_s
+
+
 @torch.no_grad()
-def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int,
-                    d: Dist | None = None, generator_model=None):
-    """One rollout of this rank's prompts: generate, score, reward, advantage.
-    Returns (buffer, stats over all ranks, samples).
+def sample_and_score(policy, ref, reward, policy_tok, prompts: list[dict], cfg, seed: int,
+                     generator_model=None) -> Sampled:
+    """Sample one reply per prompt, decode it, score it with the reward model through its training
+    format, and take the policy's and the reference's log-probs of it.
 
     prompts: [{"id", "messages", "meta"}]; each is rendered for the policy with the reward model's
-    format (karma.reward.encode with response=None), sampled, decoded, and scored by
-    reward.score(messages, response_text, meta) through the same format function as RM training.
-    generator_model: a plain replica of a sharded policy for sampling (distributed.replicated_copy).
+    format (karma.reward.encode with response=None), sampled with the private generator `seed`,
+    decoded, and scored by reward.score(messages, response_text, meta). generator_model: a plain
+    replica of a sharded policy for sampling (distributed.replicated_copy); the policy's log-probs
+    are then recomputed by the policy itself (a forward pass every rank takes part in under FSDP).
     """
-    d = d or Dist(0, 1, policy.embed.weight.device)
     device = policy.embed.weight.device
     query, query_mask = (t.to(device) for t in encode_queries(policy_tok, prompts, reward.cfg.format,
                                                               cfg.max_prompt_tokens))
@@ -148,10 +167,6 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     start = time.perf_counter()
     scores = reward.score([p["messages"] for p in prompts], texts, [p.get("meta") for p in prompts]).float().to(device)
     score_s = time.perf_counter() - start
-    # a non-finite score (a reward model fault on some text) drops its row: masked out of the rewards,
-    # the whitening statistics and every loss, counted, instead of poisoning the whole rollout
-    scored = torch.isfinite(scores)
-    train_mask = response_mask * scored[:, None]  # [B, T]: the tokens PPO learns from
 
     start = time.perf_counter()
     full = torch.cat([query, response], 1)
@@ -164,16 +179,44 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     else:
         logprobs = response_logprobs(policy, full, full_mask, Q, cfg.temperature)
     ref_logprobs = response_logprobs(ref, full, full_mask, Q, cfg.temperature)
+    return Sampled(query, query_mask, response, response_mask, out.ended, texts, scores, logprobs, ref_logprobs,
+                   {"generate_s": gen_s, "score_s": score_s, "logprob_s": time.perf_counter() - start})
+
+
+@torch.no_grad()
+def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int,
+                    d: Dist | None = None, generator_model=None):
+    """One rollout of this rank's prompts: generate and score (sample_and_score), reward, advantage,
+    and the reward-hacking signals of every rank's replies (karma/ppo/signals.py).
+    Returns (buffer, stats over all ranks, samples of this rank).
+
+    stats holds the signals and the EXTREMES best- and worst-scored replies of all ranks
+    ("top_replies", "bottom_replies"); every rank computes the same ones.
+    """
+    d = d or Dist(0, 1, policy.embed.weight.device)
+    device = policy.embed.weight.device
+    s = sample_and_score(policy, ref, reward, policy_tok, prompts, cfg, seed, generator_model)
+    query, query_mask, response, response_mask, scores = s.query, s.query_mask, s.response, s.response_mask, s.scores
+    logprobs, ref_logprobs = s.logprobs, s.ref_logprobs
+    # a non-finite score (a reward model fault on some text) drops its row: masked out of the rewards,
+    # the whitening statistics and every loss, counted, instead of poisoning the whole rollout
+    scored = torch.isfinite(scores)
+    train_mask = response_mask * scored[:, None]  # [B, T]: the tokens PPO learns from
+
+    start = time.perf_counter()
+    full = torch.cat([query, response], 1)
+    full_mask = torch.cat([query_mask, response_mask], 1)
+    Q = query.shape[1]
     values = value(full, full_mask)[:, Q - 1:-1]  # V before each response token
     penalty = cfg.missing_eos_penalty
     rewards, kl = token_rewards(torch.where(scored, scores, 0.0), logprobs, ref_logprobs, response_mask, kl_coef,
-                                kind=cfg.kl_estimator, ended_with_eos=out.ended if penalty is not None else None,
+                                kind=cfg.kl_estimator, ended_with_eos=s.ended if penalty is not None else None,
                                 missing_eos_penalty=penalty)
     rewards = rewards * train_mask  # a dropped row earns nothing
     advantages, returns = gae(rewards, values, train_mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:  # mean and variance over every rank's tokens
         advantages = masked_whiten(advantages, train_mask, sum_all=partial(all_reduce_sum, d=d))
-    forward_s = time.perf_counter() - start
+    forward_s = s.seconds["logprob_s"] + time.perf_counter() - start
 
     m = train_mask.bool()
     kl_seq = torch.where(m, logprobs - ref_logprobs, 0.0).sum(1)  # k1 per sequence: what the KL controller reads
@@ -181,11 +224,73 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
         "sequences": len(scores), "scored": scored.sum(), "score": torch.where(scored, scores, 0.0).sum(),
         "score_sq": torch.where(scored, scores ** 2, 0.0).sum(), "kl_seq": kl_seq.sum(),
         "kl_token": torch.where(m, kl, 0.0).sum(), "scored_tokens": m.sum(), "generated_tokens": response_mask.sum(),
-        "ended_eos": out.ended.sum(), "value": torch.where(m, values, 0.0).sum(),
+        "ended_eos": s.ended.sum(), "value": torch.where(m, values, 0.0).sum(),
         "return": torch.where(m, returns, 0.0).sum()})
-    stats = {**rollout_stats(total), "generate_s": gen_s, "score_s": score_s, "forward_s": forward_s}
     samples = [{"prompt_id": p.get("id"), "prompt": p["messages"][-1]["content"][-500:], "response": t,
-                "score": s} for p, t, s in zip(prompts, texts, scores.tolist())]
+                "score": score, "tokens": n}
+               for p, t, score, n in zip(prompts, s.texts, scores.tolist(), response_mask.sum(1).tolist())]
+    stats = {**rollout_stats(total), "generate_s": s.seconds["generate_s"], "score_s": s.seconds["score_s"],
+             "forward_s": forward_s, **reply_signals(samples, d)}
     buffer = RolloutBuffer(query, query_mask, response, train_mask, logprobs, ref_logprobs, values, rewards,
                            advantages, returns)
     return buffer, stats, samples
+
+
+def reply_signals(samples: list[dict], d: Dist) -> dict:
+    """The reward-hacking signals of every rank's replies (signals.rollout_signals), the warning they
+    raise ("hacking_warning", "" if none), and the best- and worst-scored replies ({"score", "tokens",
+    "prompt_id", "response"}). One all-gather of the replies."""
+    every = gather_lists([{k: x[k] for k in ("score", "tokens", "prompt_id", "response")} for x in samples], d)
+    found = rollout_signals([x["response"] for x in every], [x["score"] for x in every], [x["tokens"] for x in every])
+    ends = extremes(every)
+    return {**found, "hacking_warning": hacking_warning(found), "top_replies": ends["top"],
+            "bottom_replies": ends["bottom"]}
+
+
+# ------------------------------------------------------------------------------ held-out evaluation
+
+@torch.no_grad()
+def evaluate_policy(policy, ref, reward, policy_tok, prompts: list[dict], cfg, seed: int, d: Dist | None = None,
+                    generator_model=None) -> dict:
+    """The policy on this rank's share of the held-out prompts, one sampled reply each, in chunks of a
+    rollout's per-rank batch (so it fits where a rollout does): sample_and_score, chunk c with the
+    private seed `seed` * 1_000_003 + c * world + rank, so every evaluation of a run draws the same
+    random numbers. Every rank must hold the same number of prompts (the chunks' forward passes of a
+    sharded policy pair up). Returns the means over all ranks' replies:
+        score        mean reward-model score of the scored replies, score_se its standard error
+                     sd / sqrt(n) (one reply per prompt: the replies are independent draws)
+        kl_seq       per sequence, sum over the reply's tokens of log pi - log pi_ref (k1), as the
+                     rollout's kl_seq, with its standard error kl_seq_se
+        response_len generated tokens per reply (EOS included), ended_eos the share ending in EOS
+    and the diversity of the replies (signals.rollout_signals)."""
+    d = d or Dist(0, 1, policy.embed.weight.device)
+    device = policy.embed.weight.device
+    chunk = max(1, cfg.rollout_batch // d.world_size)
+    start = time.perf_counter()
+    sums, replies = None, []
+    for c, lo in enumerate(range(0, len(prompts), chunk)):
+        batch = prompts[lo:lo + chunk]
+        s = sample_and_score(policy, ref, reward, policy_tok, batch, cfg, seed * 1_000_003 + c * d.world_size + d.rank,
+                             generator_model)
+        scored = torch.isfinite(s.scores)
+        m = s.response_mask.bool() & scored[:, None]
+        kl_seq = torch.where(m, s.logprobs - s.ref_logprobs, 0.0).sum(1)[scored]  # [n scored]
+        score = s.scores[scored].double()
+        part = {"sequences": len(batch), "scored": scored.sum(), "score": score.sum(), "score_sq": (score ** 2).sum(),
+                "kl_seq": kl_seq.sum(), "kl_seq_sq": (kl_seq.double() ** 2).sum(),
+                "generated_tokens": s.response_mask.sum(), "ended_eos": s.ended.sum()}
+        part = {k: torch.as_tensor(v, device=device).double() for k, v in part.items()}
+        sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+        replies += [{"response": t, "score": x, "tokens": n}
+                    for t, x, n in zip(s.texts, s.scores.tolist(), s.response_mask.sum(1).tolist())]
+    total = reduce_sums(d, device, sums)
+    every = gather_lists(replies, d)
+    n, n_seq = total["scored"], total["sequences"]
+    mean = lambda key: total[key] / n if n else None
+    se = lambda key: (max(total[f"{key}_sq"] - n * mean(key) ** 2, 0.0) / (n - 1) / n) ** 0.5 if n > 1 else None
+    found = rollout_signals([r["response"] for r in every], [r["score"] for r in every], [r["tokens"] for r in every])
+    return {"prompts": int(n_seq), "score": mean("score"), "score_se": se("score"), "kl_seq": mean("kl_seq"),
+            "kl_seq_se": se("kl_seq"), "response_len": total["generated_tokens"] / n_seq,
+            "ended_eos": total["ended_eos"] / n_seq, "dropped_nonfinite_scores": int(n_seq - n),
+            **{k: found[k] for k in ("distinct_1", "distinct_2", "repeat_share", "score_length_corr")},
+            "eval_s": time.perf_counter() - start}

@@ -13,9 +13,15 @@ prompts:
        n_steps = sequences in the rollout; or fixed).
 Everything random is seeded per rollout (generation, minibatch order), so a checkpoint (models,
 optimizers, schedulers, KL controller, rollout counter) resumes exactly.
+
+Watching it: every rollout's record carries reward-hacking signals of its replies (diversity, exact
+repeats, score-length correlation, the best and worst replies: karma/ppo/signals.py) and a warning
+line when they cross their thresholds; --eval-every N samples the policy on held-out prompts with a
+fixed seed every N rollouts (eval.jsonl), without changing what training computes.
 """
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from karma.data.prompts import read_prompts
+from karma.data.format import render_prompt
+from karma.data.prompts import heldout_prompts, prompt_problem, read_prompts, write_prompts
 from karma.distributed import (CPU_BF16_HELP, Dist, all_reduce_sum, autocast, clip_grad_norm, reduce_max, reduce_sums,
                                replicated_copy, shard)
 from karma.errors import TrainingDiverged
@@ -31,11 +38,12 @@ from karma.logprobs import entropy_from_logits, logprobs_from_logits
 from karma.optim import adamw, linear_decay
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, explained_variance, masked_mean, policy_loss,
                             value_loss)
-from karma.ppo.rollout import RolloutBuffer, collect_rollout, response_logits
+from karma.ppo.rollout import RolloutBuffer, collect_rollout, evaluate_policy, response_logits
 from karma.ppo.value import check_same_tokenizer, train_top_layers_only, value_from_policy, value_from_reward_model
 from karma.reward import inspect_reward_model, load_reward_model
 from karma.tokenizer import load_tokenizer
 from karma.run import KEEP_CHECKPOINTS_HELP, Run, check_out_dir, peak_memory_gib
+from karma.track import REPORT_TO_HELP, TRACKER_INSTALLED, TRACKERS
 from karma.settings import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, in_range,
                             seed_arg, setting)
 from karma.weights import inspect_model, load_model
@@ -72,7 +80,8 @@ class PPOConfig:
               "frozen, without gradients or AdamW state (a departure, as trlX's num_layers_unfrozen: "
               "SmolLM2-135M's critic with N 8 needs 1.3 GB less memory)", AT_LEAST_1,
         metavar="N", unset="all, as KARMA and TRL")
-    rollouts: int = setting(100, "number of rollouts (generate + update cycles)", AT_LEAST_1)
+    rollouts: int = setting(100, "number of rollouts (generate + update cycles); --resume with more extends a run",
+                            AT_LEAST_1, budget=True)
     rollout_batch: int = setting(16, "prompts per rollout", AT_LEAST_1, in_range(1, MAX_BATCH))
     minibatch: int = setting(8, "sequences per optimizer step", AT_LEAST_1, in_range(1, MAX_BATCH))
     micro_batch: int = setting(8, "sequences per forward/backward (accumulation)", AT_LEAST_1, in_range(1, MAX_BATCH))
@@ -108,6 +117,14 @@ class PPOConfig:
                                           "their minibatches skipped, or no finite reward; diverged rollouts are "
                                           "never checkpointed", AT_LEAST_1)
     samples_per_rollout: int = setting(4, "(prompt, response, score) rows logged", NON_NEGATIVE)
+    eval_every: int = setting(0, "evaluate the policy on held-out prompts every N rollouts, before the first and "
+                                 "after the last, into eval.jsonl (0: never); training is the same either way",
+                              NON_NEGATIVE, metavar="N")
+    eval_prompts: int = setting(32, "held-out prompts per evaluation, one sampled reply each: contexts of "
+                                    "data_prep.py's held-out split in --data (heldout-*.jsonl), one per thread "
+                                    "first, never a training prompt; the same prompts every time", AT_LEAST_1)
+    eval_seed: int = setting(0, "sampling seed of every evaluation, apart from --seed (runs with different --seed "
+                                "are evaluated on the same draws)", SEED, type=seed_arg)
     save_every: int = setting(10, "checkpoint interval in rollouts", AT_LEAST_1)
     keep_checkpoints: int = setting(1, KEEP_CHECKPOINTS_HELP, NON_NEGATIVE)
     stop_after_rollouts: int | None = setting(None, "checkpoint and exit after this rollout; --resume continues",
@@ -115,12 +132,15 @@ class PPOConfig:
     seed: int = setting(0, "generation and minibatch order", SEED, type=seed_arg)
     activation_checkpointing: bool = setting(False, "recompute block activations in backward (saves memory)")
     cpu_bf16: bool = setting(False, CPU_BF16_HELP)
+    report_to: str = setting("none", REPORT_TO_HELP, TRACKER_INSTALLED, choices=TRACKERS)
     resume: bool = setting(False, "continue from the latest checkpoint in --out, with the same settings (a changed "
-                                  "setting other than logging and checkpointing is refused)")
+                                  "setting other than logging, evaluation and checkpointing is refused; more "
+                                  "--rollouts extend the run)")
 
     def inputs(self) -> dict:
         """What the run reads, by setting: config.json records them by content (run.input_identities).
-        Of --data only its prompt set is read: that file stands for --data."""
+        Of --data only its prompt set is read for training: that file stands for --data (--eval-every
+        also reads its held-out split, which decides no weight)."""
         prompts = {"data": prompt_file(self)} if self.prompts in PROMPT_FILES else {"prompts": Path(self.prompts)}
         return {"model": self.model, "reward_model": self.reward_model, **prompts}
 
@@ -129,9 +149,9 @@ class PPOConfig:
         check_settings(self)
 
 
-# settings a resumed run may change: they decide what is logged and saved, not the weights
+# settings a resumed run may change: they decide what is logged, evaluated and saved, not the weights
 RESUMABLE_CHANGES = {"samples_per_rollout", "save_every", "keep_checkpoints", "stop_after_rollouts",
-                     "activation_checkpointing", "resume"}
+                     "activation_checkpointing", "resume", "eval_every", "eval_prompts", "eval_seed", "report_to"}
 
 
 def variant(cfg: PPOConfig, rm_format: str) -> str:
@@ -160,6 +180,31 @@ def load_prompt_set(cfg: PPOConfig, rm_format: str) -> list[dict]:
     return prompts
 
 
+def load_eval_prompts(cfg: PPOConfig, train_prompts: list[dict], rm_format: str, d: Dist) -> list[dict]:
+    """--eval-prompts held-out prompts for --eval-every: karma.data.prompts.heldout_prompts (contexts of the
+    held-out split in --data, one per thread first, none that is in prompts-reddit.jsonl), leaving out
+    any that is also in the training prompt set (a --prompts file), checked for the reward model's
+    format; as many as asked or as there are, rounded down to a multiple of the processes (each
+    evaluates as many). Fewer than asked is said on stderr, with the reason."""
+    train = {render_prompt(p["messages"]) for p in train_prompts}
+    held = [p for p in heldout_prompts(cfg.data, len(train) + cfg.eval_prompts)  # overlap: at most len(train)
+            if render_prompt(p["messages"]) not in train][:cfg.eval_prompts]
+    for p in held:
+        if problem := prompt_problem(p, rm_format):
+            raise ValueError(f"{cfg.data}: held-out prompt {p['id']}: {problem}")
+    n = len(held) - len(held) % d.world_size
+    if not n:
+        raise ValueError(f"{cfg.data}: {len(held)} held-out prompt(s) that are not training prompts, fewer than the "
+                         f"{d.world_size} processes: --eval-every needs at least one per process")
+    if n < cfg.eval_prompts and d.is_main:
+        why = ([f"the held-out split of {cfg.data} has {len(held)} that are not training prompts"]
+               if len(held) < cfg.eval_prompts else []) + (
+              [f"a multiple of the {d.world_size} processes"] if n < len(held) else [])
+        print(f"--eval-prompts {cfg.eval_prompts}: evaluating on {n} held-out prompts ({'; '.join(why)})",
+              file=sys.stderr)
+    return held[:n]
+
+
 def prompt_batch(n_prompts: int, batch: int, rollout: int, seed: int) -> list[int]:
     """Prompt indices of rollout `rollout`: a seeded permutation per pass over the prompt set."""
     ks = range(rollout * batch, (rollout + 1) * batch)
@@ -167,11 +212,12 @@ def prompt_batch(n_prompts: int, batch: int, rollout: int, seed: int) -> list[in
     return [int(perms[k // n_prompts][k % n_prompts]) for k in ks]
 
 
-def check_inputs(cfg: PPOConfig, d: Dist, reward=None) -> list[dict]:
+def check_inputs(cfg: PPOConfig, d: Dist, reward=None) -> tuple[list[dict], list[dict]]:
     """Everything that can be checked before a model is loaded: flags, the reward model directory
     (its config, backbone and head headers, tokenizer), the prompt set in the reward model's format,
     the policy checkpoint and its context length, the critic's tokenizer rule, and a resumed run's
-    settings. `reward`: train's custom reward, if any. Returns the prompts."""
+    settings. `reward`: train's custom reward, if any. Returns the prompts and the held-out prompts
+    of --eval-every (none without it)."""
     cfg.check()
     if cfg.rollout_batch % d.world_size or cfg.minibatch % d.world_size:
         raise ValueError(f"--rollout-batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples "
@@ -180,6 +226,7 @@ def check_inputs(cfg: PPOConfig, d: Dist, reward=None) -> list[dict]:
         raise ValueError("--value-init reward needs a reward model with a backbone; use --value-init policy")
     rm_format = reward.cfg.format if reward is not None else inspect_reward_model(cfg.reward_model).format
     prompts = load_prompt_set(cfg, rm_format)
+    eval_prompts = load_eval_prompts(cfg, prompts, rm_format, d) if cfg.eval_every else []
     policy_cfg, policy_tok = inspect_model(cfg.model), load_tokenizer(cfg.model)
     if cfg.max_prompt_tokens + cfg.max_new_tokens > policy_cfg.max_position_embeddings:
         raise ValueError(f"--max-prompt-tokens {cfg.max_prompt_tokens} + --max-new-tokens {cfg.max_new_tokens}: more "
@@ -191,7 +238,7 @@ def check_inputs(cfg: PPOConfig, d: Dist, reward=None) -> list[dict]:
         raise ValueError(f"--value-trainable-layers {cfg.value_trainable_layers}: more than the critic's "
                          f"{critic_layers} blocks")
     check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
-    return prompts
+    return prompts, eval_prompts
 
 
 def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
@@ -200,9 +247,11 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
     .score(contexts, responses, metas) -> probabilities and .cfg.format, used instead of loading
     cfg.reward_model (tests use rewards with a known optimum; such a reward has no backbone, so it
     needs value_init="policy")."""
-    prompts = check_inputs(cfg, d, reward)
+    prompts, eval_prompts = check_inputs(cfg, d, reward)
+    # eval.jsonl also when a resumed run no longer evaluates: its records past the checkpoint are cut
+    evals = ("eval.jsonl",) if cfg.eval_every or (Path(cfg.out_dir) / "eval.jsonl").exists() else ()
     with Run(cfg, d, counter="rollout", stop_after=cfg.stop_after_rollouts,
-             logs=("metrics.jsonl", "samples.jsonl")) as run:
+             logs=("metrics.jsonl", "samples.jsonl", *evals)) as run:
         torch.manual_seed(cfg.seed)
         m = Models.load(cfg, d, reward)
         run_variant = variant(cfg, m.reward.cfg.format)
@@ -212,7 +261,11 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
         state = {"rollout": 0, "divergent_streak": 0}  # divergent_streak: consecutive rollouts that diverged
         if run.resume(opt.trained, state):
             opt.load_state_dict(state)
+        if eval_prompts and d.is_main:
+            write_prompts(eval_prompts, run.out / "eval-prompts.jsonl")
         with run.progress(cfg.rollouts, "ppo", "rollout", initial=state["rollout"]) as progress:
+            if eval_prompts and state["rollout"] == 0:  # the initial policy: where the curves start
+                evaluate(m, eval_prompts, cfg, 0, run, progress, d)
             while state["rollout"] < cfg.rollouts:
                 r = state["rollout"]
                 batch = [prompts[i] for i in prompt_batch(len(prompts), cfg.rollout_batch, r, cfg.seed)]
@@ -224,6 +277,8 @@ def train(cfg: PPOConfig, d: Dist, reward=None) -> dict:
                     run.log({"rollout": r + 1, **sample}, "samples.jsonl")
                 progress.update(1, score=record["score"], kl=record["kl_seq"])
                 progress.write(progress_line(record))
+                if eval_prompts and ((r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rollouts):
+                    evaluate(m, eval_prompts, cfg, r + 1, run, progress, d)
                 if state["divergent_streak"] >= cfg.divergence_patience:
                     raise TrainingDiverged(
                         f"rollouts {r + 2 - state['divergent_streak']}-{r + 1} diverged ({record['diverged']}); "
@@ -366,6 +421,29 @@ def rollout(m: Models, batch_prompts: list[dict], cfg: PPOConfig, kl_coef: float
     return buffer, stats, samples
 
 
+def evaluate(m: Models, prompts: list[dict], cfg: PPOConfig, rollouts_done: int, run: Run, progress, d: Dist) -> None:
+    """--eval-every: the policy after `rollouts_done` rollouts on the held-out prompts (this rank's
+    share; karma/ppo/rollout.py evaluate_policy, with --eval-seed), logged to eval.jsonl and printed.
+    Training does not notice: sampling uses its own seeded generator, and the sampling replica it
+    refreshes is refreshed at every rollout's start anyway."""
+    m.policy.eval()
+    m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.frozen_dtype)
+    with autocast(d, cfg.cpu_bf16):
+        stats = evaluate_policy(m.policy, m.ref, m.reward, m.tokenizer, prompts[d.rank::d.world_size], cfg,
+                                cfg.eval_seed, d, generator_model=m.generator)
+    record = {"rollout": rollouts_done, **stats}
+    run.log(record, "eval.jsonl")
+    progress.write(eval_line(record))
+
+
+def eval_line(record: dict) -> str:
+    """One line per held-out evaluation for the console."""
+    fmt = lambda key, spec: "-" if record.get(key) is None else format(record[key], spec)
+    return (f"eval after rollout {record['rollout']}: held-out score {fmt('score', '.4f')} +- "
+            f"{fmt('score_se', '.4f')} (SE, {record['prompts']} prompts)  kl {fmt('kl_seq', '.3f')}  "
+            f"len {record['response_len']:.1f}  distinct-2 {fmt('distinct_2', '.3f')}  {record['eval_s']:.1f}s")
+
+
 def _diverged(stats: dict, updates_per_rollout: int, cfg: PPOConfig) -> str:
     """Why this rollout counts as diverged ("" if it does not): no finite reward-model score, or at
     least half of its minibatches skipped for a non-finite loss, a mean ratio above
@@ -383,11 +461,15 @@ def progress_line(record: dict) -> str:
     fmt = lambda key, spec: "-" if record.get(key) is None else format(record[key], spec)
     return (f"rollout {record['rollout']:4d}  score {fmt('score', '.4f')}  kl {fmt('kl_seq', '7.3f')}  "
             f"kl_coef {record['kl_coef']:.6g}  entropy {fmt('entropy', '.3f')}  len {record['response_len']:5.1f}  "
-            f"eos {record['ended_eos']:.2f}  gen {record['generate_s']:.1f}s score {record['score_s']:.1f}s "
-            f"fwd {record['forward_s']:.1f}s update {record['update_s']:.1f}s"
+            f"eos {record['ended_eos']:.2f}  distinct-2 {fmt('distinct_2', '.2f')}  "
+            f"repeats {fmt('repeat_share', '.2f')}  r(score,len) {fmt('score_length_corr', '+.2f')}  "
+            f"gen {record['generate_s']:.1f}s score {record['score_s']:.1f}s fwd {record['forward_s']:.1f}s "
+            f"update {record['update_s']:.1f}s"
             + (f"  DIVERGED: {record['diverged']}" if record["diverged"] else "")
             + (f"  ({record['dropped_nonfinite_scores']} non-finite scores dropped)"
-               if record["dropped_nonfinite_scores"] else ""))
+               if record["dropped_nonfinite_scores"] else "")
+            + (f"\nWARNING rollout {record['rollout']}: reward hacking? {record['hacking_warning']}"
+               if record.get("hacking_warning") else ""))
 
 
 # ------------------------------------------------------------------------------------------ update
