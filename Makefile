@@ -27,7 +27,7 @@ DEMO_WORLD := data/sample/world.json
 DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch 4 --micro-batch 4 --ppo-epochs 1 \
 	--max-new-tokens $(DEMO_MAX_NEW_TOKENS) --max-prompt-tokens 64 --lr $(DEMO_LR) --value-lr 1e-4 \
 	--init-kl-coef 0.01 --value-init policy --value-trainable-layers 8 --activation-checkpointing --cpu-bf16 \
-	--keep-checkpoints 0 --seed $(DEMO_SEED)
+	--eval-every 4 --eval-prompts 16 --keep-checkpoints 0 --seed $(DEMO_SEED)
 DEMO_REPORT ?= --prompts $(DEMO_REPORT_PROMPTS) --samples $(DEMO_REPORT_SAMPLES) --seed $(DEMO_SEED) \
 	$(if $(wildcard $(DEMO_WORLD)),--world $(DEMO_WORLD))
 
