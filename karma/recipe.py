@@ -264,6 +264,9 @@ def check_commands(stages: list[Stage]) -> None:
     for stage in stages:
         if stage.program[0] not in SCRIPT_MODULES:
             continue
+        if not Path(stage.program[0]).is_file():
+            raise FileNotFoundError(f"{stage.program[0]} is not in {Path.cwd()}: run python -m karma.recipe from the "
+                                    f"repository root (the recipe's paths are relative to it)")
         parse_args = importlib.import_module(SCRIPT_MODULES[stage.program[0]]).parse_args
         sys.argv[0] = stage.program[0]  # argparse names the program after it in its messages
         try:
@@ -448,7 +451,7 @@ def plan(recipe: dict, stages: list[Stage]) -> str:
                      f"{_duration(e.hours)} | {_num(stage_gpu_hours)} | {e.basis} |")
         total += e.hours or 0
         gpu_hours += stage_gpu_hours or 0
-    lines += [f"| | **all, one after another** | | | | **{_duration(total)}** | **{gpu_hours:,.0f}** | |", "",
+    lines += [f"| | **all, one after another** | | | | **{_duration(total)}** | **{_num(gpu_hours or None)}** | |", "",
               "Estimates scale from these anchors (M: measured, E: extrapolated; details in docs/performance.md):", ""]
     lines += [f"- {kind}: {a['source']}" for kind, a in ANCHORS[device].items() if kind != "device"]
     lines += ["- other sizes: linear in parameters (and tokens, prompts, epochs, new tokens); several GPUs: linear "
