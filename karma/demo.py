@@ -6,7 +6,15 @@ Reads the directory `make demo` fills (data/, rm/, ppo/) and writes into it:
     outcome.json   every number of the summary, and every sampled reply
     heldout-prompts.jsonl   the held-out prompts (for `python -m karma BASE --compare POLICY --prompts`)
     SUMMARY.md     the summary printed at the end, then three held-out prompts answered side by side
-    summary.png    RM score base vs tuned, planted-feature shares base vs tuned, the PPO reward curve
+    summary.png    three panels: the mean RM score base vs tuned; the planted-feature shares base vs
+                   tuned; PPO's mean RM score per rollout on its training prompts (ppo/metrics.jsonl) and,
+                   when ppo.py ran with --eval-every, on its held-out prompts (ppo/eval.jsonl)
+
+The summary also retells what PPO logged while it trained, read from its files and nothing assumed
+(a missing file or key reads "not recorded"): the held-out evaluation of --eval-every (the mean RM
+score of the first and the last evaluation, each +- 1.96 of its recorded standard error, and the KL
+to the reference at the end), and the reward-hacking signals of every rollout (karma/ppo/signals.py):
+each warning with its rollout, or the extremes of the signals when none was raised.
 
 How it measures, and why:
 - Prompts: contexts of data_prep's HELD-OUT threads (heldout-*.jsonl), never PPO's training prompts
@@ -36,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from karma.cli import add_debug_flag, device_arg, run_main
 from karma.data.format import render_prompt
@@ -264,6 +273,68 @@ def rm_auc(rm_dir: Path) -> str:
     return f"held-out AUC {auc:.3f} (95% interval {auc - Z95 * se:.3f}-{min(1.0, auc + Z95 * se):.3f}, n = {n})"
 
 
+def read_log(path: Path) -> list[dict]:
+    """The records of one of ppo.py's JSONL logs; [] when it does not exist (eval.jsonl of a run
+    without --eval-every)."""
+    return [r for _, r in read_jsonl(path)] if path.exists() else []
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _with_interval(value, se, spec: str, unit: str = "") -> str:
+    """'value unit (95% interval lo to hi)' from a recorded standard error: value +- 1.96 SE."""
+    if not _number(value):
+        return "not recorded"
+    if not _number(se):
+        return f"{value:{spec}}{unit} (no standard error recorded: no interval)"
+    return f"{value:{spec}}{unit} (95% interval {value - Z95 * se:{spec}} to {value + Z95 * se:{spec}})"
+
+
+def heldout_eval_line(evals: list[dict], path: Path) -> str:
+    """PPO's own held-out evaluation (--eval-every, ppo/eval.jsonl; karma/ppo/rollout.py
+    evaluate_policy: one reply per prompt, the same prompts and seed every time): the mean RM score
+    of the first and the last evaluation and the KL to the reference (k1 summed over a reply) at the end."""
+    if not evals:
+        return f"Held-out evaluation during PPO: not recorded (no {path}: ppo.py ran without --eval-every)."
+    first, last = evals[0], evals[-1]
+    score = lambda r: f"{_with_interval(r.get('score'), r.get('score_se'), '.4f')} after rollout {r.get('rollout')}"
+    kl = _with_interval(last.get("kl_seq"), last.get("kl_seq_se"), ".3f", " nats per reply")
+    return (f"Held-out evaluation during PPO ({len(evals)} evaluation(s) on {last.get('prompts', '?')} held-out "
+            f"prompts, same prompts and seed each time, {path}): mean RM score {score(first)} -> {score(last)}; "
+            f"KL to the reference at the end {kl}.")
+
+
+def _signal(records: list[dict], key: str, pick, spec: str, f=float) -> str:
+    """pick (min or max) of f(record[key]) over the rollouts that define it, formatted."""
+    if not any(key in r for r in records):
+        return "not recorded"
+    values = [f(r[key]) for r in records if _number(r.get(key))]
+    return format(pick(values), spec) if values else "undefined in every rollout"
+
+
+def hacking_lines(records: list[dict], path: Path) -> list[str]:
+    """The reward-hacking signals of PPO's rollouts (ppo/metrics.jsonl; thresholds in
+    karma/ppo/signals.py): every warning with its rollout, else the extremes of the signals."""
+    rollouts = [r for r in records if "rollout" in r]
+    checked = [r for r in rollouts if "hacking_warning" in r]
+    if not checked:
+        why = f"no rollout in {path}" if not rollouts else f"{path} has no hacking_warning"
+        return [f"Reward-hacking signals: not recorded ({why})."]
+    older = len(rollouts) - len(checked)
+    unchecked = f" ({older} more rollout(s) logged without the signals)" if older else ""
+    warned = [r for r in checked if r["hacking_warning"]]
+    if warned:
+        return ([f"Reward-hacking WARNING in {len(warned)} of {len(checked)} rollouts{unchecked}; their best and "
+                 f"worst replies are top_replies and bottom_replies in {path}:"]
+                + [f"  - rollout {r['rollout']}: {r['hacking_warning']}" for r in warned])
+    return [f"Reward-hacking signals: no reward-hacking warning in {len(checked)} rollouts{unchecked} "
+            f"(distinct-2 min {_signal(checked, 'distinct_2', min, '.3f')}, "
+            f"repeat share max {_signal(checked, 'repeat_share', max, '.3f')}, "
+            f"|score-length r| max {_signal(checked, 'score_length_corr', max, '.2f', abs)})."]
+
+
 def summary_text(outcome: dict, demo_dir) -> str:
     """The plain-language summary: what was trained, what rose and by how much, what did not
     change and why, where the pictures are."""
@@ -284,6 +355,11 @@ def summary_text(outcome: dict, demo_dir) -> str:
         lines.append(f"- PPO: {ppo.get('rollouts', '?')} rollouts of {ppo.get('rollout_batch', '?')} sampled replies "
                      f"on {ppo.get('n_prompts', '?')} training prompt(s), lr {ppo.get('lr', '?')}, up to "
                      f"{ppo.get('max_new_tokens', '?')} new tokens per reply.")
+    ppo_dir = demo_dir / "ppo"
+    if ppo_dir.is_dir():
+        evals, metrics = ppo_dir / "eval.jsonl", ppo_dir / "metrics.jsonl"
+        hacking = hacking_lines(read_log(metrics), metrics)  # a headline, then one indented line per warning
+        lines += ["- " + heldout_eval_line(read_log(evals), evals), "- " + hacking[0], *hacking[1:]]
     n, k = outcome["score"]["n"], outcome["samples_per_prompt"]
     lines += ["", f"On {n} held-out prompts (never trained on), {k} sampled replies each, base model vs tuned policy:",
               "- " + describe_change("Reward-model score", outcome["score"])]
@@ -329,9 +405,11 @@ def _cell(text: str) -> str:
 
 # ------------------------------------------------------------------------------------------ the picture
 
-def summary_figure(outcome: dict, ppo_records: list[dict], rollout_batch: int = 1) -> Figure:
+def summary_figure(outcome: dict, ppo_records: list[dict], rollout_batch: int = 1, eval_records=()) -> Figure:
     """Three panels: mean RM score base vs tuned (95% intervals), feature shares base vs tuned
-    (Wilson intervals), the PPO reward curve (mean score per rollout +- its standard error)."""
+    (Wilson intervals), and PPO's mean RM score per rollout on its training prompts (ppo_records,
+    metrics.jsonl: 95% interval from score_std / sqrt(rollout_batch)) with, when there are
+    eval_records (eval.jsonl), the same score on the held-out prompts (95% interval from score_se)."""
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     ax_score, ax_feat, ax_curve = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 2, 1.6]})
     s = outcome["score"]
@@ -362,14 +440,33 @@ def summary_figure(outcome: dict, ppo_records: list[dict], rollout_batch: int = 
     if rollouts:
         x = np.array([r["rollout"] for r in rollouts])
         y = np.array([r["score"] for r in rollouts])
-        se = np.array([r.get("score_std") or 0.0 for r in rollouts]) / math.sqrt(rollout_batch)
-        ax_curve.fill_between(x, y - Z95 * se, y + Z95 * se, alpha=0.25, label="95% interval")
-        ax_curve.plot(x, y, marker=".", label="mean RM score of the rollout")
-        ax_curve.legend(fontsize=8)
-    ax_curve.set_title("PPO reward on the training prompt(s)", fontsize=10)
+        se = np.array([_recorded(r.get("score_std")) for r in rollouts]) / math.sqrt(rollout_batch)  # nan: a gap
+        ax_curve.fill_between(x, y - Z95 * se, y + Z95 * se, color="tab:blue", alpha=0.2)
+        ax_curve.plot(x, y, marker=".", color="tab:blue", label="training prompts: mean RM score of the rollout")
+    evals = [r for r in eval_records if _number(r.get("score"))]
+    if evals:
+        x = np.array([r["rollout"] for r in evals])
+        y = np.array([r["score"] for r in evals])
+        se = np.array([_recorded(r.get("score_se")) for r in evals])
+        spread = np.isfinite(se).any()
+        if spread:
+            ax_curve.fill_between(x, y - Z95 * se, y + Z95 * se, color="tab:orange", alpha=0.2)
+        ax_curve.plot(x, y, marker="o", color="tab:orange",
+                      label="held-out prompts (eval.jsonl)" if spread else
+                      "held-out prompts (eval.jsonl records no spread: no interval)")
+    if rollouts or evals:
+        ax_curve.legend(fontsize=7, title="bands: 95% intervals", title_fontsize=7)
+    ax_curve.set_title("PPO: training prompts vs held-out prompts" if evals else
+                       "PPO: training prompts\n(no held-out evaluation recorded: ppo.py --eval-every)", fontsize=10)
+    ax_curve.set_ylabel("mean RM score")
+    ax_curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_curve.set_xlabel("rollout")
     fig.suptitle("KARMA demo: base model vs PPO policy on held-out prompts", fontsize=12)
     return fig
+
+
+def _recorded(x) -> float:
+    return float(x) if _number(x) else math.nan
 
 
 def write_report(outcome: dict, demo_dir, out_dir=None) -> str:
@@ -382,10 +479,9 @@ def write_report(outcome: dict, demo_dir, out_dir=None) -> str:
     md = (f"# {text.splitlines()[0]}\n\n" + "\n".join(text.splitlines()[2:]) + "\n\n![summary](summary.png)\n\n"
           f"## Three held-out prompts, sampled replies side by side\n\n{side_by_side(outcome)}")
     atomic_write(out_dir / "SUMMARY.md", lambda p: Path(p).write_text(md, encoding="utf-8"))
-    metrics = demo_dir / "ppo" / "metrics.jsonl"
-    records = [r for _, r in read_jsonl(metrics)] if metrics.exists() else []
     ppo = _read_optional(demo_dir / "ppo" / "config.json") or {}
-    fig = summary_figure(outcome, records, ppo.get("rollout_batch") or 1)
+    fig = summary_figure(outcome, read_log(demo_dir / "ppo" / "metrics.jsonl"), ppo.get("rollout_batch") or 1,
+                         read_log(demo_dir / "ppo" / "eval.jsonl"))
     atomic_write(out_dir / "summary.png", lambda p: fig.savefig(p, format="png", dpi=DPI))
     return text
 
