@@ -499,7 +499,8 @@ def scripts(recipe: dict, stages: list[Stage], into: Path) -> list[Path]:
             node = f"torchrun --standalone --nproc-per-node {gpus} {args}"
             _write(folder / "multinode.sh", head[:4] + [
                 "# run on each of NNODES nodes, MASTER_ADDR = the first node's address (c10d rendezvous)",
-                f"NNODES=${{NNODES:-{nodes}}}", "MASTER_PORT=${MASTER_PORT:-29500}", skip_if_done(stage),
+                f"NNODES=${{NNODES:-{nodes}}}", "MASTER_PORT=${MASTER_PORT:-29500}",
+                ": \"${MASTER_ADDR:?set MASTER_ADDR to the address of the first node}\"", skip_if_done(stage),
                 f'torchrun --nnodes "$NNODES" --nproc-per-node {gpus} --rdzv-backend c10d '
                 f'--rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id karma-{slug(stage.name)} {args}'], written)
             launch = ['head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',

@@ -161,6 +161,7 @@ def test_scripts_for_one_node_several_nodes_and_slurm(tmp_path):
     assert "torchrun --standalone --nproc-per-node 8 ppo.py --config configs/ppo.toml --model falcon-7b" in node
     assert node.rstrip().endswith("--activation-checkpointing --resume")
     assert '--rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT"' in multi and '--nnodes "$NNODES"' in multi
+    assert 'MASTER_ADDR:?set MASTER_ADDR' in multi  # unset: bash stops with that message, not "unbound variable"
     for line in ("#SBATCH --nodes=1", "#SBATCH --gpus-per-node=8", "#SBATCH --cpus-per-task=16"):
         assert line in sbatch
     assert "srun --ntasks-per-node 1 torchrun --nnodes \"$SLURM_NNODES\"" in sbatch and "rdzv-backend c10d" in sbatch
