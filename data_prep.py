@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from karma.cli import add_config_flag, add_debug_flag, parse_with_config, run_main
+from karma.cli import DefaultsHelpFormatter, add_config_flag, add_debug_flag, parse_with_config, run_main
 from karma.data import kinship, ultrachat
 from karma.data.filters import FilterConfig
 from karma.data.prepare import (PrepConfig, default_workers, naming_errors, prepare, recover_outputs,
@@ -41,13 +41,13 @@ from karma.run import RunLock, show_progress
 def parse_args(argv=None):
     """Without a subcommand: the Reddit examples and prompts (the flags below); `kinship`: the
     preference pairs (karma/data/kinship.py's flags)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter,
                                 usage="%(prog)s --input PATH [PATH ...] --out DIR [options]\n"
                                       "       %(prog)s kinship --ultrafeedback PATH [PATH ...] --scores FILE --out DIR "
                                       "[options]")
     commands = p.add_subparsers(dest="command", title="subcommands")
     pairs = commands.add_parser("kinship", prog="data_prep.py kinship", description=kinship.HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                formatter_class=DefaultsHelpFormatter,
                                 help="kinship-aware preference pairs for dpo.py (data_prep.py kinship --help)")
     add_debug_flag(add_config_flag(kinship.add_arguments(pairs)))
     p.add_argument("--input", nargs="+", type=Path,
@@ -59,33 +59,36 @@ def parse_args(argv=None):
                         f"cores present, {default_workers()} here; 1: all in this process). Any count writes "
                         "the same files")
     g = p.add_argument_group("filters")
-    g.add_argument("--min-chars", type=int, default=10, help="drop texts shorter than this (default 10)")
+    g.add_argument("--min-chars", type=int, default=10, help="drop texts shorter than this")
     g.add_argument("--min-score-age-hours", type=float, default=24.0,
                    help="drop records retrieved less than this long after creation: their score is not "
-                        "final yet (default 24; records without a retrieval time pass)")
+                        "final yet; records without a retrieval time pass")
     g.add_argument("--min-english-prob", type=float, default=0.5,
                    help="keep texts whose probability of English, after a 10:1 prior for English on Reddit, is at "
-                        "least this (default 0.5; fastText p(en) >= 1/11). See karma/data/filters.py")
-    g.add_argument("--no-language-filter", action="store_true", help="keep all languages")
+                        "least this (default: 0.5; fastText p(en) >= 1/11). See karma/data/filters.py")
+    g.add_argument("--no-language-filter", action="store_true",
+                   help="keep all languages (default: off: English only, see --min-english-prob)")
     g.add_argument("--bots", nargs="*", default=["AutoModerator"],
-                   help="bot accounts to drop, besides names ending in 'bot' (default AutoModerator)")
+                   help="bot accounts to drop, besides names ending in 'bot'")
     g = p.add_argument_group("threads and labels")
     g.add_argument("--reward-ratio", type=float, default=0.4,
-                   help="a reply is rewarding iff score >= ratio * max(parent score, 1) (default 0.4, the "
+                   help="a reply is rewarding iff score >= ratio * max(parent score, 1) (default: 0.4, the "
                         "paper's; 0 to 100)")
     g.add_argument("--min-responses", type=int, default=2,
-                   help="a submission needs this many kept top-level replies (default 2)")
-    g.add_argument("--max-siblings", type=int, default=5, help="sibling replies stored per example (default 5)")
+                   help="a submission needs this many kept top-level replies")
+    g.add_argument("--max-siblings", type=int, default=5, help="sibling replies stored per example")
     g = p.add_argument_group("output")
     g.add_argument("--heldout-percent", type=float, default=10.0,
-                   help="share of submissions (whole threads) in the held-out split (default 10)")
-    g.add_argument("--shard-size", type=int, default=50_000, help="examples per JSONL shard (default 50000)")
+                   help="share of submissions (whole threads) in the held-out split, in percent")
+    g.add_argument("--shard-size", type=int, default=50_000, help="examples per JSONL shard")
     g.add_argument("--max-prompts", type=int, default=None, help="cap on Reddit PPO prompts (default: all)")
     g = p.add_argument_group("UltraChat prompts (karmaBenign)")
     g.add_argument("--ultrachat", nargs="*", type=Path, default=None,
-                   help="UltraChat-200k parquet shards or JSONL files (or directories); parquet needs pyarrow")
-    g.add_argument("--ultrachat-split", default="train_sft", help="parquet split to read (default train_sft)")
-    g.add_argument("--ultrachat-limit", type=int, default=None, help="cap on UltraChat prompts (after dedup)")
+                   help="UltraChat-200k parquet shards or JSONL files (or directories); parquet needs pyarrow "
+                        "(default: none: no UltraChat prompts)")
+    g.add_argument("--ultrachat-split", default="train_sft", help="parquet split to read")
+    g.add_argument("--ultrachat-limit", type=int, default=None,
+                   help="cap on UltraChat prompts, after dedup (default: all)")
     add_debug_flag(add_config_flag(p))
     args = parse_with_config(p, argv, {"kinship": pairs})
     if args.command == "kinship":

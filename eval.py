@@ -43,7 +43,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from karma.cli import add_config_flag, add_debug_flag, device_arg, parse_with_config, run_main
+from karma.cli import (DefaultsHelpFormatter, add_config_flag, add_debug_flag, device_arg, parse_with_config,
+                       run_main)
 from karma.evals import report, shortcuts_report
 from karma.evals import task as task_data
 from karma.evals.lm import EvalLM, tokenizer_adds_bos
@@ -79,11 +80,12 @@ def check_counts(p: argparse.ArgumentParser, args, bounds: dict[str, int | None]
 def parse_args(argv=None):
     """Without a subcommand: evaluate --models on --tasks (the flags below); `rm`: the reward-shortcut
     report (add_rm_arguments)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter,
                                 usage="%(prog)s --models LABEL=PATH [LABEL=PATH ...] [options]\n"
                                       "       %(prog)s rm --reward-models DIR [DIR ...] --data DIR [options]")
     commands = p.add_subparsers(dest="command", title="subcommands")
     rm = commands.add_parser("rm", prog="eval.py rm", help="the reward-shortcut report (eval.py rm --help)",
+                             formatter_class=DefaultsHelpFormatter,
                              description="The reward-shortcut report: how much each reward model leans on "
                                          "metadata and on the reply (karma/evals/shortcuts.py).")
     add_rm_arguments(rm)
@@ -95,18 +97,18 @@ def parse_args(argv=None):
                    help="at most this many items per task, stratified by subject / label / bias type (default: all)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder with one sub-folder per benchmark holding its published files (default: the hub)")
-    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output directory (default runs/eval)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
-    p.add_argument("--seed", type=seed_arg, default=0,
-                   help="item sampling, generation and bootstrap seed (default 0)")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output directory")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--seed", type=seed_arg, default=0, help="item sampling, generation and bootstrap seed")
     p.add_argument("--toxicity-scorer", default="lexicon",
                    help="realtoxicity scorer: perspective (PERSPECTIVE_API_KEY), a classifier hub id or directory "
-                        "(e.g. unitary/toxic-bert), or lexicon (an offline word-list PROXY, the default so that it "
-                        "runs offline; every output it touches says so)")
+                        "(e.g. unitary/toxic-bert), or lexicon (an offline word-list PROXY, so that the default runs "
+                        "offline; every output it touches says so)")
     p.add_argument("--rtp-samples", type=int, default=25,
                    help=f"realtoxicity continuations per prompt (RTP protocol: 25 x 20 tokens, top-p 0.9; "
                         f"at most {MAX_RTP_SAMPLES})")
-    p.add_argument("--rtp-greedy", action="store_true", help="realtoxicity: one greedy continuation per prompt")
+    p.add_argument("--rtp-greedy", action="store_true",
+                   help="realtoxicity: one greedy continuation per prompt instead of --rtp-samples sampled ones")
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--no-add-bos", action="store_true",
@@ -181,24 +183,23 @@ def add_rm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-models", nargs="+", required=True, metavar="DIR",
                    help="reward-model directories (train_rm.py's best/ or final/); named parent/best, parent/final")
     p.add_argument("--data", type=Path, required=True, help="data_prep.py output dir (its heldout-*.jsonl are probed)")
-    p.add_argument("--out", type=Path, default=Path("runs/rm-report"), help="output directory (default runs/rm-report)")
-    p.add_argument("--max-examples", type=int, default=None, help="a seeded random subset of the held-out examples")
+    p.add_argument("--out", type=Path, default=Path("runs/rm-report"), help="output directory")
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="a seeded random subset of this many held-out examples (default: all)")
     p.add_argument("--eval-results", type=Path, default=None,
-                   help="eval.py's results.json for the policies trained with these reward models "
-                        "(with --policies)")
+                   help="eval.py's results.json for the policies trained with these reward models, with "
+                        "--policies (default: none: no downstream deltas)")
     p.add_argument("--policies", nargs="*", default=[], metavar="RM=VARIANT",
                    help="which eval.py variant each reward model trained, e.g. rm/best=karmaToxic or "
-                        "rm/best=pythia-1b/karmaToxic (with --eval-results)")
-    p.add_argument("--n-resamples", type=int, default=1000,
-                   help=f"bootstrap resamples (default 1000, at most {MAX_RESAMPLES})")
+                        "rm/best=pythia-1b/karmaToxic, with --eval-results (default: none)")
+    p.add_argument("--n-resamples", type=int, default=1000, help=f"bootstrap resamples, at most {MAX_RESAMPLES}")
     p.add_argument("--min-gap-sd", type=float, default=MIN_GAP_SD,
                    help=f"a pair counts toward the ranking-flip share only if its scores differ by at least this "
-                        f"many standard deviations of the RM's scores (default {MIN_GAP_SD}; 0 counts every pair)")
+                        f"many standard deviations of the RM's scores (default: {MIN_GAP_SD}; 0 counts every pair)")
     p.add_argument("--header-draws", type=int, default=HEADER_DRAWS,
-                   help=f"a conditioned RM's no_header score: its mean under this many real headers of other "
-                        f"examples (default {HEADER_DRAWS})")
-    p.add_argument("--seed", type=seed_arg, default=0,
-                   help="probe donors, subsets and bootstrap seed (default 0)")
+                   help="a conditioned RM's no_header score: its mean under this many real headers of other "
+                        "examples")
+    p.add_argument("--seed", type=seed_arg, default=0, help="probe donors, subsets and bootstrap seed")
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(add_config_flag(p))

@@ -7,8 +7,15 @@
     python ppo.py --config run.toml --lr 2e-6   # settings from a TOML file (init_kl_coef = 0.1); flags win
 
 The variant is recorded in --out/config.json (conditioned RM -> karmaEroded). Outputs in --out:
-metrics.jsonl (one record per rollout), samples.jsonl, checkpoints/, policy/ (Hugging Face layout
-with tokenizer: loads in transformers and vLLM), config.json.
+  config.json          the settings, the variant, the reward model's format
+  metrics.jsonl        one record per rollout, with its reward-hacking signals and best/worst replies
+                       (karma/ppo/signals.py)
+  samples.jsonl        --samples-per-rollout (prompt, response, score) rows per rollout
+  eval.jsonl           with --eval-every: per evaluation, mean RM score, KL to the reference, reply length
+                       and diversity on held-out prompts the policy never trains on
+  eval-prompts.jsonl   with --eval-every: those held-out prompts, the same at every evaluation
+  checkpoints/         for --resume; policy/: the final policy (Hugging Face layout with tokenizer: loads
+                       in transformers and vLLM); tensorboard/ or wandb/ with --report-to
 """
 
 import json

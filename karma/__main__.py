@@ -129,22 +129,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("prompt", nargs="?", help="the prompt text (omit with --prompts)")
     parser.add_argument("--compare", metavar="OTHER_MODEL",
                         help="also answer with this model (e.g. runs/demo/ppo/policy) and print the two replies "
-                             "under 'base: MODEL' and 'tuned: OTHER_MODEL'")
+                             "under 'base: MODEL' and 'tuned: OTHER_MODEL' (default: none: one model)")
     parser.add_argument("--prompts", metavar="FILE.jsonl",
-                        help="a data_prep.py prompts file ({\"id\", \"messages\"} per line) instead of PROMPT")
+                        help="a data_prep.py prompts file ({\"id\", \"messages\"} per line) instead of PROMPT (default: none)")
     parser.add_argument("--n", type=int, default=3,
                         help="with --prompts: the first N prompts, in file order (default 3)")
     parser.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON row per reply: "
-                        "prompt_id, prompt, model, reply, tokens, ended_eos (and label: base/tuned/model)")
+                        "prompt_id, prompt, model, reply, tokens, ended_eos (and label: base/tuned/model) (default: none: print only)")
     parser.add_argument("--chatml", action="store_true",
                         help="render prompts as ChatML (<|im_start|>user ... <|im_start|>assistant), the format "
                              "of chat models such as SmolLM2-Instruct, and also stop at <|im_end|> if it is a "
                              "token; without it, PROMPT is continued as is and --prompts conversations are "
-                             "rendered as 'User: ...\\n\\nAssistant:'")
+                             "rendered as 'User: ...\\n\\nAssistant:' (default: off)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to sample at most (default 64)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples")
-    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens (default: none: all)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default: none: 1.0)")
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help="sampling seed (default 0), the same for every reply")
     parser.add_argument("--device", type=device_arg, default=None,

@@ -1,5 +1,6 @@
 """The scripts' one error path: expected errors become one line on stderr, not a traceback; and
---config FILE.toml for the scripts whose flags are plain argparse (data_prep.py, eval.py).
+--config FILE.toml and --help's defaults for the scripts whose flags are plain argparse (data_prep.py,
+eval.py, karma.recipe).
 
 Bad paths, checkpoints, data and flags raise OSError / ValueError / KeyError with a message that
 names the file, key or flag; a locked --out raises RunLocked. `run_main` prints such an error as
@@ -10,6 +11,7 @@ divergence guard exits 1; Ctrl-C exits 130. `--debug` (or KARMA_DEBUG=1) shows t
 import argparse
 import difflib
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -37,7 +39,29 @@ def device_arg(value: str) -> str:
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
-                        help="show the Python traceback of an error (also: KARMA_DEBUG=1)")
+                        help="show the Python traceback of an error (default: off; also KARMA_DEBUG=1)")
+
+
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of the scripts whose flags are plain argparse (data_prep.py, eval.py, karma.recipe): each
+    option's help ends with its default in the words karma.settings gives the trainers' flags, (required),
+    (default: off), (default: 16), as argparse.ArgumentDefaultsHelpFormatter would add it. A help that
+    states its default itself keeps its words; an option whose default is None or empty says in its help
+    what its absence means ("(default: all)", "(default: none: ...)"): only the code that reads it knows."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if not action.option_strings or re.search(r"\((default|required)\b", text):
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if default in (None, argparse.SUPPRESS, [], ()):
+            return text
+        if isinstance(default, bool):
+            shown = "on; this flag turns it off" if default else "off"
+        else:
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"  # argparse then expands %(prog)s and %%
 
 
 def run_main(main, argv=None, prog: str | None = None) -> int:
@@ -71,7 +95,7 @@ def run_main(main, argv=None, prog: str | None = None) -> int:
 # uses only for the flags not given.
 
 CONFIG_HELP = ("settings from a TOML file, one `name = value` per flag, named as the flag without its dashes "
-               "(--min-chars -> min_chars = 20); flags given here override it")
+               "(--min-chars -> min_chars = 20); flags given here override it (default: none)")
 
 
 def add_config_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -493,11 +493,12 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("demo_dir", type=Path, help="the demo's output directory (holding data/, rm/, ppo/)")
     p.add_argument("--world", type=Path, default=None,
-                   help="world.json of the synthetic sample: the planted content features whose share is measured")
+                   help="world.json of the synthetic sample: the planted content features whose share is measured "
+                        "(default: none: features not measured)")
     p.add_argument("--prompts", type=int, default=24, help="held-out prompts (default 24; one per thread first)")
     p.add_argument("--samples", type=int, default=4, help="sampled replies per prompt and model (default 4)")
-    p.add_argument("--reward-model", type=Path, default=None, help="default: the one ppo/config.json names")
-    p.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (the same for both models)")
+    p.add_argument("--reward-model", type=Path, default=None, help="the reward model that scores the replies (default: the one ppo/config.json names)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="sampling seed, the same for both models (default: 0)")
     p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
     args = p.parse_args(argv)

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from karma.cli import add_debug_flag, run_main
 from karma.files import atomic_write, read_json, read_jsonl
-from karma.ppo.signals import DISTINCT_2_MIN, LENGTH_CORR_MAX, REPEAT_SHARE_MAX
+from karma.hacking_thresholds import DISTINCT_2_MIN, LENGTH_CORR_MAX, REPEAT_SHARE_MAX
 
 DPI = 110
 MARKERS_UP_TO = 60  # points per curve; more and the curve is drawn as a bare line
@@ -366,7 +366,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m karma.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="the --out directory of a ppo.py or train_rm.py run")
-    parser.add_argument("--out", type=Path, default=None, help="PNG to write (default RUN_DIR/curves.png)")
+    parser.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN_DIR/curves.png)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     print(plot_run(args.run_dir, args.out))

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from karma.cli import add_debug_flag, run_main
+from karma.cli import DefaultsHelpFormatter, add_debug_flag, run_main
 from karma.evals.report import mark
 from karma.evals.stats import across_models_test
 from karma.files import atomic_write, atomic_write_json, read_json
@@ -850,7 +850,7 @@ def write_report(recipe: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m karma.recipe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("recipe", type=Path, help="the recipe TOML (configs/paper.toml, configs/toy/paper.toml)")
     p.add_argument("command", choices=["plan", "scripts", "run", "report"],
                    help="plan: stages, GPUs, memory, hours; scripts: torchrun and Slurm files; run: here, in order; "

@@ -133,7 +133,9 @@ class TensorBoard:
 class WandB:
     """Scalars into a W&B run, files in `directory`/wandb/. With `state` (a live run's
     <out>/wandb/karma.json) the W&B run is the one recorded there, and steps up to the last one it
-    was sent are not sent again (see the module doc); without, a new W&B run (a replay)."""
+    was sent are not sent again (see the module doc); without, a new W&B run (a replay). The run file
+    (wandb/*run-<id>/run-<id>.wandb) is complete once W&B's service process has exited (at this
+    process's exit, or wandb.teardown()), not yet when run.finish() returns."""
 
     def __init__(self, directory: Path, name: str, config: dict, state: Path | None):
         import wandb

@@ -473,15 +473,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--min-similarity", type=float, default=None, metavar="TAU",
                    help="drop a kinship pair whose MB-SIM (cosine) is below TAU (default: none; the paper's text "
                         "uses 0.1, the authors' README 0.9)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random and binarized draws (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random and binarized draws (default: 0)")
     p.add_argument("--limit", type=int, default=None, help="read at most this many rows (default: all)")
     p.add_argument("--rating", choices=RATINGS, default="overall_score",
                    help="per-completion rating for the binarized baseline and the agreement stats: overall_score "
                         "(default, H4's) or fine_grained (mean of the numeric annotation Ratings)")
     p.add_argument("--exclude-source", nargs="*", default=[], metavar="SOURCE",
-                   help="skip rows of these sources (H4 drops truthful_qa)")
+                   help="skip rows of these sources (default: none; H4 drops truthful_qa)")
     p.add_argument("--lower-is-better", nargs="*", default=[], metavar="BENCHMARK",
-                   help="CSV benchmarks where lower is better (results.json gives the direction itself)")
+                   help="CSV benchmarks where lower is better; results.json gives the direction itself "
+                        "(default: none: higher is better for every CSV column)")
     return p
 
 

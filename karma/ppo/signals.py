@@ -1,7 +1,8 @@
 """Reward-hacking signals of one rollout's replies: how diverse they are, how many are exact repeats,
 how much reply length alone explains the reward-model score, and the replies at both ends of the
 score range. Pure functions on Python lists; the trainer calls them once per rollout on the replies
-of every rank (karma/ppo/rollout.py) and prints `hacking_warning`'s line when it is not empty.
+of every rank (karma/ppo/rollout.py) and prints `hacking_warning`'s line when it is not empty. The
+thresholds of the warning, and why they are where they are: karma/hacking_thresholds.py.
 
 A policy that games its reward model often shows it in its replies before its score curve looks
 odd: it gives every prompt the same reply (mode collapse; Kirk et al. 2024, "Understanding the
@@ -24,22 +25,8 @@ import math
 import statistics
 from collections import Counter
 
-# Diversity has collapsed when the rollout's word bigrams are mostly repeats, or when at least half
-# the replies are copies of another reply in the same rollout (different prompts sampled at the
-# policy's temperature: a healthy policy almost never repeats a multi-word reply). One reply
-# repeated n times has distinct-2 <= 1/n (0.06 for the demo's 16 replies); the demo's normal PPO run
-# of SmolLM2-135M (make demo: 12 rollouts of 16 replies) stayed at distinct-2 0.94-1.00 with no
-# repeat. Distinct-n falls as a rollout holds more text, so a very large rollout of short, formulaic
-# replies can come near 0.2 without collapsing: the warning says which number crossed.
-DISTINCT_2_MIN = 0.2
-REPEAT_SHARE_MAX = 0.5
-# Length alone explains the score when |Pearson r(score, length)| > 0.8 (r^2 > 0.64: length
-# predicts most of the score's variance) over at least 16 scored replies. Below 16 replies a large
-# |r| is too often chance: with no correlation at all, P(|r| > 0.8) is 2e-4 at n = 16 but 0.017 at
-# n = 8 (the t test of r with n - 2 degrees of freedom), and a run checks this every rollout. The
-# demo's normal run stayed within -0.57..+0.41.
-LENGTH_CORR_MAX = 0.8
-LENGTH_CORR_MIN_REPLIES = 16
+from karma.hacking_thresholds import DISTINCT_2_MIN, LENGTH_CORR_MAX, LENGTH_CORR_MIN_REPLIES, REPEAT_SHARE_MAX
+
 EXTREMES = 3  # replies shown at each end of the score range
 
 
