@@ -61,6 +61,9 @@ Z95 = 1.959964  # two-sided 95% normal quantile
 NOISE_Z = 2.0  # |z| below this: the change cannot be told from noise
 SIDE_BY_SIDE = 3  # held-out prompts shown with a base and a tuned reply
 DPI = 110
+# An empty reply is the classic way a PPO policy games a reward model that never saw one in training
+# (data_prep drops replies that are too short): the summary reports their share, base vs tuned.
+EMPTY_REPLY = {"name": "empty", "pattern": r"\A\s*\Z", "description": "nothing but whitespace"}
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -221,19 +224,22 @@ def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None
                                                             "max_prompt_tokens")},
             "score": paired_change(scores["base"], scores["tuned"]),
             "features": [feature_change(f, replies["base"], replies["tuned"]) for f in world or []],
+            "empty": feature_change(EMPTY_REPLY, replies["base"], replies["tuned"]),
+            "length": paired_change(*([[len(r) for r in rs] for rs in replies[label]] for label in ("base", "tuned"))),
             "replies": {label: [[{"text": r, "score": float(s)} for r, s in zip(rs, ss)]
                                 for rs, ss in zip(replies[label], scores[label])] for label in replies}}
 
 
 # ------------------------------------------------------------------------------------------ the summary
 
-def _signed(x: float, pct: bool) -> str:
-    return f"{x * 100:+.1f} points" if pct else f"{x:+.4f}"
+def _signed(x: float, pct: bool, spec: str = ".4f") -> str:
+    return f"{x * 100:+.1f} points" if pct else f"{x:+{spec}}"
 
 
-def describe_change(what: str, c: dict, pct: bool = False) -> str:
-    """One sentence: the values base -> tuned, the change with its interval and z, and the verdict."""
-    fmt = (lambda v: f"{v * 100:.1f}%") if pct else (lambda v: f"{v:.4f}")
+def describe_change(what: str, c: dict, pct: bool = False, spec: str = ".4f") -> str:
+    """One sentence: the values base -> tuned, the change with its interval and z, and the verdict.
+    pct: c holds shares, written as percentages and points; else values are written with `spec`."""
+    fmt = (lambda v: f"{v * 100:.1f}%") if pct else (lambda v: f"{v:{spec}}")
     v = verdict(c)
     head = f"{what}: {fmt(c['base'])} (base) -> {fmt(c['tuned'])} (tuned)"
     if c["se"] == 0 and c["diff"] == 0:
@@ -241,11 +247,11 @@ def describe_change(what: str, c: dict, pct: bool = False) -> str:
     if c["se"] is None:
         return f"{head}; {v}."
     z = "inf" if math.isinf(c["z"]) else f"{c['z']:.1f}"
-    interval = f"95% interval {_signed(c['ci'][0], pct)} to {_signed(c['ci'][1], pct)}"
+    interval = f"95% interval {_signed(c['ci'][0], pct, spec)} to {_signed(c['ci'][1], pct, spec)}"
     if v == "noise":
-        return (f"{head}; change {_signed(c['diff'], pct)} ({interval}, z = {z}): NOISE, |z| < {NOISE_Z:g}, "
+        return (f"{head}; change {_signed(c['diff'], pct, spec)} ({interval}, z = {z}): NOISE, |z| < {NOISE_Z:g}, "
                 f"no evidence of a change.")
-    return f"{head}; {v} by {_signed(abs(c['diff']), pct).lstrip('+')} ({interval}, z = {z})."
+    return f"{head}; {v} by {_signed(abs(c['diff']), pct, spec).lstrip('+')} ({interval}, z = {z})."
 
 
 def _read_optional(path: Path):
@@ -370,6 +376,10 @@ def summary_text(outcome: dict, demo_dir) -> str:
             still.append(f)
     if not outcome["features"]:
         lines.append("- Planted content features: not measured (no --world file).")
+    if "empty" in outcome:  # outcome.json files written before these two were measured lack them
+        lines += ["- " + describe_change("Reply length in characters", outcome["length"], spec=".1f"),
+                  "- " + describe_change("Share of empty replies (a reward model never saw one)", outcome["empty"],
+                                         pct=True)]
     quiet = [c for c in [outcome["score"]] if verdict(c) == "noise"] + still
     if quiet:
         names = ", ".join(["the RM score" if c is outcome["score"] else f"'{c['name']}'" for c in quiet])

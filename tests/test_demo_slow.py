@@ -1,6 +1,7 @@
 """The demo's claim, checked over seeds with the Makefile's own settings: PPO raises the reward model's
 score on HELD-OUT prompts by more than three standard errors, and at least one planted content
-feature of the shipped synthetic world becomes more common in the tuned policy's replies.
+feature of the shipped synthetic world becomes more common in the tuned policy's replies, while the share
+of empty replies (which the reward model never saw in training) does not rise.
 
 Each seed runs `make demo-train demo-report` (sample data -> reward model -> PPO -> the held-out
 report; the evals are left out): minutes per seed on CPU, so this is a slow test (make test-slow)."""
@@ -32,8 +33,9 @@ def test_heldout_reward_rises_beyond_three_standard_errors(seed, tmp_path):
     score = outcome["score"]
     print(f"seed {seed}: held-out RM score {score['base']:.4f} -> {score['tuned']:.4f}, change {score['diff']:+.4f} "
           f"(95% interval {score['ci'][0]:+.4f} to {score['ci'][1]:+.4f}, z = {score['z']:.2f})")
-    for f in outcome["features"]:
+    for f in outcome["features"] + [outcome["empty"]]:
         print(f"  {f['name']}: {f['base']:.1%} -> {f['tuned']:.1%} (z = {f['z']:.2f}, {verdict(f)})")
     assert score["diff"] > 0 and score["z"] > 3, score
     assert any(verdict(f) == "rose" for f in outcome["features"]), outcome["features"]
+    assert verdict(outcome["empty"]) != "rose", outcome["empty"]  # not bought with empty replies (reward hacking)
     assert (demo / "SUMMARY.md").exists() and (demo / "summary.png").exists()

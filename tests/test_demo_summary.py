@@ -18,7 +18,8 @@ import torch
 
 import karma
 from karma.cli import run_main
-from karma.demo import main, measure, paired_change, read_world, verdict, wilson, write_report
+from karma.demo import (EMPTY_REPLY, feature_change, main, measure, paired_change, read_world, verdict, wilson,
+                        write_report)
 from karma.data.prompts import heldout_prompts
 from karma.reward import RewardConfig, build_reward_model, save_reward_model
 from karma.tokenizer import copy_tokenizer_files
@@ -108,8 +109,11 @@ def test_a_planted_feature_is_detected_as_a_rise_outside_the_noise(tiny, tmp_pat
     s, f = outcome["score"], outcome["features"][0]
     assert s["diff"] > 0.7 and s["z"] > 10 and verdict(s) == "rose", s
     assert f["tuned"] == 1.0 and f["base"] < 0.2 and f["tuned_ci"][0] > f["base_ci"][1] and verdict(f) == "rose"
+    tuned_lengths = [len(r["text"]) for rs in outcome["replies"]["tuned"] for r in rs]
+    assert outcome["length"]["tuned"] == pytest.approx(np.mean(tuned_lengths)) and outcome["empty"]["tuned"] == 0
     text = write_report(outcome, demo)
     assert "Reward-model score" in text and "rose by" in text and "Share of replies with 'aaaa'" in text
+    assert "Reply length in characters: " in text and "Share of empty replies (a reward model never saw one): " in text
     assert "held-out AUC 0.800 (95% interval" in text and str(demo / "summary.png") in text
     md = (demo / "SUMMARY.md").read_text()
     assert md.count("### held-out prompt") == 3 and "| base (RM" in md and "aaaa" in md
@@ -157,6 +161,12 @@ def test_paired_change_recovers_a_known_shift():
     same = paired_change(base, base)
     assert same["diff"] == 0 and same["z"] == 0 and verdict(same) == "noise"
     assert verdict(paired_change(base, base + rng.normal(0, 0.1, size=(400, 4)))) == "noise"
+
+
+def test_empty_replies_are_counted_whitespace_included():
+    c = feature_change(EMPTY_REPLY, [["", "a reply"], ["no", "yes"]], [["", " \n"], ["", "."]])
+    assert (c["base_count"], c["tuned_count"], c["replies"]) == (1, 3, 4)
+    assert c["diff"] == pytest.approx(0.5)  # per-prompt shares: (1 - 0.5) and (0.5 - 0) over two prompts
 
 
 def test_wilson_interval_matches_published_values():
