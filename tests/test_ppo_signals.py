@@ -124,9 +124,9 @@ def prompts(tmp_path_factory):
     return path
 
 
-def run(policy, prompts, out, capsys) -> tuple[dict, str]:
+def run(policy, prompts, out, capsys, **kw) -> tuple[dict, str]:
     train(config(policy, prompts, out, rollouts=1, rollout_batch=16, minibatch=16, micro_batch=16, ppo_epochs=1,
-                 max_new_tokens=8), CPU, reward=LetterReward())
+                 max_new_tokens=8, **kw), CPU, reward=LetterReward())
     record = json.loads((out / "metrics.jsonl").read_text())
     return record, capsys.readouterr().out
 
@@ -150,3 +150,13 @@ def test_a_normal_policy_does_not(models, prompts, tmp_path, capsys):
     letters = lambda r: r["response"].count("a") / max(1, len(r["response"]))  # LetterReward
     assert all(math.isclose(r["score"], letters(r), rel_tol=1e-6) for r in top + bottom)
     assert {"prompt_id", "tokens"} <= set(top[0])
+
+
+def test_replies_shorter_than_min_reply_chars_score_zero(models, prompts, tmp_path, capsys):
+    """--min-reply-chars: the 8-character "aaaaaaaa" is below 9, so the reward model's 1.0 becomes 0
+    for all 16 replies; at 8 it stands (LetterReward scores the share of a's)."""
+    below, console = run(models[1], prompts, tmp_path / "below", capsys, min_reply_chars=9)
+    assert below["short_replies"] == 1.0 and below["score"] == 0.0 and "short 1.00" in console
+    assert [r["score"] for r in below["top_replies"]] == [0.0] * 3
+    at, console = run(models[1], prompts, tmp_path / "at", capsys, min_reply_chars=8)
+    assert at["short_replies"] == 0.0 and at["score"] == 1.0 and "short" not in console

@@ -98,7 +98,7 @@ def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor, query_le
 
 def rollout_stats(total: dict) -> dict:
     """The rollout's means from sums over all ranks: per scored sequence (score, its std, KL),
-    per generated sequence (length, EOS share) and per scored token (KL, value, return)."""
+    per generated sequence (length, EOS share, share scored 0 as too short) and per scored token (KL, value, return)."""
     n_seq, n_scored, n_tok = total["sequences"], total["scored"], max(total["scored_tokens"], 1.0)
     score = total["score"] / n_scored if n_scored else None
     return {"score": score,
@@ -106,6 +106,7 @@ def rollout_stats(total: dict) -> dict:
             "dropped_nonfinite_scores": int(n_seq - n_scored),
             "kl_seq": total["kl_seq"] / n_scored if n_scored else None, "kl_token": total["kl_token"] / n_tok,
             "response_len": total["generated_tokens"] / n_seq, "ended_eos": total["ended_eos"] / n_seq,
+            "short_replies": total["short"] / n_seq,
             "value_mean": total["value"] / n_tok, "return_mean": total["return"] / n_tok,
             "generated_tokens": int(total["generated_tokens"])}
 
@@ -133,7 +134,8 @@ class Sampled:
     response_mask: Tensor  # [B, T] 1 up to and including EOS
     ended: Tensor  # [B] bool: the reply ended with a stop token
     texts: list[str]  # the B replies as text
-    scores: Tensor  # [B] float32 reward-model scores (non-finite ones included)
+    scores: Tensor  # [B] float32 reward-model scores (non-finite ones included), 0 for a too-short reply
+    short: Tensor  # [B] bool: shorter than cfg.min_reply_chars, scored 0
     logprobs: Tensor  # [B, T] log pi(response_t) of the policy (temperature applied)
     ref_logprobs: Tensor  # [B, T] log pi_ref(response_t)
     seconds: dict  # generate_s, score_s, logprob_s
@@ -166,6 +168,9 @@ def sample_and_score(policy, ref, reward, policy_tok, prompts: list[dict], cfg, 
 
     start = time.perf_counter()
     scores = reward.score([p["messages"] for p in prompts], texts, [p.get("meta") for p in prompts]).float().to(device)
+    # a reply shorter than any the reward model was trained on gets the lowest score, not its guess
+    short = torch.tensor([len(t.strip()) < cfg.min_reply_chars for t in texts], device=device)
+    scores = torch.where(short, 0.0, scores)
     score_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -179,7 +184,7 @@ def sample_and_score(policy, ref, reward, policy_tok, prompts: list[dict], cfg, 
     else:
         logprobs = response_logprobs(policy, full, full_mask, Q, cfg.temperature)
     ref_logprobs = response_logprobs(ref, full, full_mask, Q, cfg.temperature)
-    return Sampled(query, query_mask, response, response_mask, out.ended, texts, scores, logprobs, ref_logprobs,
+    return Sampled(query, query_mask, response, response_mask, out.ended, texts, scores, short, logprobs, ref_logprobs,
                    {"generate_s": gen_s, "score_s": score_s, "logprob_s": time.perf_counter() - start})
 
 
@@ -224,7 +229,7 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
         "sequences": len(scores), "scored": scored.sum(), "score": torch.where(scored, scores, 0.0).sum(),
         "score_sq": torch.where(scored, scores ** 2, 0.0).sum(), "kl_seq": kl_seq.sum(),
         "kl_token": torch.where(m, kl, 0.0).sum(), "scored_tokens": m.sum(), "generated_tokens": response_mask.sum(),
-        "ended_eos": s.ended.sum(), "value": torch.where(m, values, 0.0).sum(),
+        "ended_eos": s.ended.sum(), "short": s.short.sum(), "value": torch.where(m, values, 0.0).sum(),
         "return": torch.where(m, returns, 0.0).sum()})
     samples = [{"prompt_id": p.get("id"), "prompt": p["messages"][-1]["content"][-500:], "response": t,
                 "score": score, "tokens": n}
@@ -261,7 +266,8 @@ def evaluate_policy(policy, ref, reward, policy_tok, prompts: list[dict], cfg, s
                      sd / sqrt(n) (one reply per prompt: the replies are independent draws)
         kl_seq       per sequence, sum over the reply's tokens of log pi - log pi_ref (k1), as the
                      rollout's kl_seq, with its standard error kl_seq_se
-        response_len generated tokens per reply (EOS included), ended_eos the share ending in EOS
+        response_len generated tokens per reply (EOS included), ended_eos the share ending in EOS,
+                     short_replies the share scored 0 as shorter than cfg.min_reply_chars
     and the diversity of the replies (signals.rollout_signals)."""
     d = d or Dist(0, 1, policy.embed.weight.device)
     device = policy.embed.weight.device
@@ -278,7 +284,7 @@ def evaluate_policy(policy, ref, reward, policy_tok, prompts: list[dict], cfg, s
         score = s.scores[scored].double()
         part = {"sequences": len(batch), "scored": scored.sum(), "score": score.sum(), "score_sq": (score ** 2).sum(),
                 "kl_seq": kl_seq.sum(), "kl_seq_sq": (kl_seq.double() ** 2).sum(),
-                "generated_tokens": s.response_mask.sum(), "ended_eos": s.ended.sum()}
+                "generated_tokens": s.response_mask.sum(), "ended_eos": s.ended.sum(), "short": s.short.sum()}
         part = {k: torch.as_tensor(v, device=device).double() for k, v in part.items()}
         sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
         replies += [{"response": t, "score": x, "tokens": n}
@@ -291,6 +297,7 @@ def evaluate_policy(policy, ref, reward, policy_tok, prompts: list[dict], cfg, s
     found = rollout_signals([r["response"] for r in every], [r["score"] for r in every], [r["tokens"] for r in every])
     return {"prompts": int(n_seq), "score": mean("score"), "score_se": se("score"), "kl_seq": mean("kl_seq"),
             "kl_seq_se": se("kl_seq"), "response_len": total["generated_tokens"] / n_seq,
-            "ended_eos": total["ended_eos"] / n_seq, "dropped_nonfinite_scores": int(n_seq - n),
+            "ended_eos": total["ended_eos"] / n_seq, "short_replies": total["short"] / n_seq,
+            "dropped_nonfinite_scores": int(n_seq - n),
             **{k: found[k] for k in ("distinct_1", "distinct_2", "repeat_share", "score_length_corr")},
             "eval_s": time.perf_counter() - start}

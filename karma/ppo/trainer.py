@@ -108,6 +108,10 @@ class PPOConfig:
     max_new_tokens: int = setting(64, "response budget in tokens", AT_LEAST_1)
     max_prompt_tokens: int = setting(256, "prompt budget; longer contexts lose their oldest turns first", AT_LEAST_1)
     missing_eos_penalty: float | None = setting(None, "subtracted from the score of responses without EOS")
+    min_reply_chars: int = setting(0, "a reply shorter than this many characters (whitespace stripped) scores 0, the "
+                                   "lowest probability, instead of the reward model's guess: data_prep.py drops "
+                                   "such replies (--min-chars, 10), so the reward model never saw one, and an empty "
+                                   "reply is how a policy games it; 0 turns this off", NON_NEGATIVE)
     ratio_threshold: float = setting(10.0, "skip (and count) a minibatch whose mean ratio exceeds this",
                                      (lambda v: v > 1, "> 1"))
     max_approx_kl: float = setting(1.0, "skip (and count) a minibatch whose approx KL to the rollout policy "
@@ -468,6 +472,7 @@ def progress_line(record: dict) -> str:
             + (f"  DIVERGED: {record['diverged']}" if record["diverged"] else "")
             + (f"  ({record['dropped_nonfinite_scores']} non-finite scores dropped)"
                if record["dropped_nonfinite_scores"] else "")
+            + (f"  short {record['short_replies']:.2f}" if record.get("short_replies") else "")
             + (f"\nWARNING rollout {record['rollout']}: reward hacking? {record['hacking_warning']}"
                if record.get("hacking_warning") else ""))
 
