@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-train demo-report generate compare test test-slow test-gpu bench
+.PHONY: demo demo-train demo-report shortcut generate compare test test-slow test-gpu bench
 
 DEMO := runs/demo
 # The demo's knobs (make demo DEMO_ROLLOUTS=16 ...). Toy scale so the chain finishes in minutes on 2 CPU
@@ -56,6 +56,21 @@ demo-train: $(VENV)/.demo  ## the demo's training chain only: sample data -> rew
 # side-by-side replies; writes SUMMARY.md, summary.png, outcome.json, heldout-prompts.jsonl into $(DEMO)
 demo-report: $(VENV)/.demo  ## the demo's closing summary (after demo-train)
 	$(BIN)/python -m karma.demo $(DEMO) $(DEMO_REPORT)
+
+# KARMA's Section 5 on the shipped synthetic world, whose karma depends on the reply AND on its subreddit and
+# hour (data/sample/README.md): a generalized and a conditioned reward model (configs/toy, 48 steps each) and
+# the shortcut report on the held-out threads, beside the planted truth (data/sample/world.json)
+SHORTCUT := runs/shortcut
+shortcut: $(VENV)/.demo  ## generalized vs conditioned reward model and the reward-shortcut report (runs/shortcut)
+	rm -rf $(SHORTCUT)
+	$(BIN)/python data_prep.py --input data/sample --out $(SHORTCUT)/data
+	$(BIN)/python train_rm.py --config configs/toy/rm-generalized.toml --data $(SHORTCUT)/data \
+		--out $(SHORTCUT)/rm-generalized
+	$(BIN)/python train_rm.py --config configs/toy/rm-conditioned.toml --data $(SHORTCUT)/data \
+		--out $(SHORTCUT)/rm-conditioned
+	$(BIN)/python eval.py rm --reward-models $(SHORTCUT)/rm-generalized/best $(SHORTCUT)/rm-conditioned/best \
+		--data $(SHORTCUT)/data --out $(SHORTCUT)/report
+	@echo "the report: $(SHORTCUT)/report/report.md (and report.png); the planted truth: data/sample/README.md"
 
 MODEL ?= smollm2-135m
 PROMPT ?= Give me three tips for writing a good Reddit reply.
