@@ -98,7 +98,7 @@ def test_extremes_best_first_and_worst_first():
 
 
 def test_reply_signals_of_one_process():
-    samples = [{"prompt_id": f"p{i}", "prompt": "q", "response": r, "score": s, "tokens": n}
+    samples = [{"prompt_id": f"p{i}", "prompt": "q", "response": r, "score": s, "tokens": n, "short": False}
                for i, (r, s, n) in enumerate([("same reply", 0.2, 3), ("same reply", 0.4, 3), ("other", 0.9, 2)])]
     found = reply_signals(samples, CPU)
     assert found["repeat_share"] == pytest.approx(2 / 3)
@@ -158,5 +158,19 @@ def test_replies_shorter_than_min_reply_chars_score_zero(models, prompts, tmp_pa
     below, console = run(models[1], prompts, tmp_path / "below", capsys, min_reply_chars=9)
     assert below["short_replies"] == 1.0 and below["score"] == 0.0 and "short 1.00" in console
     assert [r["score"] for r in below["top_replies"]] == [0.0] * 3
+    # the rule's zeros are not the reward model's: left out of the length correlation (no false warning)
+    assert below["scored_replies"] == 0 and below["score_length_corr"] is None
     at, console = run(models[1], prompts, tmp_path / "at", capsys, min_reply_chars=8)
     assert at["short_replies"] == 0.0 and at["score"] == 1.0 and "short" not in console
+
+
+def test_rule_zeroed_replies_leave_the_length_correlation():
+    """Ten long replies scored flat by the RM, six short ones zeroed by --min-reply-chars: with the
+    zeros r would be large (length 'explains' the score); the RM's own scores alone say nothing."""
+    samples = [{"prompt_id": f"p{i}", "prompt": "q", "response": f"reply number {i} " * (3 if i < 10 else 1),
+                "score": 0.5 + 0.001 * (i % 2) if i < 10 else 0.0, "tokens": 10 + i if i < 10 else 1, "short": i >= 10}
+               for i in range(16)]
+    found = reply_signals(samples, CPU)
+    assert found["scored_replies"] == 10 and abs(found["score_length_corr"] or 0) < 0.5
+    assert found["hacking_warning"] == ""
+    assert min(r["score"] for r in found["bottom_replies"]) == 0.0 and "short" not in found["top_replies"][0]

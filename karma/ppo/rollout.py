@@ -5,6 +5,7 @@ the held-out evaluation (--eval-every), which samples and scores the same way (s
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -232,8 +233,9 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
         "ended_eos": s.ended.sum(), "short": s.short.sum(), "value": torch.where(m, values, 0.0).sum(),
         "return": torch.where(m, returns, 0.0).sum()})
     samples = [{"prompt_id": p.get("id"), "prompt": p["messages"][-1]["content"][-500:], "response": t,
-                "score": score, "tokens": n}
-               for p, t, score, n in zip(prompts, s.texts, scores.tolist(), response_mask.sum(1).tolist())]
+                "score": score, "tokens": n, "short": short}
+               for p, t, score, n, short in zip(prompts, s.texts, scores.tolist(), response_mask.sum(1).tolist(),
+                                                s.short.tolist())]
     stats = {**rollout_stats(total), "generate_s": s.seconds["generate_s"], "score_s": s.seconds["score_s"],
              "forward_s": forward_s, **reply_signals(samples, d)}
     buffer = RolloutBuffer(query, query_mask, response, train_mask, logprobs, ref_logprobs, values, rewards,
@@ -241,12 +243,20 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     return buffer, stats, samples
 
 
+def rm_scores(replies: list[dict]) -> list[float]:
+    """The scores the reward model gave, NaN for a too-short reply (--min-reply-chars scored it 0 by
+    rule): the length correlation asks whether the RM's scores follow length, and the rule's zeros
+    for short replies would make it say so by construction."""
+    return [math.nan if x["short"] else x["score"] for x in replies]
+
+
 def reply_signals(samples: list[dict], d: Dist) -> dict:
     """The reward-hacking signals of every rank's replies (signals.rollout_signals), the warning they
     raise ("hacking_warning", "" if none), and the best- and worst-scored replies ({"score", "tokens",
     "prompt_id", "response"}). One all-gather of the replies."""
-    every = gather_lists([{k: x[k] for k in ("score", "tokens", "prompt_id", "response")} for x in samples], d)
-    found = rollout_signals([x["response"] for x in every], [x["score"] for x in every], [x["tokens"] for x in every])
+    every = gather_lists([{k: x[k] for k in ("score", "tokens", "prompt_id", "response", "short")} for x in samples], d)
+    found = rollout_signals([x["response"] for x in every], rm_scores(every), [x["tokens"] for x in every])
+    every = [{k: v for k, v in x.items() if k != "short"} for x in every]
     ends = extremes(every)
     return {**found, "hacking_warning": hacking_warning(found), "top_replies": ends["top"],
             "bottom_replies": ends["bottom"]}
@@ -287,14 +297,15 @@ def evaluate_policy(policy, ref, reward, policy_tok, prompts: list[dict], cfg, s
                 "generated_tokens": s.response_mask.sum(), "ended_eos": s.ended.sum(), "short": s.short.sum()}
         part = {k: torch.as_tensor(v, device=device).double() for k, v in part.items()}
         sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
-        replies += [{"response": t, "score": x, "tokens": n}
-                    for t, x, n in zip(s.texts, s.scores.tolist(), s.response_mask.sum(1).tolist())]
+        replies += [{"response": t, "score": x, "tokens": n, "short": short}
+                    for t, x, n, short in zip(s.texts, s.scores.tolist(), s.response_mask.sum(1).tolist(),
+                                              s.short.tolist())]
     total = reduce_sums(d, device, sums)
     every = gather_lists(replies, d)
     n, n_seq = total["scored"], total["sequences"]
     mean = lambda key: total[key] / n if n else None
     se = lambda key: (max(total[f"{key}_sq"] - n * mean(key) ** 2, 0.0) / (n - 1) / n) ** 0.5 if n > 1 else None
-    found = rollout_signals([r["response"] for r in every], [r["score"] for r in every], [r["tokens"] for r in every])
+    found = rollout_signals([r["response"] for r in every], rm_scores(every), [r["tokens"] for r in every])
     return {"prompts": int(n_seq), "score": mean("score"), "score_se": se("score"), "kl_seq": mean("kl_seq"),
             "kl_seq_se": se("kl_seq"), "response_len": total["generated_tokens"] / n_seq,
             "ended_eos": total["ended_eos"] / n_seq, "short_replies": total["short"] / n_seq,
