@@ -30,22 +30,22 @@ DEMO_SEED ?= 0
 DEMO_REPORT_PROMPTS ?= 24
 DEMO_REPORT_SAMPLES ?= 8
 DEMO_WORLD := data/sample/world.json
-DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch $(DEMO_BATCH) --micro-batch 8 \
+DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch $(DEMO_BATCH) --micro-batch 4 \
 	--ppo-epochs 2 --max-new-tokens $(DEMO_MAX_NEW_TOKENS) --max-prompt-tokens 64 --lr $(DEMO_LR) --value-lr 1e-4 \
 	--lam 1.0 --init-kl-coef 0.003 --min-reply-chars 10 --value-init policy --value-trainable-layers 8 \
 	--activation-checkpointing --cpu-bf16 --eval-every 4 --eval-prompts 16 --keep-checkpoints 0 --seed $(DEMO_SEED)
 DEMO_REPORT ?= --prompts $(DEMO_REPORT_PROMPTS) --samples $(DEMO_REPORT_SAMPLES) --seed $(DEMO_SEED) \
 	$(if $(wildcard $(DEMO_WORLD)),--world $(DEMO_WORLD))
 
-# evaluation on small offline subsets (data/eval-sample): 40 items per task, 4 RealToxicityPrompts samples
+# evaluation on small offline subsets (data/eval-sample): 20 items per task, 4 RealToxicityPrompts samples
 # scored by the lexicon PROXY; small n, for the demo only
-DEMO_EVAL ?= --limit 40 --rtp-samples 4 --tasks mmlu truthfulqa crows_pairs colbert_humor msad realtoxicity
+DEMO_EVAL ?= --limit 20 --rtp-samples 4 --tasks mmlu truthfulqa crows_pairs colbert_humor msad realtoxicity
 
 demo: demo-train  ## the main job on the built-in default: sample data -> reward model -> PPO -> evals -> summary
 	$(BIN)/python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=$(DEMO)/ppo/policy \
 		--data-dir data/eval-sample --out $(DEMO)/eval $(DEMO_EVAL)
 	$(BIN)/python eval.py rm --reward-models $(DEMO)/rm/best --data $(DEMO)/data --out $(DEMO)/rm-report \
-		--max-examples 64 --n-resamples 200
+		--max-examples 48 --n-resamples 200
 	$(MAKE) --no-print-directory demo-report
 	@echo "outputs: $(DEMO)/SUMMARY.md and summary.png (what happened, above), $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/), $(DEMO)/rm-report (how the reward model leans on metadata and on the reply)"
 
