@@ -13,12 +13,12 @@ import difflib
 import os
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import torch
 
 from karma.errors import RunLocked, TrainingDiverged
+from karma.settings import read_toml
 
 EXPECTED = (OSError, ValueError, KeyError, RunLocked)
 
@@ -138,12 +138,7 @@ def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:
     a string for a path or a name; a flag with its own type function (a seed, a device) gets the
     value as the string it would get on the command line. An unknown key, a value of the wrong type
     or outside the flag's choices is a ValueError naming the file and the key."""
-    try:
-        table = tomllib.loads(Path(path).read_text())
-    except OSError as e:
-        raise OSError(f"--config {path}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    table = read_toml(path)
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
     values = {}
     for key, value in table.items():

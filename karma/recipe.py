@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from karma.evals.stats import across_models_test
 from karma.files import atomic_write, atomic_write_json, read_json
 from karma.ppo.trainer import PPOConfig
 from karma.reward_train import TrainRMConfig
-from karma.settings import flag_of, read_settings
+from karma.settings import flag_of, read_settings, read_toml
 
 HEARTBEAT_S = 30.0  # the terminal hears from a running stage at least this often
 VARIANT_PROMPTS = ("reddit", "ultrachat")
@@ -90,12 +89,7 @@ def check_keys(path: Path, where: str, table, kind: str) -> dict:
 def load_recipe(path) -> dict:
     """The recipe TOML, its keys checked; the stage configs it names must exist."""
     path = Path(path)
-    try:
-        recipe = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise OSError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    recipe = read_toml(path, label=str(path))
     check_keys(path, "", recipe, "")
     for name in ("hardware", "slurm", "data", "ppo", "eval", "rm_report"):
         if name in recipe:
@@ -416,7 +410,7 @@ def eval_estimate(stage: Stage, recipe: dict, a: dict, gpus: int) -> Estimate:
 def eval_items(recipe: dict) -> float | None:
     """Items one model is scored on: the eval config's `limit` for each task, else the recipe's
     [eval] items; a realtoxicity item counts rtp_samples / 4 times (the CPU anchor drew 4 samples)."""
-    config = tomllib.loads(Path(recipe["eval"]["config"]).read_text())
+    config = read_toml(recipe["eval"]["config"], label=str(recipe["eval"]["config"]))
     tasks = config.get("tasks", ["mmlu", "truthfulqa", "crows_pairs", "colbert_humor", "msad", "realtoxicity"])
     sizes = {t: config["limit"] for t in tasks} if config.get("limit") else recipe["eval"].get("items", {})
     if set(tasks) - set(sizes):

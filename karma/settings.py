@@ -125,17 +125,23 @@ def parse_settings(cls, parser: argparse.ArgumentParser, argv=None) -> tuple:
     return cfg, args
 
 
+def read_toml(path, label: str | None = None) -> dict:
+    """A TOML file as a dict: a file that cannot be read is an OSError naming it (as `label`, by default
+    "--config PATH"), a file that is not TOML a ValueError naming it and TOML's line and column."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise OSError(f"{label or f'--config {path}'}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+
+
 def read_settings(cls, path: Path) -> dict:
     """{setting: value} from a TOML file whose keys are field names of `cls`, each value of its field's
     type (an integer is a float where a float is expected). An unknown key or a value of the wrong type
     is a ValueError naming the file and the key. The ranges are checked later, once flags have had
     their say (parse_settings)."""
-    try:
-        table = tomllib.loads(Path(path).read_text())
-    except OSError as e:
-        raise OSError(f"--config {path}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    table = read_toml(path)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key, value in table.items():

@@ -71,6 +71,17 @@ def sharded_ckpt(request, checkpoint_factory) -> Checkpoint:
     return checkpoint_factory(request.param, sharded=True)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For files of tiny models (pytestmark = pytest.mark.usefixtures("one_thread")): one intra-op
+    thread is several times faster than two on a busy 2-core machine (the threads spin-wait for each
+    other). Restored when the file is done."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -25,12 +25,7 @@ from karma.errors import TrainingDiverged
 WORDS = "the a cat dog why how karma reddit thread reply source great bad wrong right question answer".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 
 @pytest.fixture(scope="module")

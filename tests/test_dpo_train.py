@@ -35,12 +35,7 @@ GOOD = ["great question, here is why it works", "thanks, the source explains it 
 BAD = ["no idea lol", "who cares, this is wrong"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster than two busy ones
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 
 def make_pairs(path: Path, n: int = 24, seed: int = 0) -> Path:

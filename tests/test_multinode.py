@@ -27,7 +27,9 @@ import karma.ppo.trainer as ppo_trainer
 import karma.reward_train as reward_train
 from test_resume_families import (CPU, ENV, PPO_RUN, RM_RUN, ROOT, TORCHRUN_CASE, VIEW_WARNING, free_port, ppo_config,
                                   read_log, rm_config)
-from test_resume_families import _one_thread, family_model, prompts, reward_dir, rm_data  # noqa: F401 (fixtures)
+from test_resume_families import family_model, prompts, reward_dir, rm_data  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 TIMEOUT_S = 300  # both agents together (about 10 s each test on 2 idle cores); a rendezvous waits 60 s at most
 

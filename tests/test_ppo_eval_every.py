@@ -30,14 +30,7 @@ CPU = Dist(0, 1, torch.device("cpu"))
 N_THREADS = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is several times faster than two on a busy
-    2-core machine (the threads spin-wait for each other). Restored for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 
 @pytest.fixture(scope="module")
