@@ -7,6 +7,7 @@ that is not installed is refused before anything loads, naming the pip command."
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,14 @@ def test_every_trainer_takes_report_to_and_a_resume_may_change_it():
 BLOCK = 32 * 1024  # the .wandb file is a LevelDB log of wandb_internal_pb2.Record messages
 
 
+def wandb_run_dirs(out: Path) -> list[Path]:
+    """W&B's run folders under `out`/wandb in the order they were started. A folder is named
+    offline-run-<YYYYmmdd_HHMMSS>-<run id>, and a resumed run started in the same second as the
+    one before gets a "-1" suffix (then "-2", ...), which plain name order puts first."""
+    key = lambda d: re.fullmatch(r"(?:offline-)?run-(\d{8}_\d{6})-([a-z0-9]+)(?:-(\d+))?", d.name).group(1, 3)
+    return sorted(out.glob("wandb/*run-*_*"), key=lambda d: (key(d)[0], int(key(d)[1] or 0)))
+
+
 def wandb_history(out: Path) -> list[dict]:
     """The history rows of every W&B run file under `out`/wandb, in order (W&B 0.31 has no Python
     reader of its own: the LevelDB log framing is read here, the records by W&B's protobuf).
@@ -254,7 +263,7 @@ def wandb_history(out: Path) -> list[dict]:
     from wandb.proto import wandb_internal_pb2 as pb
     wandb.teardown()
     rows = []
-    for path in sorted(out.glob("wandb/*run-*/run-*.wandb")):
+    for path in [f for run_dir in wandb_run_dirs(out) for f in run_dir.glob("run-*.wandb")]:
         data, pos, chunk = path.read_bytes(), 7, b""  # header: ":W&B", 2-byte magic, version
         assert data[:4] == b":W&B"
         while pos + 7 <= len(data):
@@ -309,8 +318,8 @@ def test_wandb_offline_live_mirror_replay_and_resume(tmp_path, base, data, wandb
 
     train(rm_config(base, data, out, report_to="wandb", resume=True), CPU)
     assert json.loads((out / "wandb" / "karma.json").read_text()) == {"id": state["id"], "step": 4}
-    runs = sorted(out.glob("wandb/offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(state["id"]) for r in runs)  # one W&B run, resumed
+    runs = wandb_run_dirs(out)  # one W&B run, resumed: two folders with the same run id
+    assert len(runs) == 2 and all(re.search(rf"-{state['id']}(-\d+)?$", r.name) for r in runs)
     rows = wandb_history(out)
     # step 3 is not sent again (W&B keeps its history's steps increasing): the killed run's row stays,
     # the same numbers as the resumed run's but for the timings
