@@ -121,9 +121,12 @@ def test_the_reward_model_sees_its_training_format(setup, tmp_path):
     assert all(rm.tokenizer.decode(ids).startswith("User: say something") for ids in received)
 
 
-def test_killed_run_resumes_to_bitwise_equal_policy_and_value(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("normalize_scores", [False, True])
+def test_killed_run_resumes_to_bitwise_equal_policy_and_value(setup, tmp_path, monkeypatch, normalize_scores):
+    """With --normalize-scores the scale fitted on rollout 1 must come back from the checkpoint: a
+    resumed run that fitted it again on rollout 3's replies would train on other rewards."""
     policy, prompts = setup
-    common = dict(rollouts=6, save_every=2)
+    common = dict(rollouts=6, save_every=2, normalize_scores=normalize_scores)
     full = tmp_path / "full"
     train(config(policy, prompts, full, **common), CPU, reward=LetterReward())
 
@@ -150,6 +153,7 @@ def test_killed_run_resumes_to_bitwise_equal_policy_and_value(setup, tmp_path, m
     assert [r["rollout"] for r in rows(killed)] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(rows(full), rows(killed)):
         assert (a["score"], a["value_loss"], a["kl_coef_next"]) == (b["score"], b["value_loss"], b["kl_coef_next"])
+        assert a.get("score_norm_std") == b.get("score_norm_std")
 
 
 def test_missing_prompt_set_is_a_clear_error(setup, tmp_path):

@@ -17,7 +17,7 @@ from torch import Tensor
 from karma.distributed import Dist, all_reduce_sum, gather_lists, reduce_sums
 from karma.generate import generate
 from karma.logprobs import logprobs_from_logits
-from karma.ppo.core import gae, masked_whiten, token_rewards
+from karma.ppo.core import ScoreNorm, gae, masked_whiten, token_rewards
 from karma.ppo.signals import extremes, hacking_warning, rollout_signals
 from karma.reward import RewardConfig, encode
 from karma.tokenizer import left_pad
@@ -191,10 +191,13 @@ def sample_and_score(policy, ref, reward, policy_tok, prompts: list[dict], cfg, 
 
 @torch.no_grad()
 def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict], cfg, kl_coef: float, seed: int,
-                    d: Dist | None = None, generator_model=None):
+                    d: Dist | None = None, generator_model=None, score_norm: ScoreNorm | None = None):
     """One rollout of this rank's prompts: generate and score (sample_and_score), reward, advantage,
     and the reward-hacking signals of every rank's replies (karma/ppo/signals.py).
     Returns (buffer, stats over all ranks, samples of this rank).
+
+    score_norm (--normalize-scores): the score enters the reward rescaled (core.ScoreNorm), fitted
+    here on the reward model's scores of the first rollout it sees unfitted; stats keep the raw score.
 
     stats holds the signals and the EXTREMES best- and worst-scored replies of all ranks
     ("top_replies", "bottom_replies"); every rank computes the same ones.
@@ -208,6 +211,14 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     # the whitening statistics and every loss, counted, instead of poisoning the whole rollout
     scored = torch.isfinite(scores)
     train_mask = response_mask * scored[:, None]  # [B, T]: the tokens PPO learns from
+    reward_scores = torch.where(scored, scores, 0.0)  # [B]
+    if score_norm is not None:
+        if not score_norm.fitted:  # the first rollout: the initial policy's replies, every rank's
+            rm_scored = scored & ~s.short  # a short reply's 0 is the rule's, not the reward model's
+            fit = reduce_sums(d, device, {"n": rm_scored.sum(), "sum": torch.where(rm_scored, scores, 0.0).sum(),
+                                          "sq": torch.where(rm_scored, scores.double() ** 2, 0.0).sum()})
+            score_norm.fit(fit["n"], fit["sum"], fit["sq"])
+        reward_scores = torch.where(scored, score_norm(scores), 0.0)
 
     start = time.perf_counter()
     full = torch.cat([query, response], 1)
@@ -215,7 +226,7 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
     Q = query.shape[1]
     values = value(full, full_mask)[:, Q - 1:-1]  # V before each response token
     penalty = cfg.missing_eos_penalty
-    rewards, kl = token_rewards(torch.where(scored, scores, 0.0), logprobs, ref_logprobs, response_mask, kl_coef,
+    rewards, kl = token_rewards(reward_scores, logprobs, ref_logprobs, response_mask, kl_coef,
                                 kind=cfg.kl_estimator, ended_with_eos=s.ended if penalty is not None else None,
                                 missing_eos_penalty=penalty)
     rewards = rewards * train_mask  # a dropped row earns nothing

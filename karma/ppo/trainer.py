@@ -36,8 +36,8 @@ from karma.distributed import (CPU_BF16_HELP, Dist, all_reduce_sum, autocast, cl
 from karma.errors import TrainingDiverged
 from karma.logprobs import entropy_from_logits, logprobs_from_logits
 from karma.optim import adamw, linear_decay
-from karma.ppo.core import (AdaptiveKLController, FixedKLController, explained_variance, masked_mean, policy_loss,
-                            value_loss)
+from karma.ppo.core import (AdaptiveKLController, FixedKLController, ScoreNorm, explained_variance, masked_mean,
+                            policy_loss, value_loss)
 from karma.ppo.rollout import RolloutBuffer, collect_rollout, evaluate_policy, response_logits
 from karma.ppo.value import check_same_tokenizer, train_top_layers_only, value_from_policy, value_from_reward_model
 from karma.reward import inspect_reward_model, load_reward_model
@@ -95,6 +95,10 @@ class PPOConfig:
     gamma: float = setting(1.0, "GAE discount", UNIT_INTERVAL)
     lam: float = setting(0.95, "GAE lambda", UNIT_INTERVAL)
     whiten_advantages: bool = setting(True, "whiten the advantages of each rollout (mean 0, standard deviation 1)")
+    normalize_scores: bool = setting(
+        False, "rescale the reward model's score to mean 0, standard deviation 1 over the first rollout's replies "
+               "(the initial policy's) before it enters the reward, as Ziegler et al. 2019 do; the KL coefficient "
+               "is then in units of the score's spread (the logged score stays the raw one)", before_added=False)
     kl: str = setting("adaptive", "KL coefficient control (Ziegler adaptive or fixed)", choices=("adaptive", "fixed"))
     init_kl_coef: float = setting(0.15, "initial (or fixed) KL coefficient", NON_NEGATIVE)
     kl_target: float = setting(6.0, "adaptive target: mean per-sequence SUM of k1 KL, in nats (as Ziegler et al.)",
@@ -151,6 +155,9 @@ class PPOConfig:
     def check(self) -> None:
         """Every value in its range (ValueError naming the flag)."""
         check_settings(self)
+        if self.normalize_scores and self.rollout_batch < 2:
+            raise ValueError(f"--normalize-scores fits the score's spread on the first rollout: it needs "
+                             f"--rollout-batch >= 2, got {self.rollout_batch}")
 
 
 # settings a resumed run may change: they decide what is logged, evaluated and saved, not the weights
@@ -326,8 +333,9 @@ class Models:
 
 
 class Optimization:
-    """AdamW for the policy and the critic with linear LR decay over all minibatch updates, and the
-    KL controller: everything a checkpoint must restore besides the weights."""
+    """AdamW for the policy and the critic with linear LR decay over all minibatch updates, the KL
+    controller and the score's scale (--normalize-scores): everything a checkpoint must restore
+    besides the weights."""
 
     def __init__(self, cfg: PPOConfig, m: Models):
         self.updates_per_rollout = cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch)
@@ -337,6 +345,7 @@ class Optimization:
         self.schedulers = [linear_decay(o, total_updates, cfg.min_lr_ratio) for o in (self.policy_opt, self.value_opt)]
         self.kl_controller = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
                               if cfg.kl == "adaptive" else FixedKLController(cfg.init_kl_coef))
+        self.score_norm = ScoreNorm() if cfg.normalize_scores else None  # fitted by the first rollout
         self.trained = {"policy": (m.policy, self.policy_opt), "value": (m.value, self.value_opt)}
 
     def step(self, grad_clip: float) -> dict[str, torch.Tensor]:
@@ -370,13 +379,16 @@ class Optimization:
 
     def state_dict(self) -> dict:
         return {"schedulers": [s.state_dict() for s in self.schedulers],
-                "kl_controller": self.kl_controller.state_dict()}
+                "kl_controller": self.kl_controller.state_dict(),
+                **({"score_norm": self.score_norm.state_dict()} if self.score_norm else {})}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from a checkpoint's trainer state (the keys are removed from it)."""
         for sched, sd in zip(self.schedulers, state.pop("schedulers")):
             sched.load_state_dict(sd)
         self.kl_controller.load_state_dict(state.pop("kl_controller"))
+        if self.score_norm:
+            self.score_norm.load_state_dict(state.pop("score_norm"))
 
 
 def ppo_iteration(m: Models, opt: Optimization, batch_prompts: list[dict], cfg: PPOConfig, r: int, run_variant: str,
@@ -386,7 +398,7 @@ def ppo_iteration(m: Models, opt: Optimization, batch_prompts: list[dict], cfg: 
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
     kl_coef = opt.kl_controller.kl_coef
-    buffer, stats, samples = rollout(m, batch_prompts, cfg, kl_coef, r, d)
+    buffer, stats, samples = rollout(m, batch_prompts, cfg, kl_coef, r, d, opt.score_norm)
     start = time.perf_counter()
     m.policy.train()
     m.value.train()
@@ -403,14 +415,16 @@ def ppo_iteration(m: Models, opt: Optimization, batch_prompts: list[dict], cfg: 
               "generate_tok_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
               "train_tok_s": stats["trained_tokens"] / max(stats["update_s"], 1e-9),
               "peak_mem_gib": peak_memory_gib(d.device)}
+    if opt.score_norm:  # the rescaling every rollout's reward used
+        record.update(score_norm_mean=opt.score_norm.mean, score_norm_std=opt.score_norm.std)
     return record, samples
 
 
 def rollout(m: Models, batch_prompts: list[dict], cfg: PPOConfig, kl_coef: float, r: int,
-            d: Dist) -> tuple[RolloutBuffer, dict, list[dict]]:
+            d: Dist, score_norm: ScoreNorm | None = None) -> tuple[RolloutBuffer, dict, list[dict]]:
     """Rollout `r` of this rank's share of the prompts (karma/ppo/rollout.py: sample, score, rewards
-    with `kl_coef`, advantages), sampled by a plain replica of the policy's current weights.
-    Returns (buffer, stats over all ranks, samples)."""
+    with `kl_coef` and the score rescaled by `score_norm`, advantages), sampled by a plain replica
+    of the policy's current weights. Returns (buffer, stats over all ranks, samples)."""
     m.policy.eval()
     start = time.perf_counter()
     m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.frozen_dtype)
@@ -419,7 +433,7 @@ def rollout(m: Models, batch_prompts: list[dict], cfg: PPOConfig, kl_coef: float
         buffer, stats, samples = collect_rollout(m.policy, m.ref, m.value, m.reward, m.tokenizer,
                                                  batch_prompts[d.rank::d.world_size], cfg, kl_coef,
                                                  seed=cfg.seed * 1_000_003 + r * d.world_size + d.rank,
-                                                 d=d, generator_model=m.generator)
+                                                 d=d, generator_model=m.generator, score_norm=score_norm)
     stats["gather_s"] = gather_s
     stats["explained_variance"] = explained_variance(buffer.values, buffer.returns, buffer.response_mask).item()
     return buffer, stats, samples
