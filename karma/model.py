@@ -208,8 +208,12 @@ class Transformer(nn.Module):
             self.alibi_slopes = alibi_slopes(self.config.n_heads).to(device)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Vocabulary projection of final hidden states [..., hidden] -> [..., vocab]."""
-        return F.linear(hidden, self.embed.weight if self.lm_head is None else self.lm_head.weight)
+        """Vocabulary projection of final hidden states [..., hidden] -> [..., vocab].
+
+        contiguous(): callers pass slices (the response positions of [B, T, hidden]), and on CPU a
+        bf16 matmul with a non-contiguous 3-D input broadcasts the weight to [B, hidden, vocab]
+        (1.8 GB for 32 SmolLM2 rows) where the copy of the slice costs kilobytes."""
+        return F.linear(hidden.contiguous(), self.embed.weight if self.lm_head is None else self.lm_head.weight)
 
     def forward(self, input_ids, attention_mask=None, *, cache: KVCache | None = None, output: str = "logits"):
         """input_ids, attention_mask: [B, T] (mask 1 = real token, 0 = padding; left padding).

@@ -205,3 +205,23 @@ def test_ignorable_buffers_in_checkpoint_are_ignored(layout, checkpoint_factory,
     model = karma.load_model(str(d)).eval()
     ids = torch.tensor(random_prompts([11], seed=9))
     assert max_diff(karma_logits(model, ids), oracle_logits(ckpt.oracle, ids)) <= ATOL
+
+
+@pytest.mark.parametrize("layout", ["llama_tied", "llama_untied"])
+def test_logits_of_a_slice_reach_the_matmul_contiguous(checkpoint_factory, monkeypatch, layout):
+    """PPO and DPO project the response slice of [B, T, hidden]: on CPU a bf16 matmul with a
+    non-contiguous 3-D input broadcasts the weight to [B, hidden, vocab] (1.8 GB for 32 SmolLM2
+    rows), so Transformer.logits copies the slice first; the logits are those of the copy."""
+    model = karma.load_model(checkpoint_factory(layout).path)
+    hidden = torch.randn(3, 7, model.config.hidden_size)[:, 2:5]
+    assert not hidden.is_contiguous()
+    seen = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda x, w, b=None: seen.append(x.is_contiguous()) or linear(x, w, b))
+    with torch.no_grad():
+        logits = model.logits(hidden)
+    assert seen == [True]
+    monkeypatch.undo()
+    with torch.no_grad():
+        assert torch.equal(logits, model.logits(hidden.clone()))

@@ -310,14 +310,16 @@ class Models:
     """The policy (trained), the frozen reference and reward model, the critic (trained), the
     policy's tokenizer, and the sampling replica of the policy (see distributed.replicated_copy)."""
 
-    def __init__(self, policy, ref, reward, value, tokenizer, frozen_dtype):
+    def __init__(self, policy, ref, reward, value, tokenizer, sample_dtype):
         self.policy, self.ref, self.reward, self.value, self.tokenizer = policy, ref, reward, value, tokenizer
-        self.frozen_dtype = frozen_dtype  # bf16 on GPU, fp32 on CPU
+        self.sample_dtype = sample_dtype  # the sampling replica's: bf16 on GPU; on CPU fp32, the policy itself
         self.generator = None
 
     @classmethod
     def load(cls, cfg: PPOConfig, d: Dist, reward=None) -> "Models":
-        frozen_dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
+        # the frozen reference and reward model in bf16 on GPU, and on CPU with --cpu-bf16 (autocast casts
+        # their matrices to bf16 anyway; fp32 copies would only cost 2 x 0.54 GB for SmolLM2-135M)
+        frozen_dtype = torch.bfloat16 if d.device.type == "cuda" or cfg.cpu_bf16 else torch.float32
         policy = load_model(cfg.model, dtype=torch.float32, device=d.device)
         tokenizer = load_tokenizer(cfg.model)
         ref = load_model(cfg.model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
@@ -329,7 +331,7 @@ class Models:
         policy.activation_checkpointing = value.backbone.activation_checkpointing = cfg.activation_checkpointing
         shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
         shard(value, value.backbone.blocks, d)
-        return cls(policy, ref, reward, value, tokenizer, frozen_dtype)
+        return cls(policy, ref, reward, value, tokenizer, torch.bfloat16 if d.device.type == "cuda" else torch.float32)
 
 
 class Optimization:
@@ -427,7 +429,7 @@ def rollout(m: Models, batch_prompts: list[dict], cfg: PPOConfig, kl_coef: float
     of the policy's current weights. Returns (buffer, stats over all ranks, samples)."""
     m.policy.eval()
     start = time.perf_counter()
-    m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.frozen_dtype)
+    m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.sample_dtype)
     gather_s = time.perf_counter() - start
     with autocast(d, cfg.cpu_bf16):
         buffer, stats, samples = collect_rollout(m.policy, m.ref, m.value, m.reward, m.tokenizer,
@@ -445,7 +447,7 @@ def evaluate(m: Models, prompts: list[dict], cfg: PPOConfig, rollouts_done: int,
     Training does not notice: sampling uses its own seeded generator, and the sampling replica it
     refreshes is refreshed at every rollout's start anyway."""
     m.policy.eval()
-    m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.frozen_dtype)
+    m.generator = replicated_copy(m.policy, d, m.generator, dtype=m.sample_dtype)
     with autocast(d, cfg.cpu_bf16):
         stats = evaluate_policy(m.policy, m.ref, m.reward, m.tokenizer, prompts[d.rank::d.world_size], cfg,
                                 cfg.eval_seed, d, generator_model=m.generator)
