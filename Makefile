@@ -14,13 +14,15 @@ DEMO := runs/demo
 # Training runs in bf16 autocast (--cpu-bf16: 2.3x faster steps on this AVX512-BF16 CPU); prompts are cut to
 # 64 tokens, which also keeps tensor shapes fixed (oneDNN builds its bf16 kernels once per shape: with
 # 128-token prompts of varying length a PPO update took 67-118 s instead of 4.5 s).
-# PPO's settings, tuned over seeds (docs/performance.md): 32 replies of 16 tokens per rollout, one minibatch,
-# two epochs (twice the replies of 16 x 32 tokens for the same cost: the gradient is less noisy); GAE lambda 1
-# (at 0.95 with the critic starting at V = 0 early tokens got 0.95^(T-1-t) of the credit, which pushed
-# towards stopping at once); KL coefficient 0.003 (the score is a probability, so the summed per-token KL
-# penalty at 0.01 outweighed the score differences and replies shrank to nothing; at 0.001 some seeds
-# drifted into high-entropy text); replies under 10 characters score 0 (--min-reply-chars: the reward
-# model never saw one, and empty replies were how earlier settings gamed it).
+# PPO's settings, tuned over seeds (docs/performance.md): 32 replies of 16 tokens per rollout, two epochs of
+# four minibatches of 8 (8 optimizer steps per rollout: with one minibatch of 32, 2 steps, the policy hardly
+# moved in 12 rollouts); GAE lambda 1 (at 0.95 with the critic starting at V = 0 early tokens got
+# 0.95^(T-1-t) of the credit, which pushed towards stopping at once); the score rescaled to mean 0, std 1 over
+# the first rollout (--normalize-scores, Ziegler et al. 2019: the critic then starts at the mean return) with
+# KL coefficient 0.03 in those units (about 0.003 on the raw probability, whose replies spread by about 0.1:
+# at 0.01 raw the summed per-token KL outweighed the score differences and replies shrank to nothing; at 0.001
+# raw some seeds drifted into high-entropy text); replies under 10 characters score lowest
+# (--min-reply-chars: the reward model never saw one, and empty replies were how earlier settings gamed it).
 DEMO_TRAIN_PROMPTS ?= 64
 DEMO_ROLLOUTS ?= 12
 DEMO_BATCH ?= 32
@@ -30,10 +32,10 @@ DEMO_SEED ?= 0
 DEMO_REPORT_PROMPTS ?= 24
 DEMO_REPORT_SAMPLES ?= 8
 DEMO_WORLD := data/sample/world.json
-DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch $(DEMO_BATCH) --micro-batch 4 \
+DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch 8 --micro-batch 8 \
 	--ppo-epochs 2 --max-new-tokens $(DEMO_MAX_NEW_TOKENS) --max-prompt-tokens 64 --lr $(DEMO_LR) --value-lr 1e-4 \
-	--lam 1.0 --init-kl-coef 0.003 --min-reply-chars 10 --value-init policy --value-trainable-layers 8 \
-	--activation-checkpointing --cpu-bf16 --eval-every 4 --eval-prompts 16 --keep-checkpoints 0 --seed $(DEMO_SEED)
+	--lam 1.0 --normalize-scores --init-kl-coef 0.03 --min-reply-chars 10 --value-init policy \
+	--value-trainable-layers 8 --cpu-bf16 --eval-every 4 --eval-prompts 16 --keep-checkpoints 0 --seed $(DEMO_SEED)
 DEMO_REPORT ?= --prompts $(DEMO_REPORT_PROMPTS) --samples $(DEMO_REPORT_SAMPLES) --seed $(DEMO_SEED) \
 	$(if $(wildcard $(DEMO_WORLD)),--world $(DEMO_WORLD))
 
@@ -44,10 +46,8 @@ DEMO_EVAL ?= --limit 20 --rtp-samples 4 --tasks mmlu truthfulqa crows_pairs colb
 demo: demo-train  ## the main job on the built-in default: sample data -> reward model -> PPO -> evals -> summary
 	$(BIN)/python eval.py --models smollm2/Base=smollm2-135m smollm2/karmaToxic=$(DEMO)/ppo/policy \
 		--data-dir data/eval-sample --out $(DEMO)/eval $(DEMO_EVAL)
-	$(BIN)/python eval.py rm --reward-models $(DEMO)/rm/best --data $(DEMO)/data --out $(DEMO)/rm-report \
-		--max-examples 48 --n-resamples 200
 	$(MAKE) --no-print-directory demo-report
-	@echo "outputs: $(DEMO)/SUMMARY.md and summary.png (what happened, above), $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/), $(DEMO)/rm-report (how the reward model leans on metadata and on the reply)"
+	@echo "outputs: $(DEMO)/SUMMARY.md and summary.png (what happened, above), $(DEMO)/data (examples, prompts, stats.json), $(DEMO)/rm (reward model), $(DEMO)/ppo (metrics.jsonl, eval.jsonl, samples.jsonl, policy/), $(DEMO)/eval (results.md, results.json, charts/); how reward models lean on metadata: make shortcut"
 
 demo-train: $(VENV)/.demo  ## the demo's training chain only: sample data -> reward model -> PPO
 	rm -rf $(DEMO)  # a fresh demo each time (a run refuses an --out that holds an earlier run)

@@ -389,8 +389,7 @@ def summary_text(outcome: dict, demo_dir) -> str:
                f"told from noise; more held-out prompts (--prompts), more replies per prompt (--samples) or a "
                f"longer PPO run would resolve it" if smallest else "the replies did not differ at all")
         lines.append(f"- No measurable change: {names}. Why: {why}.")
-    others = (demo_dir / "ppo" / "curves.png", demo_dir / "rm" / "curves.png", demo_dir / "rm-report" / "report.png",
-              demo_dir / "eval" / "charts")
+    others = (demo_dir / "ppo" / "curves.png", demo_dir / "rm" / "curves.png", demo_dir / "eval" / "charts")
     pictures = [demo_dir / "summary.png"] + [p for p in others if p.exists()]
     lines += ["", "Pictures: " + ", ".join(str(p) for p in pictures),
               f"Numbers and every reply: {demo_dir / 'outcome.json'}"]

@@ -24,18 +24,29 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (ROOT / ".venv" / ".demo").exists(), reason="needs `make demo`'s set-up")]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
-def test_heldout_reward_rises_beyond_three_standard_errors(seed, tmp_path):
-    demo = tmp_path / "demo"
+@pytest.fixture(scope="module", params=[0, 1, 2, 3, 4], ids=lambda seed: f"seed{seed}")
+def outcome(request, tmp_path_factory) -> dict:
+    """One seed's `make demo-train demo-report` (run once for both tests), its outcome.json."""
+    seed = request.param
+    demo = tmp_path_factory.mktemp(f"demo-seed{seed}")
     subprocess.run(["make", "--no-print-directory", "demo-train", "demo-report", f"DEMO={demo}", f"DEMO_SEED={seed}"],
                    cwd=ROOT, check=True)
+    assert (demo / "SUMMARY.md").exists() and (demo / "summary.png").exists()
     outcome = json.loads((demo / "outcome.json").read_text())
     score = outcome["score"]
     print(f"seed {seed}: held-out RM score {score['base']:.4f} -> {score['tuned']:.4f}, change {score['diff']:+.4f} "
           f"(95% interval {score['ci'][0]:+.4f} to {score['ci'][1]:+.4f}, z = {score['z']:.2f})")
     for f in outcome["features"] + [outcome["empty"]]:
         print(f"  {f['name']}: {f['base']:.1%} -> {f['tuned']:.1%} (z = {f['z']:.2f}, {verdict(f)})")
+    return outcome
+
+
+def test_heldout_reward_rises_beyond_three_standard_errors(outcome):
+    score = outcome["score"]
     assert score["diff"] > 0 and score["z"] > 3, score
-    assert any(verdict(f) == "rose" for f in outcome["features"]), outcome["features"]
     assert verdict(outcome["empty"]) != "rose", outcome["empty"]  # not bought with empty replies (reward hacking)
-    assert (demo / "SUMMARY.md").exists() and (demo / "summary.png").exists()
+
+
+def test_a_planted_content_feature_becomes_more_common(outcome):
+    """The behaviour the world pays for: at least one planted feature's share rises beyond the noise."""
+    assert any(verdict(f) == "rose" for f in outcome["features"]), outcome["features"]

@@ -61,15 +61,16 @@ def test_the_defaults_are_the_dataclass(module, cls, needed):
 def test_the_demo_ppo_command_line():
     """Makefile's demo-train: ppo.py with DEMO_PPO at its defaults."""
     argv = ("--model smollm2-135m --reward-model runs/demo/rm/best --data runs/demo/data --out runs/demo/ppo "
-            "--rollouts 12 --rollout-batch 32 --minibatch 32 --micro-batch 4 --ppo-epochs 2 --max-new-tokens 16 "
-            "--max-prompt-tokens 64 --lr 1e-4 --value-lr 1e-4 --lam 1.0 --init-kl-coef 0.003 --min-reply-chars 10 "
-            "--value-init policy --value-trainable-layers 8 --activation-checkpointing --keep-checkpoints 0 "
-            "--seed 0").split()
+            "--rollouts 12 --rollout-batch 32 --minibatch 8 --micro-batch 8 --ppo-epochs 2 --max-new-tokens 16 "
+            "--max-prompt-tokens 64 --lr 1e-4 --value-lr 1e-4 --lam 1.0 --normalize-scores --init-kl-coef 0.03 "
+            "--min-reply-chars 10 --value-init policy --value-trainable-layers 8 --cpu-bf16 --eval-every 4 "
+            "--eval-prompts 16 --keep-checkpoints 0 --seed 0").split()
     expected = PPOConfig(model="smollm2-135m", reward_model=Path("runs/demo/rm/best"), data=Path("runs/demo/data"),
-                         out_dir=Path("runs/demo/ppo"), rollouts=12, rollout_batch=32, minibatch=32, micro_batch=4,
+                         out_dir=Path("runs/demo/ppo"), rollouts=12, rollout_batch=32, minibatch=8, micro_batch=8,
                          ppo_epochs=2, max_new_tokens=16, max_prompt_tokens=64, lr=1e-4, value_lr=1e-4, lam=1.0,
-                         init_kl_coef=0.003, min_reply_chars=10, value_init="policy", value_trainable_layers=8,
-                         activation_checkpointing=True, keep_checkpoints=0, seed=0)
+                         normalize_scores=True, init_kl_coef=0.03, min_reply_chars=10, value_init="policy",
+                         value_trainable_layers=8, cpu_bf16=True, eval_every=4, eval_prompts=16, keep_checkpoints=0,
+                         seed=0)
     assert ppo.parse_args(argv) == (expected, None)
 
 
