@@ -223,5 +223,6 @@ def test_logits_of_a_slice_reach_the_matmul_contiguous(checkpoint_factory, monke
         logits = model.logits(hidden)
     assert seen == [True]
     monkeypatch.undo()
-    with torch.no_grad():
-        assert torch.equal(logits, model.logits(hidden.clone()))
+    weight = model.embed.weight if model.lm_head is None else model.lm_head.weight
+    with torch.no_grad():  # the same numbers as the projection of the slice itself (fp32)
+        assert torch.allclose(logits, torch.nn.functional.linear(hidden, weight), atol=1e-5)

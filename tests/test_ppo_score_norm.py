@@ -28,7 +28,7 @@ def test_fit_is_the_mean_and_population_std():
     x = np.array([0.2, 0.5, 0.45, 0.9, 0.1])
     norm = ScoreNorm()
     assert not norm.fitted
-    norm.fit(len(x), x.sum(), (x ** 2).sum())
+    norm.fit(len(x), x.sum(), (x ** 2).sum(), x.max() - x.min())
     assert norm.mean == pytest.approx(x.mean()) and norm.std == pytest.approx(x.std())  # numpy: population std
     z = norm(torch.tensor(x))
     assert torch.allclose(z, torch.tensor((x - x.mean()) / x.std()))
@@ -40,9 +40,9 @@ def test_fit_is_the_mean_and_population_std():
 
 def test_too_few_or_constant_scores_are_refused():
     with pytest.raises(ValueError, match="at least 2 scored replies in the first rollout, got 1"):
-        ScoreNorm().fit(1, 0.5, 0.25)
+        ScoreNorm().fit(1, 0.5, 0.25, 0.0)
     with pytest.raises(ValueError, match="same score"):
-        ScoreNorm().fit(4, 2.0, 1.0)  # four replies scored 0.5
+        ScoreNorm().fit(4, 2.0, 1.0 + 1e-9, 0.0)  # four replies scored 0.5 (and a rounding)
     with pytest.raises(ValueError, match="--rollout-batch >= 2, got 1"):
         PPOConfig(normalize_scores=True, rollout_batch=1).check()
 
@@ -74,6 +74,23 @@ def test_the_reward_carries_the_rescaled_score(setup):
     assert (norm.mean, norm.std) == fitted
     raw = np.array([s["score"] for s in samples])
     assert torch.allclose(buffer.rewards.sum(1).double(), torch.tensor((raw - fitted[0]) / fitted[1]), atol=1e-5)
+
+
+class ConstantReward(LetterReward):
+    def score(self, contexts, responses, metas=None):
+        return torch.full((len(responses),), 0.7)  # float32, as a reward model's probabilities
+
+
+def test_a_constant_reward_model_is_refused_in_the_first_rollout(setup):
+    """Summed in float32, 0.7 twelve times leaves a variance of rounding (std ~1e-4) that passed for
+    a spread; the fit tests the spread itself (max - min)."""
+    policy_dir, prompts_file = setup
+    policy = load_model(policy_dir)
+    prompts = [json.loads(line) for line in prompts_file.read_text().splitlines()][:12]
+    with pytest.raises(ValueError, match="same score"):
+        collect_rollout(policy, policy, value_from_policy(policy), ConstantReward(), load_tokenizer(policy_dir),
+                        prompts, PPOConfig(max_new_tokens=4, max_prompt_tokens=64), kl_coef=0.0, seed=0,
+                        score_norm=ScoreNorm())
 
 
 def test_a_run_logs_the_scale_it_fitted_on_its_first_rollout(setup, tmp_path):

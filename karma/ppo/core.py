@@ -299,14 +299,15 @@ class ScoreNorm:
     def fitted(self) -> bool:
         return self.mean is not None
 
-    def fit(self, n: float, total: float, total_sq: float) -> None:
-        """From n scores' sum and sum of squares."""
+    def fit(self, n: float, total: float, total_sq: float, spread: float) -> None:
+        """From n scores' sum, sum of squares and spread (max - min). A spread of 0 is tested as such:
+        rounding in the sums leaves a small variance even where every score is the same."""
         if n < 2:
             raise ValueError(f"--normalize-scores needs at least 2 scored replies in the first rollout, got {n:g} "
                              f"(raise --rollout-batch, or lower --min-reply-chars if the replies were too short)")
         mean = total / n
         std = max(total_sq / n - mean ** 2, 0.0) ** 0.5
-        if not std > 1e-6:
+        if not (spread > 1e-6 and std > 0):
             raise ValueError(f"--normalize-scores: the reward model gave all {n:g} replies of the first rollout the "
                              f"same score ({mean:.6g}); a constant score cannot be rescaled, and teaches nothing")
         self.mean, self.std = mean, std

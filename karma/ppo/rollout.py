@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from karma.distributed import Dist, all_reduce_sum, gather_lists, reduce_sums
+from karma.distributed import Dist, all_reduce_sum, gather_lists, reduce_max, reduce_sums
 from karma.generate import generate
 from karma.logprobs import logprobs_from_logits
 from karma.ppo.core import ScoreNorm, gae, masked_whiten, token_rewards
@@ -217,7 +217,9 @@ def collect_rollout(policy, ref, value, reward, policy_tok, prompts: list[dict],
             rm_scored = scored & ~s.short  # a short reply's 0 is the rule's, not the reward model's
             fit = reduce_sums(d, device, {"n": rm_scored.sum(), "sum": torch.where(rm_scored, scores, 0.0).sum(),
                                           "sq": torch.where(rm_scored, scores.double() ** 2, 0.0).sum()})
-            score_norm.fit(fit["n"], fit["sum"], fit["sq"])
+            ends = reduce_max(d, device, {"hi": torch.where(rm_scored, scores, -math.inf).max(),
+                                          "minus_lo": torch.where(rm_scored, -scores, -math.inf).max()})
+            score_norm.fit(fit["n"], fit["sum"], fit["sq"], spread=ends["hi"] + ends["minus_lo"])
         reward_scores = torch.where(scored, score_norm(scores), 0.0)
 
     start = time.perf_counter()
