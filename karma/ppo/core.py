@@ -288,7 +288,7 @@ class ScoreNorm:
 
     fitted once, from the first rollout (the initial policy's samples, every rank's), then fixed. Why
     it helps: the critic starts at V = 0, which is then the mean return, and a probability score
-    with a spread of 0.08 no longer makes a KL coefficient mean 12 times less than written.
+    with a spread of 0.1 no longer makes a KL coefficient mean 10 times less than written.
     `fit` takes sums over the replies, so that every rank passes the same all-reduced numbers."""
 
     def __init__(self):
