@@ -320,6 +320,7 @@ class Models:
         # the frozen reference and reward model in bf16 on GPU, and on CPU with --cpu-bf16 (autocast casts
         # their matrices to bf16 anyway; fp32 copies would only cost 2 x 0.54 GB for SmolLM2-135M)
         frozen_dtype = torch.bfloat16 if d.device.type == "cuda" or cfg.cpu_bf16 else torch.float32
+        sample_dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32  # CPU: the policy itself
         policy = load_model(cfg.model, dtype=torch.float32, device=d.device)
         tokenizer = load_tokenizer(cfg.model)
         ref = load_model(cfg.model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
@@ -331,7 +332,7 @@ class Models:
         policy.activation_checkpointing = value.backbone.activation_checkpointing = cfg.activation_checkpointing
         shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
         shard(value, value.backbone.blocks, d)
-        return cls(policy, ref, reward, value, tokenizer, torch.bfloat16 if d.device.type == "cuda" else torch.float32)
+        return cls(policy, ref, reward, value, tokenizer, sample_dtype)
 
 
 class Optimization:
