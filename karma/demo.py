@@ -31,9 +31,14 @@ How it measures, and why:
   |z| < 2 is called noise. A content feature (world.json's regex; karma depends on it in the
   synthetic world) is carried by a reply when its pattern matches; the share of replies carrying
   it gets a Wilson interval, its change the same paired z.
+- What changed instead: the same test for every word that 10+ replies carry, planted or not, with a
+  Bonferroni threshold for the number of words tested (word_changes): the reward model's score can
+  rise through words the planted world does not pay for ("I hope you're doing great"), and this
+  line shows them.
 """
 
 import argparse
+import collections
 import gc
 import math
 import re
@@ -42,6 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -51,7 +57,7 @@ from karma.data.format import render_prompt
 from karma.data.prompts import heldout_prompts, write_prompts
 from karma.files import atomic_write, atomic_write_json, read_json, read_jsonl
 from karma.generate import generate
-from karma.ppo.rollout import decode_replies, encode_queries
+from karma.ppo.rollout import decode_replies, encode_queries, reply_stop_ids
 from karma.reward import inspect_reward_model, load_reward_model
 from karma.settings import seed_arg
 from karma.tokenizer import load_tokenizer
@@ -126,7 +132,8 @@ def sample_replies(model_name: str, prompts: list[dict], k: int, settings: dict,
         query, mask = encode_queries(tok, chunk, prompt_format, settings["max_prompt_tokens"])
         out = generate(model, query.to(dev), mask.to(dev), max_new_tokens=settings["max_new_tokens"],
                        temperature=settings["temperature"], top_k=settings.get("top_k"), top_p=settings.get("top_p"),
-                       stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + b)
+                       stop_ids=reply_stop_ids(tok, settings.get("stop_at_sentence_end", False)), pad_id=tok.pad_id,
+                       seed=seed + b)
         texts += decode_replies(tok, out.tokens, out.mask)
         print(f"[{label or model_name}: {len(texts)}/{len(rows)} replies sampled, "
               f"{time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
@@ -189,6 +196,33 @@ def feature_change(feature: dict, base_replies, tuned_replies) -> dict:
     return change
 
 
+WORD = re.compile(r"[a-z][a-z']*")
+MIN_WORD_REPLIES = 10  # a word is tested when at least this many replies, base and tuned together, carry it
+
+
+def word_changes(base_replies, tuned_replies, top: int = 3, alpha: float = 0.05) -> dict:
+    """Which words PPO made more or less common, planted or not: for every lower-case word that at
+    least MIN_WORD_REPLIES replies of both models together carry, its share of replies base vs tuned,
+    paired over prompts as a feature's (feature_change). Many words are tested at once, so a change
+    counts only beyond the Bonferroni threshold for m words, |z| > the t quantile 1 - alpha / (2m)
+    with n - 1 degrees of freedom (z is the paired t statistic; the normal quantile would let about 3x
+    as many false changes through at n = 24). Choosing words by their pooled count, blind to which
+    model wrote a reply, does not bias the test (Bourgon et al. 2010, independent filtering).
+    -> {"tested": m, "threshold", "rose": the `top` largest rises beyond it, "fell": the largest falls}"""
+    carried = collections.Counter(w for rs in (*base_replies, *tuned_replies) for r in rs
+                                  for w in set(WORD.findall(r.lower())))
+    words = sorted(w for w, c in carried.items() if c >= MIN_WORD_REPLIES)
+    n = len(base_replies)
+    if not words or n < 2:
+        return {"tested": len(words), "threshold": None, "rose": [], "fell": []}
+    threshold = float(scipy.stats.t.ppf(1 - alpha / (2 * len(words)), df=n - 1))
+    changes = [feature_change({"name": w, "pattern": rf"(?i)(?<![a-z']){re.escape(w)}(?![a-z'])"}, base_replies,
+                              tuned_replies) for w in words]
+    beyond = sorted((c for c in changes if c["z"] is not None and abs(c["z"]) > threshold), key=lambda c: -c["z"])
+    return {"tested": len(words), "threshold": threshold, "rose": [c for c in beyond if c["z"] > 0][:top],
+            "fell": [c for c in beyond[::-1] if c["z"] < 0][:top]}
+
+
 def verdict(change: dict) -> str:
     """'rose' / 'fell' when |z| >= 2, else 'noise' (identical replies included: z = 0)."""
     z = change["z"]
@@ -221,10 +255,11 @@ def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None
             "samples_per_prompt": k, "seed": seed, "base": inputs["base"], "tuned": inputs["tuned"],
             "reward_model": "(a custom reward)" if custom_reward else inputs["reward_model"],
             "sampling": {key: settings.get(key) for key in ("temperature", "top_k", "top_p", "max_new_tokens",
-                                                            "max_prompt_tokens")},
+                                                            "max_prompt_tokens", "stop_at_sentence_end")},
             "score": paired_change(scores["base"], scores["tuned"]),
             "features": [feature_change(f, replies["base"], replies["tuned"]) for f in world or []],
             "empty": feature_change(EMPTY_REPLY, replies["base"], replies["tuned"]),
+            "words": word_changes(replies["base"], replies["tuned"]),
             "length": paired_change(*([[len(r) for r in rs] for rs in replies[label]] for label in ("base", "tuned"))),
             "replies": {label: [[{"text": r, "score": float(s)} for r, s in zip(rs, ss)]
                                 for rs, ss in zip(replies[label], scores[label])] for label in replies}}
@@ -252,6 +287,18 @@ def describe_change(what: str, c: dict, pct: bool = False, spec: str = ".4f") ->
         return (f"{head}; change {_signed(c['diff'], pct, spec)} ({interval}, z = {z}): NOISE, |z| < {NOISE_Z:g}, "
                 f"no evidence of a change.")
     return f"{head}; {v} by {_signed(abs(c['diff']), pct, spec).lstrip('+')} ({interval}, z = {z})."
+
+
+def words_line(words: dict) -> str:
+    """One sentence: the words whose share of replies rose or fell beyond the threshold (word_changes)."""
+    if words["threshold"] is None:
+        return f"Words: none carried by {MIN_WORD_REPLIES} or more replies, nothing to test."
+    head = (f"Words whose share of replies changed ({words['tested']} words carried by {MIN_WORD_REPLIES}+ replies "
+            f"tested; with that many tests a change counts beyond |z| > {words['threshold']:.1f}, Bonferroni)")
+    z = lambda c: "inf" if math.isinf(c["z"]) else f"{c['z']:.1f}"
+    parts = [f"{kind}: " + ", ".join(f"'{c['name']}' {c['base'] * 100:.1f}% -> {c['tuned'] * 100:.1f}% (z = {z(c)})"
+                                     for c in words[kind]) for kind in ("rose", "fell") if words[kind]]
+    return f"{head}: " + ("; ".join(parts) if parts else "none, so no single word's change can be told from noise") + "."
 
 
 def _read_optional(path: Path):
@@ -380,6 +427,8 @@ def summary_text(outcome: dict, demo_dir) -> str:
         lines += ["- " + describe_change("Reply length in characters", outcome["length"], spec=".1f"),
                   "- " + describe_change("Share of empty replies (a reward model never saw one)", outcome["empty"],
                                          pct=True)]
+    if "words" in outcome:  # written by measure() since 2026-12-07
+        lines.append("- " + words_line(outcome["words"]))
     quiet = [c for c in [outcome["score"]] if verdict(c) == "noise"] + still
     if quiet:
         names = ", ".join(["the RM score" if c is outcome["score"] else f"'{c['name']}'" for c in quiet])

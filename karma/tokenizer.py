@@ -7,7 +7,9 @@ extra stop ids (e.g. Llama 3 Instruct's <|eot_id|>) from generation_config.json.
 token, EOS pads: the attention mask, not the id, says what is padding.
 """
 
+import functools
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +19,12 @@ from tokenizers import Tokenizer as HFTokenizer
 from karma.config import TOKEN_IDS, check_field
 from karma.files import atomic_write, read_json
 from karma.weights import resolve
+
+# A token that ends a sentence: punctuation only, its last mark . ! or ?, closing quotes or brackets and
+# whitespace allowed after it (".", "?", "!\"", ".)", "..."). Byte-level BPE vocabularies keep punctuation
+# apart from letters and digits, so the "." of "3.5", "e.g." or "Mr." is such a token too and ends a reply
+# early: the same approximation as Ziegler et al. 2019's truncation at the first period token.
+SENTENCE_END = re.compile(r"""\A[^\w]*[.!?]["'\u201d\u2019)\]]*\s*\Z""")
 
 
 class Tokenizer:
@@ -68,6 +76,13 @@ class Tokenizer:
         pad = token_id("pad_token")
         self.pad_id: int = eos if pad is None else pad
         self.vocab_size: int = self.tok.get_vocab_size()
+
+    @functools.cached_property
+    def sentence_end_ids(self) -> list[int]:
+        """Ids of the tokens that end a sentence (SENTENCE_END on the token's own text; special
+        tokens decode to nothing and are not among them)."""
+        texts = self.tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=True)
+        return [i for i, t in enumerate(texts) if t.strip() and SENTENCE_END.match(t)]
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids

@@ -19,7 +19,7 @@ import torch
 import karma
 from karma.cli import run_main
 from karma.demo import (EMPTY_REPLY, feature_change, main, measure, paired_change, read_world, verdict, wilson,
-                        write_report)
+                        word_changes, words_line, write_report)
 from karma.data.prompts import heldout_prompts
 from karma.reward import RewardConfig, build_reward_model, save_reward_model
 from karma.tokenizer import copy_tokenizer_files
@@ -167,6 +167,38 @@ def test_empty_replies_are_counted_whitespace_included():
     c = feature_change(EMPTY_REPLY, [["", "a reply"], ["no", "yes"]], [["", " \n"], ["", "."]])
     assert (c["base_count"], c["tuned_count"], c["replies"]) == (1, 3, 4)
     assert c["diff"] == pytest.approx(0.5)  # per-prompt shares: (1 - 0.5) and (0.5 - 0) over two prompts
+
+
+WORDS = [a + b for a in "bcdfg" for b in ("ale", "ive", "oot", "urn", "ump", "ish", "ent", "ay")]  # 40 words
+
+
+def replies(rng, n: int = 24, k: int = 8, add: str | None = None, drop: str | None = None) -> list[list[str]]:
+    """n prompts x k replies of 6 words drawn from WORDS; `add` put into 70% of them, `drop` removed."""
+    def reply():
+        words = [w for w in rng.choice(WORDS, 6) if w != drop]
+        return " ".join(words + ([add] if add and rng.random() < 0.7 else []))
+    return [[reply() for _ in range(k)] for _ in range(n)]
+
+
+def test_word_changes_finds_the_planted_words_and_no_others():
+    rng = np.random.default_rng(0)
+    base = replies(rng)
+    tuned = replies(rng, add="hope", drop=WORDS[0])  # each word is in about 14% of the base replies
+    words = word_changes(base, tuned)
+    assert words["tested"] == 41 and 3.4 < words["threshold"] < 3.9
+    assert [c["name"] for c in words["rose"]] == ["hope"] and [c["name"] for c in words["fell"]] == [WORDS[0]]
+    assert words["rose"][0]["base"] == 0 and 0.6 < words["rose"][0]["tuned"] < 0.8
+    line = words_line(words)
+    assert "41 words" in line and "rose: 'hope' 0.0% -> " in line and f"fell: '{WORDS[0]}' " in line
+    # no change planted: the family of 41 tests says "changed" in 3 of 100 draws (with the normal quantile
+    # instead of the t quantile: 9 of 100); in at most 3 of these 20
+    false_alarms = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed + 1)
+        null = word_changes(replies(rng), replies(rng))
+        false_alarms += bool(null["rose"] or null["fell"])
+    assert false_alarms <= 3, false_alarms
+    assert "none, so no single word's change" in words_line(word_changes(base, base))
 
 
 def test_wilson_interval_matches_published_values():

@@ -119,6 +119,12 @@ def encode_queries(tok, prompts: list[dict], fmt: str, max_prompt_tokens: int) -
     return left_pad([encode(tok, p["messages"], None, p.get("meta"), cut) for p in prompts], tok.pad_id)
 
 
+def reply_stop_ids(tok, stop_at_sentence_end: bool) -> list[int]:
+    """The tokens that end a reply: EOS (and the checkpoint's other stop ids), plus every sentence-ending
+    punctuation token (Tokenizer.sentence_end_ids) when replies stop at their first sentence end."""
+    return tok.stop_ids + tok.sentence_end_ids if stop_at_sentence_end else tok.stop_ids
+
+
 def decode_replies(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
     """Generated replies [B, N] (mask: real tokens) as text."""
     return [tok.decode(r[m.bool()].tolist()) for r, m in zip(tokens, mask)]
@@ -159,8 +165,8 @@ def sample_and_score(policy, ref, reward, policy_tok, prompts: list[dict], cfg, 
                                                               cfg.max_prompt_tokens))
     start = time.perf_counter()
     out = generate(generator_model or policy, query, query_mask, max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=policy_tok.stop_ids,
-                   pad_id=policy_tok.pad_id, seed=seed)
+                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                   stop_ids=reply_stop_ids(policy_tok, cfg.stop_at_sentence_end), pad_id=policy_tok.pad_id, seed=seed)
     gen_s = time.perf_counter() - start
     response, response_mask = out.tokens, out.mask
     if response.shape[1] == 0:

@@ -111,7 +111,13 @@ class PPOConfig:
                                   (lambda v: 0 < v <= 1, "in (0, 1]"))
     max_new_tokens: int = setting(64, "response budget in tokens", AT_LEAST_1)
     max_prompt_tokens: int = setting(256, "prompt budget; longer contexts lose their oldest turns first", AT_LEAST_1)
-    missing_eos_penalty: float | None = setting(None, "subtracted from the score of responses without EOS")
+    missing_eos_penalty: float | None = setting(None, "subtracted from the score of responses without EOS (or, "
+                                                      "with --stop-at-sentence-end, without a sentence end)")
+    stop_at_sentence_end: bool = setting(
+        False, "end each reply at its first sentence end (a punctuation token ending in . ! or ?, kept in the reply) "
+               "as well as at EOS, so that the reward model reads whole sentences instead of a reply cut off by the "
+               "token budget; Ziegler et al. 2019 likewise truncate samples at a period (lm-human-preferences "
+               "truncate_token)", before_added=False)
     min_reply_chars: int = setting(0, "a reply shorter than this many characters (whitespace stripped) scores 0, the "
                                    "lowest probability, instead of the reward model's guess: data_prep.py drops "
                                    "such replies (--min-chars, 10), so the reward model never saw one, and an empty "
