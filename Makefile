@@ -22,11 +22,13 @@ DEMO := runs/demo
 # KL coefficient 0.03 in those units (about 0.003 on the raw probability, whose replies spread by about 0.1:
 # at 0.01 raw the summed per-token KL outweighed the score differences and replies shrank to nothing; at 0.001
 # raw some seeds drifted into high-entropy text); replies under 10 characters score lowest
-# (--min-reply-chars: the reward model never saw one, and empty replies were how earlier settings gamed it).
+# (--min-reply-chars: the reward model never saw one, and empty replies were how earlier settings gamed it);
+# the policy's lr 5e-5 (at 1e-4 the reward model's score rose as much, but through whatever it pays for
+# nearest, and a planted content feature rose in 2 seeds of 5; at 5e-5 in 4 of 5).
 DEMO_TRAIN_PROMPTS ?= 64
 DEMO_ROLLOUTS ?= 12
 DEMO_BATCH ?= 32
-DEMO_LR ?= 1e-4
+DEMO_LR ?= 5e-5
 DEMO_MAX_NEW_TOKENS ?= 16
 DEMO_SEED ?= 0
 DEMO_REPORT_PROMPTS ?= 24
