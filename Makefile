@@ -24,7 +24,8 @@ DEMO := runs/demo
 # raw some seeds drifted into high-entropy text); replies under 10 characters score lowest
 # (--min-reply-chars: the reward model never saw one, and empty replies were how earlier settings gamed it);
 # the policy's lr 5e-5 (at 1e-4 the reward model's score rose as much, but through whatever it pays for
-# nearest, and a planted content feature rose in 2 seeds of 5; at 5e-5 in 4 of 5).
+# nearest, and a planted content feature rose in 2 seeds of 5; at 5e-5 in 4 of 5: with five seeds that is
+# no proof, Fisher's exact p = 0.52, but the default seed shows it).
 DEMO_TRAIN_PROMPTS ?= 64
 DEMO_ROLLOUTS ?= 12
 DEMO_BATCH ?= 32

@@ -182,45 +182,59 @@ def wilson(successes: int, n: int, z: float = Z95) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def feature_change(feature: dict, base_replies, tuned_replies) -> dict:
-    """The share of replies carrying one feature, base vs tuned: Wilson intervals per model (over
-    replies) and the paired change over prompts (paired_change)."""
-    pattern = re.compile(feature["pattern"])
-    carries = lambda replies: np.array([[bool(pattern.search(r)) for r in rs] for rs in replies], float)
-    b, t = carries(base_replies), carries(tuned_replies)
-    change = paired_change(b, t)
-    change.update(name=feature["name"], pattern=feature["pattern"], description=feature.get("description", ""),
-                  effect=feature.get("effect"), base_ci=wilson(int(b.sum()), b.size),
-                  tuned_ci=wilson(int(t.sum()), t.size), base_count=int(b.sum()), tuned_count=int(t.sum()),
-                  replies=int(b.size))
+def share_change(name: str, base: np.ndarray, tuned: np.ndarray) -> dict:
+    """The share of replies carrying something, base vs tuned, from 0/1 arrays [n, k]: Wilson
+    intervals per model (over replies) and the paired change over prompts (paired_change)."""
+    change = paired_change(base, tuned)
+    change.update(name=name, base_ci=wilson(int(base.sum()), base.size), tuned_ci=wilson(int(tuned.sum()), tuned.size),
+                  base_count=int(base.sum()), tuned_count=int(tuned.sum()), replies=int(base.size))
     return change
 
 
-WORD = re.compile(r"[a-z][a-z']*")
+def feature_change(feature: dict, base_replies, tuned_replies) -> dict:
+    """The share of replies carrying one feature (its regex matches), base vs tuned (share_change)."""
+    pattern = re.compile(feature["pattern"])
+    carries = lambda replies: np.array([[bool(pattern.search(r)) for r in rs] for rs in replies], float)
+    change = share_change(feature["name"], carries(base_replies), carries(tuned_replies))
+    change.update(pattern=feature["pattern"], description=feature.get("description", ""),
+                  effect=feature.get("effect"))
+    return change
+
+
+# a word: letters (any script), apostrophes only inside ("you're", "it’s" read as "it's"); digits split words
+WORD = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")
 MIN_WORD_REPLIES = 10  # a word is tested when at least this many replies, base and tuned together, carry it
 
 
+def words_of(reply: str) -> set[str]:
+    return {w.replace("\u2019", "'") for w in WORD.findall(reply.lower())}
+
+
 def word_changes(base_replies, tuned_replies, top: int = 3, alpha: float = 0.05) -> dict:
-    """Which words PPO made more or less common, planted or not: for every lower-case word that at
+    """Which words PPO made more or less common, planted or not: for every word (words_of) that at
     least MIN_WORD_REPLIES replies of both models together carry, its share of replies base vs tuned,
-    paired over prompts as a feature's (feature_change). Many words are tested at once, so a change
-    counts only beyond the Bonferroni threshold for m words, |z| > the t quantile 1 - alpha / (2m)
-    with n - 1 degrees of freedom (z is the paired t statistic; the normal quantile would let about 3x
-    as many false changes through at n = 24). Choosing words by their pooled count, blind to which
-    model wrote a reply, does not bias the test (Bourgon et al. 2010, independent filtering).
-    -> {"tested": m, "threshold", "rose": the `top` largest rises beyond it, "fell": the largest falls}"""
-    carried = collections.Counter(w for rs in (*base_replies, *tuned_replies) for r in rs
-                                  for w in set(WORD.findall(r.lower())))
+    paired over prompts (share_change). Many words are tested at once, so a change counts only beyond
+    the Bonferroni threshold for m words, |z| > the t quantile 1 - alpha / (2m) with n - 1 degrees of
+    freedom (z is the paired t statistic; the normal quantile lets about 3x as many false changes
+    through at n = 24). Choosing words by their pooled count, blind to which model wrote a reply, leaves
+    the test about as it was (Bourgon et al. 2010, independent filtering; approximately, for a t
+    statistic on 0/1 data). -> {"tested": m, "threshold", "rose"/"fell": the `top` largest changes
+    beyond it, "n_rose"/"n_fell": how many there were}"""
+    sets = {label: [[words_of(r) for r in rs] for rs in replies]
+            for label, replies in (("base", base_replies), ("tuned", tuned_replies))}
+    carried = collections.Counter(w for rows in sets.values() for row in rows for ws in row for w in ws)
     words = sorted(w for w, c in carried.items() if c >= MIN_WORD_REPLIES)
     n = len(base_replies)
+    found = {"tested": len(words), "threshold": None, "rose": [], "fell": [], "n_rose": 0, "n_fell": 0}
     if not words or n < 2:
-        return {"tested": len(words), "threshold": None, "rose": [], "fell": []}
+        return found
+    carries = lambda rows, w: np.array([[w in ws for ws in row] for row in rows], float)
+    changes = [share_change(w, carries(sets["base"], w), carries(sets["tuned"], w)) for w in words]
     threshold = float(scipy.stats.t.ppf(1 - alpha / (2 * len(words)), df=n - 1))
-    changes = [feature_change({"name": w, "pattern": rf"(?i)(?<![a-z']){re.escape(w)}(?![a-z'])"}, base_replies,
-                              tuned_replies) for w in words]
     beyond = sorted((c for c in changes if c["z"] is not None and abs(c["z"]) > threshold), key=lambda c: -c["z"])
-    return {"tested": len(words), "threshold": threshold, "rose": [c for c in beyond if c["z"] > 0][:top],
-            "fell": [c for c in beyond[::-1] if c["z"] < 0][:top]}
+    rose, fell = [c for c in beyond if c["z"] > 0], [c for c in beyond[::-1] if c["z"] < 0]
+    return {**found, "threshold": threshold, "rose": rose[:top], "fell": fell[:top], "n_rose": len(rose),
+            "n_fell": len(fell)}
 
 
 def verdict(change: dict) -> str:
@@ -291,13 +305,20 @@ def describe_change(what: str, c: dict, pct: bool = False, spec: str = ".4f") ->
 
 def words_line(words: dict) -> str:
     """One sentence: the words whose share of replies rose or fell beyond the threshold (word_changes)."""
-    if words["threshold"] is None:
+    if not words["tested"]:
         return f"Words: none carried by {MIN_WORD_REPLIES} or more replies, nothing to test."
-    head = (f"Words whose share of replies changed ({words['tested']} words carried by {MIN_WORD_REPLIES}+ replies "
-            f"tested; with that many tests a change counts beyond |z| > {words['threshold']:.1f}, Bonferroni)")
+    if words["threshold"] is None:
+        return "Words: one prompt, so no standard error: nothing tested."
+    head = (f"Words whose share of replies changed ({words['tested']} word(s) carried by {MIN_WORD_REPLIES}+ replies "
+            f"tested; with that many tests a change counts beyond |z| > {words['threshold']:.2f}, Bonferroni)")
     z = lambda c: "inf" if math.isinf(c["z"]) else f"{c['z']:.1f}"
-    parts = [f"{kind}: " + ", ".join(f"'{c['name']}' {c['base'] * 100:.1f}% -> {c['tuned'] * 100:.1f}% (z = {z(c)})"
-                                     for c in words[kind]) for kind in ("rose", "fell") if words[kind]]
+    parts = []
+    for kind in ("rose", "fell"):
+        shown, count = words[kind], words.get(f"n_{kind}", len(words[kind]))
+        if shown:
+            which = f"{count} word(s), the largest {len(shown)}" if count > len(shown) else f"{count} word(s)"
+            parts.append(f"{kind} {which}: " + ", ".join(
+                f"'{c['name']}' {c['base'] * 100:.1f}% -> {c['tuned'] * 100:.1f}% (z = {z(c)})" for c in shown))
     return f"{head}: " + ("; ".join(parts) if parts else "none, so no single word's change can be told from noise") + "."
 
 

@@ -23,7 +23,8 @@ from karma.weights import resolve
 # A token that ends a sentence: punctuation only, its last mark . ! or ?, closing quotes or brackets and
 # whitespace allowed after it (".", "?", "!\"", ".)", "..."). Byte-level BPE vocabularies keep punctuation
 # apart from letters and digits, so the "." of "3.5", "e.g." or "Mr." is such a token too and ends a reply
-# early: the same approximation as Ziegler et al. 2019's truncation at the first period token.
+# early: the same approximation as Ziegler et al. 2019's truncation at the first period token. So do code
+# and URL pieces such as "#!" or "/?"; fullwidth marks (。！？) and a lone "…" do not end a reply.
 SENTENCE_END = re.compile(r"""\A[^\w]*[.!?]["'\u201d\u2019)\]]*\s*\Z""")
 
 
@@ -78,11 +79,14 @@ class Tokenizer:
         self.vocab_size: int = self.tok.get_vocab_size()
 
     @functools.cached_property
+    def token_texts(self) -> list[str]:
+        """Every token's own text, by id (special tokens as written, e.g. "<|im_end|>")."""
+        return self.tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
+
+    @functools.cached_property
     def sentence_end_ids(self) -> list[int]:
-        """Ids of the tokens that end a sentence (SENTENCE_END on the token's own text; special
-        tokens decode to nothing and are not among them)."""
-        texts = self.tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=True)
-        return [i for i, t in enumerate(texts) if t.strip() and SENTENCE_END.match(t)]
+        """Ids of the tokens that end a sentence (SENTENCE_END on the token's own text)."""
+        return [i for i, t in enumerate(self.token_texts) if SENTENCE_END.match(t)]
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids

@@ -19,7 +19,7 @@ import torch
 import karma
 from karma.cli import run_main
 from karma.demo import (EMPTY_REPLY, feature_change, main, measure, paired_change, read_world, verdict, wilson,
-                        word_changes, words_line, write_report)
+                        word_changes, words_line, words_of, write_report)
 from karma.data.prompts import heldout_prompts
 from karma.reward import RewardConfig, build_reward_model, save_reward_model
 from karma.tokenizer import copy_tokenizer_files
@@ -115,6 +115,8 @@ def test_a_planted_feature_is_detected_as_a_rise_outside_the_noise(tiny, tmp_pat
     assert "Reward-model score" in text and "rose by" in text and "Share of replies with 'aaaa'" in text
     assert "Reply length in characters: " in text and "Share of empty replies (a reward model never saw one): " in text
     assert "held-out AUC 0.800 (95% interval" in text and str(demo / "summary.png") in text
+    assert "- Words whose share of replies changed (1 word(s) carried by 10+ replies tested" in text
+    assert "rose 1 word(s): 'aaaaaaaa' 0.0% -> 100.0% (z = inf)" in text  # the tuned replies' planted word
     md = (demo / "SUMMARY.md").read_text()
     assert md.count("### held-out prompt") == 3 and "| base (RM" in md and "aaaa" in md
     assert (demo / "summary.png").stat().st_size > 10_000
@@ -185,13 +187,15 @@ def test_word_changes_finds_the_planted_words_and_no_others():
     base = replies(rng)
     tuned = replies(rng, add="hope", drop=WORDS[0])  # each word is in about 14% of the base replies
     words = word_changes(base, tuned)
-    assert words["tested"] == 41 and 3.4 < words["threshold"] < 3.9
+    # the t quantile for 41 tests at 23 degrees of freedom is 3.69 (the normal one would be 3.23)
+    assert words["tested"] == 41 and 3.6 < words["threshold"] < 3.8
     assert [c["name"] for c in words["rose"]] == ["hope"] and [c["name"] for c in words["fell"]] == [WORDS[0]]
+    assert (words["n_rose"], words["n_fell"]) == (1, 1)
     assert words["rose"][0]["base"] == 0 and 0.6 < words["rose"][0]["tuned"] < 0.8
     line = words_line(words)
-    assert "41 words" in line and "rose: 'hope' 0.0% -> " in line and f"fell: '{WORDS[0]}' " in line
-    # no change planted: the family of 41 tests says "changed" in 3 of 100 draws (with the normal quantile
-    # instead of the t quantile: 9 of 100); in at most 3 of these 20
+    assert "41 word(s)" in line and "rose 1 word(s): 'hope' 0.0% -> " in line and f"fell 1 word(s): '{WORDS[0]}' " in line
+    # no change planted: the family of 41 tests says "changed" in 3 of 100 draws (9 of 100 with the normal
+    # quantile); here, in at most 3 of 20 (this catches a missing Bonferroni correction)
     false_alarms = 0
     for seed in range(20):
         rng = np.random.default_rng(seed + 1)
@@ -199,6 +203,20 @@ def test_word_changes_finds_the_planted_words_and_no_others():
         false_alarms += bool(null["rose"] or null["fell"])
     assert false_alarms <= 3, false_alarms
     assert "none, so no single word's change" in words_line(word_changes(base, base))
+
+
+def test_words_are_letters_with_inner_apostrophes_in_any_script():
+    assert words_of("Tom\u00e1s, I'm hopeful: it\u2019s 3x better; 'hope' HOPE-less") == {
+        "tom\u00e1s", "i'm", "hopeful", "it's", "x", "better", "hope", "less"}
+    # "hope" is carried by the replies that have the word, not by those with "hopeful"
+    base = [["hopeful words here"] * 4 for _ in range(6)]
+    tuned = [["we hope so", "hope!", "It\u2019s hope", "(hope)"] for _ in range(6)]
+    words = word_changes(base, tuned)
+    assert [c["name"] for c in words["rose"]] == ["hope"] and words["rose"][0]["base"] == 0
+    assert {c["name"] for c in words["fell"]} == {"hopeful", "words", "here"}
+    assert words["n_fell"] == 3 and "fell 3 word(s): " in words_line(words)
+    assert "nothing tested" in words_line(word_changes([["hopeful"] * 12], [["hope"] * 12]))  # one prompt: no SE
+    assert "nothing to test" in words_line(word_changes([["a b"]] * 3, [["c d"]] * 3))
 
 
 def test_wilson_interval_matches_published_values():

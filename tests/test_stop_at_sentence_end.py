@@ -15,13 +15,22 @@ from hf_fixtures import TOKENIZER_STYLES, make_tokenizer
 from karma.demo import sample_replies
 from karma.ppo.rollout import reply_stop_ids, sample_and_score
 from karma.ppo.trainer import PPOConfig
-from karma.tokenizer import Tokenizer, load_tokenizer
+from karma.tokenizer import SENTENCE_END, Tokenizer, load_tokenizer
 from karma.weights import load_model
 from test_ppo_trainer import LetterReward, setup  # noqa: F401 (setup: the module's fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 CLOSERS = "\"')]\u201d\u2019"
+
+
+@pytest.mark.parametrize("text,ends", [
+    (".", True), ("?", True), ("!", True), ('."', True), (".)", True), ("?\u201d", True), (" .\n", True),
+    ("...", True), (").", True), ("!!", True),
+    ("a.", False), ("3.", False), ("._", False), (". )", False), (",", False), ("\u2026", False), ("", False),
+    (" ", False), ("<|im_end|>", False)])
+def test_the_sentence_end_rule_on_token_texts(text, ends):
+    assert bool(SENTENCE_END.match(text)) == ends == ends_a_sentence(text)
 
 
 def ends_a_sentence(text: str) -> bool:

@@ -158,7 +158,7 @@ class EvalLM:
         """Token ids whose text contains a stop string (e.g. a single "\n\n" token): generation ends
         a row there instead of running to max_new_tokens; the text is still cut at the string."""
         if stop not in self._stop_ids:
-            texts = [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.vocab_size)]
+            texts = self.tokenizer.token_texts
             self._stop_ids[stop] = [i for i, t in enumerate(texts) if any(s in t for s in stop)]
         return self._stop_ids[stop]
 

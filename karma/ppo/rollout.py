@@ -295,7 +295,8 @@ def evaluate_policy(policy, ref, reward, policy_tok, prompts: list[dict], cfg, s
                      sd / sqrt(n) (one reply per prompt: the replies are independent draws)
         kl_seq       per sequence, sum over the reply's tokens of log pi - log pi_ref (k1), as the
                      rollout's kl_seq, with its standard error kl_seq_se
-        response_len generated tokens per reply (EOS included), ended_eos the share ending in EOS,
+        response_len generated tokens per reply (EOS included), ended_eos the share ending at a stop
+                     token (EOS, or a sentence end under cfg.stop_at_sentence_end),
                      short_replies the share scored 0 as shorter than cfg.min_reply_chars
     and the diversity of the replies (signals.rollout_signals)."""
     d = d or Dist(0, 1, policy.embed.weight.device)
