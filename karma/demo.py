@@ -314,7 +314,7 @@ def words_line(words: dict) -> str:
     z = lambda c: "inf" if math.isinf(c["z"]) else f"{c['z']:.1f}"
     parts = []
     for kind in ("rose", "fell"):
-        shown, count = words[kind], words.get(f"n_{kind}", len(words[kind]))
+        shown, count = words[kind], words[f"n_{kind}"]
         if shown:
             which = f"{count} word(s), the largest {len(shown)}" if count > len(shown) else f"{count} word(s)"
             parts.append(f"{kind} {which}: " + ", ".join(

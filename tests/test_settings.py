@@ -5,6 +5,8 @@ README and the Makefile parse to the configs they always gave."""
 
 import ast
 import dataclasses
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from karma.reward_train import TrainRMConfig
 from karma.run import config_dict
 import karma.settings
 from karma.settings import flag_of
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPTS = [(ppo, PPOConfig, []), (train_rm, TrainRMConfig, []), (dpo, DPOConfig, ["--data", "pairs.jsonl"])]
 
@@ -59,15 +63,15 @@ def test_the_defaults_are_the_dataclass(module, cls, needed):
 # ------------------------------------------------------------- today's command lines, by hand
 
 def test_the_demo_ppo_command_line():
-    """Makefile's demo-train: ppo.py with DEMO_PPO at its defaults."""
-    argv = ("--model smollm2-135m --reward-model runs/demo/rm/best --data runs/demo/data --out runs/demo/ppo "
-            "--rollouts 12 --rollout-batch 32 --minibatch 8 --micro-batch 8 --ppo-epochs 2 --max-new-tokens 16 "
-            "--max-prompt-tokens 64 --lr 1e-4 --value-lr 1e-4 --lam 1.0 --normalize-scores --init-kl-coef 0.03 "
-            "--min-reply-chars 10 --value-init policy --value-trainable-layers 8 --cpu-bf16 --eval-every 4 "
-            "--eval-prompts 16 --keep-checkpoints 0 --seed 0").split()
+    """Makefile's demo-train, read from `make -n` (so the test follows the Makefile): ppo.py with DEMO_PPO
+    at its defaults gives this configuration."""
+    plan = subprocess.run(["make", "-n", "--no-print-directory", "demo-train"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.replace("\\\n", " ")
+    line = next(line for line in plan.splitlines() if " ppo.py " in line)
+    argv = shlex.split(line.split(" ppo.py ", 1)[1])
     expected = PPOConfig(model="smollm2-135m", reward_model=Path("runs/demo/rm/best"), data=Path("runs/demo/data"),
                          out_dir=Path("runs/demo/ppo"), rollouts=12, rollout_batch=32, minibatch=8, micro_batch=8,
-                         ppo_epochs=2, max_new_tokens=16, max_prompt_tokens=64, lr=1e-4, value_lr=1e-4, lam=1.0,
+                         ppo_epochs=2, max_new_tokens=16, max_prompt_tokens=64, lr=5e-5, value_lr=1e-4, lam=1.0,
                          normalize_scores=True, init_kl_coef=0.03, min_reply_chars=10, value_init="policy",
                          value_trainable_layers=8, cpu_bf16=True, eval_every=4, eval_prompts=16, keep_checkpoints=0,
                          seed=0)
