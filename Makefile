@@ -8,7 +8,10 @@ BIN := $(VENV)/bin
 
 DEMO := runs/demo
 # The demo's knobs (make demo DEMO_ROLLOUTS=16 ...). Toy scale so the chain finishes in minutes on 2 CPU
-# cores; real runs: see the README. PPO trains on DEMO_TRAIN_PROMPTS prompts of the train split, DEMO_BATCH
+# cores; real runs: see the README. PPO trains on the Reddit prompts of the train split (all of them, 529:
+# 12 rollouts of 32 see 384, none twice; DEMO_TRAIN_PROMPTS=64 caps them, as the demo did until 2026-12-07,
+# when each prompt came back six times and the report's two claims, held-out score and a planted feature,
+# both held in 3 seeds of 5 against 4 of 5 now: no proof with five seeds, docs/performance.md), DEMO_BATCH
 # sampled replies per rollout; the report then samples DEMO_REPORT_SAMPLES replies to each of
 # DEMO_REPORT_PROMPTS HELD-OUT prompts from the base model and from the tuned policy.
 # Training runs in bf16 autocast (--cpu-bf16: 2.3x faster steps on this AVX512-BF16 CPU); prompts are cut to
@@ -26,7 +29,7 @@ DEMO := runs/demo
 # the policy's lr 5e-5 (at 1e-4 the reward model's score rose as much, but through whatever it pays for
 # nearest, and a planted content feature rose in 2 seeds of 5; at 5e-5 in 4 of 5: with five seeds that is
 # no proof, Fisher's exact p = 0.52, but the default seed shows it).
-DEMO_TRAIN_PROMPTS ?= 64
+DEMO_TRAIN_PROMPTS ?=
 DEMO_ROLLOUTS ?= 12
 DEMO_BATCH ?= 32
 DEMO_LR ?= 5e-5
@@ -54,7 +57,7 @@ demo: demo-train  ## the main job on the built-in default: sample data -> reward
 
 demo-train: $(VENV)/.demo  ## the demo's training chain only: sample data -> reward model -> PPO
 	rm -rf $(DEMO)  # a fresh demo each time (a run refuses an --out that holds an earlier run)
-	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data --max-prompts $(DEMO_TRAIN_PROMPTS)
+	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data $(if $(DEMO_TRAIN_PROMPTS),--max-prompts $(DEMO_TRAIN_PROMPTS))
 	$(BIN)/python train_rm.py --model smollm2-135m --data $(DEMO)/data --out $(DEMO)/rm \
 		--max-length 192 --max-steps 24 --lr 1e-4 --eval-every 24 --save-every 24 --max-eval-examples 99 \
 		--micro-batch-size 4 --eval-batch-size 8 --keep-checkpoints 0 --cpu-bf16

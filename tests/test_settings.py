@@ -78,6 +78,16 @@ def test_the_demo_ppo_command_line():
     assert ppo.parse_args(argv) == (expected, None)
 
 
+def test_the_demo_trains_ppo_on_every_prompt_unless_capped():
+    """The demo's data_prep.py writes all the train split's Reddit prompts; DEMO_TRAIN_PROMPTS caps them."""
+    def data_prep_argv(*make_args):
+        plan = subprocess.run(["make", "-n", "--no-print-directory", "demo-train", *make_args], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+        return shlex.split(next(line for line in plan.splitlines() if " data_prep.py " in line).split(" data_prep.py ")[1])
+    assert data_prep_argv() == ["--input", "data/sample", "--out", "runs/demo/data"]
+    assert data_prep_argv("DEMO_TRAIN_PROMPTS=64")[-2:] == ["--max-prompts", "64"]
+
+
 def test_the_readme_ppo_command_lines():
     argv = "--model pythia-1b --reward-model runs/rm/best --prompts ultrachat --resume --device cpu".split()
     expected = PPOConfig(model="pythia-1b", reward_model=Path("runs/rm/best"), prompts="ultrachat", resume=True)
