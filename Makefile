@@ -8,25 +8,25 @@ BIN := $(VENV)/bin
 
 DEMO := runs/demo
 # The demo's knobs (make demo DEMO_ROLLOUTS=16 ...). Toy scale so the chain finishes in minutes on 2 CPU
-# cores; real runs: see the README. PPO trains on the Reddit prompts of the train split (all of them, 529:
-# 12 rollouts of 32 see 384, none twice; DEMO_TRAIN_PROMPTS=64 caps them, as the demo did until 2026-12-07,
-# when each prompt came back six times and the report's two claims, held-out score and a planted feature,
-# both held in 3 seeds of 5 against 4 of 5 now: no proof with five seeds, docs/performance.md), DEMO_BATCH
-# sampled replies per rollout; the report then samples DEMO_REPORT_SAMPLES replies to each of
+# cores; real runs: see the README. PPO trains on all 529 Reddit prompts of the train split (12 rollouts of
+# 32 see 384, none twice). Until 2026-12-07 the demo capped them at 64 (DEMO_TRAIN_PROMPTS=64), each seen six
+# times; the report's two claims (held-out score, a planted feature) both held in 3 seeds of 5 then and in 4
+# of 5 now (Fisher's exact p = 1.0: no proof; docs/performance.md). DEMO_BATCH is the sampled replies per
+# rollout; the report then samples DEMO_REPORT_SAMPLES replies to each of
 # DEMO_REPORT_PROMPTS HELD-OUT prompts from the base model and from the tuned policy.
 # Training runs in bf16 autocast (--cpu-bf16: 2.3x faster steps on this AVX512-BF16 CPU); prompts are cut to
 # 64 tokens, which also keeps tensor shapes fixed (oneDNN builds its bf16 kernels once per shape: with
 # 128-token prompts of varying length a PPO update took 67-118 s instead of 4.5 s).
 # PPO's settings, tuned over seeds (docs/performance.md): 32 replies of 16 tokens per rollout, two epochs of
-# four minibatches of 8 (8 optimizer steps per rollout: with one minibatch of 32, 2 steps, the policy hardly
-# moved in 12 rollouts); GAE lambda 1 (at 0.95 with the critic starting at V = 0 early tokens got
+# four minibatches of 8 (8 optimizer steps per rollout: with one minibatch of 32, 2 steps, at lr 1e-4 the policy
+# hardly moved in 12 rollouts); GAE lambda 1 (at 0.95 with the critic starting at V = 0 early tokens got
 # 0.95^(T-1-t) of the credit, which pushed towards stopping at once); the score rescaled to mean 0, std 1 over
 # the first rollout (--normalize-scores, Ziegler et al. 2019: the critic then starts at the mean return) with
 # KL coefficient 0.03 in those units (about 0.003 on the raw probability, whose replies spread by about 0.1:
 # at 0.01 raw the summed per-token KL outweighed the score differences and replies shrank to nothing; at 0.001
 # raw some seeds drifted into high-entropy text); replies under 10 characters score lowest
 # (--min-reply-chars: the reward model never saw one, and empty replies were how earlier settings gamed it);
-# the policy's lr 5e-5 (at 1e-4 the reward model's score rose as much, but through whatever it pays for
+# the policy's lr 5e-5 (with 64 prompts: at 1e-4 the reward model's score rose as much, but through whatever it pays for
 # nearest, and a planted content feature rose in 2 seeds of 5; at 5e-5 in 4 of 5: with five seeds that is
 # no proof, Fisher's exact p = 0.52, but the default seed shows it).
 DEMO_TRAIN_PROMPTS ?=
