@@ -62,13 +62,18 @@ def test_the_defaults_are_the_dataclass(module, cls, needed):
 
 # ------------------------------------------------------------- today's command lines, by hand
 
-def test_the_demo_ppo_command_line():
-    """Makefile's demo-train, read from `make -n` (so the test follows the Makefile): ppo.py with DEMO_PPO
-    at its defaults gives this configuration."""
-    plan = subprocess.run(["make", "-n", "--no-print-directory", "demo-train"], cwd=ROOT, check=True,
+def demo_argv(script: str, *make_args: str) -> list[str]:
+    """The arguments the Makefile's demo-train gives `script`, read from `make -n` (so tests follow the
+    Makefile); make_args override its variables (DEMO_TRAIN_PROMPTS=64)."""
+    plan = subprocess.run(["make", "-n", "--no-print-directory", "demo-train", *make_args], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout.replace("\\\n", " ")
-    line = next(line for line in plan.splitlines() if " ppo.py " in line)
-    argv = shlex.split(line.split(" ppo.py ", 1)[1])
+    line = next(line for line in plan.splitlines() if f" {script} " in line)
+    return shlex.split(line.split(f" {script} ", 1)[1])
+
+
+def test_the_demo_ppo_command_line():
+    """ppo.py with DEMO_PPO at its defaults gives this configuration."""
+    argv = demo_argv("ppo.py")
     expected = PPOConfig(model="smollm2-135m", reward_model=Path("runs/demo/rm/best"), data=Path("runs/demo/data"),
                          out_dir=Path("runs/demo/ppo"), rollouts=12, rollout_batch=32, minibatch=8, micro_batch=8,
                          ppo_epochs=2, max_new_tokens=16, max_prompt_tokens=64, lr=5e-5, value_lr=1e-4, lam=1.0,
@@ -80,12 +85,8 @@ def test_the_demo_ppo_command_line():
 
 def test_the_demo_trains_ppo_on_every_prompt_unless_capped():
     """The demo's data_prep.py writes all the train split's Reddit prompts; DEMO_TRAIN_PROMPTS caps them."""
-    def data_prep_argv(*make_args):
-        plan = subprocess.run(["make", "-n", "--no-print-directory", "demo-train", *make_args], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout
-        return shlex.split(next(line for line in plan.splitlines() if " data_prep.py " in line).split(" data_prep.py ")[1])
-    assert data_prep_argv() == ["--input", "data/sample", "--out", "runs/demo/data"]
-    assert data_prep_argv("DEMO_TRAIN_PROMPTS=64")[-2:] == ["--max-prompts", "64"]
+    assert demo_argv("data_prep.py") == ["--input", "data/sample", "--out", "runs/demo/data"]
+    assert demo_argv("data_prep.py", "DEMO_TRAIN_PROMPTS=64")[-2:] == ["--max-prompts", "64"]
 
 
 def test_the_readme_ppo_command_lines():
