@@ -23,11 +23,13 @@ How it measures, and why:
   PPO renders its prompts (karma.reward.encode in the reward model's format, cut to PPO's
   --max-prompt-tokens).
 - Replies are SAMPLED with the policy's own settings from ppo/config.json (temperature, top-k/p,
-  max new tokens; never greedy), K per prompt; the base model and the tuned policy draw with the
+  max new tokens, bf16 where PPO sampled in bf16; never greedy), K per prompt; the base model and the tuned policy draw with the
   same seeds, and each reply is scored by the demo's reward model.
 - Paired by prompt: the K replies to one prompt are correlated, so the prompt is the unit. With
   m_i the mean over prompt i's replies, d_i = m_i(tuned) - m_i(base); the change is mean(d), its
   standard error SE = sd(d) / sqrt(n), z = mean(d) / SE, and the 95% interval mean(d) +- 1.96 SE.
+  When there are more prompts than held-out threads, two prompts of one thread share its post, so
+  the thread is the unit instead: the cluster-robust SE over threads (cluster_se).
   |z| < 2 is called noise. A content feature (world.json's regex; karma depends on it in the
   synthetic world) is carried by a reply when its pattern matches; the share of replies carrying
   it gets a Wilson interval, its change the same paired z.
@@ -153,23 +155,42 @@ def score_replies(reward, prompts: list[dict], replies: list[list[str]]) -> np.n
 
 # ------------------------------------------------------------------------------------------ statistics
 
-def paired_change(base, tuned) -> dict:
+def paired_change(base, tuned, clusters=None) -> dict:
     """Base vs tuned on the same n prompts, K replies each: arrays [n, k] (or [n]) of per-reply
-    values. Per-prompt means carry the comparison (see the module doc). z is 0 when every
-    difference is 0 (identical replies), None when n < 2 (no SE)."""
+    values. Per-prompt means carry the comparison (see the module doc). `clusters`: one label per
+    prompt (its thread) when several prompts come from one thread; their differences may then be
+    correlated, and the standard errors are the cluster-robust ones (cluster_se). z is 0 when every
+    difference is 0 (identical replies), None with fewer than 2 clusters (no SE)."""
     b, t = np.asarray(base, float), np.asarray(tuned, float)
     b, t = b.reshape(len(b), -1).mean(1), t.reshape(len(t), -1).mean(1)  # [n] per-prompt means
     d, n = t - b, len(b)
-    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    groups = list(range(n)) if clusters is None else list(clusters)
+    se = cluster_se(d, groups)
     diff = float(d.mean())
     z = None if se is None else (diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff)))
 
     def mean_ci(x):
-        half = Z95 * x.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+        half = Z95 * (cluster_se(x, groups) or float("nan"))
         return [float(x.mean() - half), float(x.mean() + half)]
 
-    return {"n": n, "base": float(b.mean()), "tuned": float(t.mean()), "base_ci": mean_ci(b), "tuned_ci": mean_ci(t),
+    return {"n": n, "clusters": len(set(groups)), "base": float(b.mean()), "tuned": float(t.mean()),
+            "base_ci": mean_ci(b), "tuned_ci": mean_ci(t),
             "diff": diff, "se": se, "z": z, "ci": None if se is None else [diff - Z95 * se, diff + Z95 * se]}
+
+
+def cluster_se(x: np.ndarray, groups: list) -> float | None:
+    """Standard error of mean(x) when the x_i come in G clusters that may be correlated within:
+    SE^2 = G / (G - 1) * sum_g (sum_{i in g} (x_i - mean x))^2 / n^2, the cluster-robust variance of
+    a mean (Liang & Zeger 1986) with the small-sample factor G / (G - 1) (Cameron & Miller 2015,
+    "A Practitioner's Guide to Cluster-Robust Inference"). With one x per cluster it is
+    sd(x) / sqrt(n) exactly; a value repeated within its cluster adds no precision. None when G < 2."""
+    sums: dict = collections.defaultdict(float)
+    for g, r in zip(groups, np.asarray(x, float) - np.mean(x)):
+        sums[g] += r
+    n_groups = len(sums)
+    if n_groups < 2:
+        return None
+    return float(math.sqrt(n_groups / (n_groups - 1) * sum(s * s for s in sums.values())) / len(x))
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> list[float]:
@@ -182,20 +203,20 @@ def wilson(successes: int, n: int, z: float = Z95) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def share_change(name: str, base: np.ndarray, tuned: np.ndarray) -> dict:
+def share_change(name: str, base: np.ndarray, tuned: np.ndarray, clusters=None) -> dict:
     """The share of replies carrying something, base vs tuned, from 0/1 arrays [n, k]: Wilson
     intervals per model (over replies) and the paired change over prompts (paired_change)."""
-    change = paired_change(base, tuned)
+    change = paired_change(base, tuned, clusters)
     change.update(name=name, base_ci=wilson(int(base.sum()), base.size), tuned_ci=wilson(int(tuned.sum()), tuned.size),
                   base_count=int(base.sum()), tuned_count=int(tuned.sum()), replies=int(base.size))
     return change
 
 
-def feature_change(feature: dict, base_replies, tuned_replies) -> dict:
+def feature_change(feature: dict, base_replies, tuned_replies, clusters=None) -> dict:
     """The share of replies carrying one feature (its regex matches), base vs tuned (share_change)."""
     pattern = re.compile(feature["pattern"])
     carries = lambda replies: np.array([[bool(pattern.search(r)) for r in rs] for rs in replies], float)
-    change = share_change(feature["name"], carries(base_replies), carries(tuned_replies))
+    change = share_change(feature["name"], carries(base_replies), carries(tuned_replies), clusters)
     change.update(pattern=feature["pattern"], description=feature.get("description", ""),
                   effect=feature.get("effect"))
     return change
@@ -210,13 +231,13 @@ def words_of(reply: str) -> set[str]:
     return {w.replace("\u2019", "'") for w in WORD.findall(reply.lower())}
 
 
-def word_changes(base_replies, tuned_replies, top: int = 3, alpha: float = 0.05) -> dict:
+def word_changes(base_replies, tuned_replies, top: int = 3, alpha: float = 0.05, clusters=None) -> dict:
     """Which words PPO made more or less common, planted or not: for every word (words_of) that at
     least MIN_WORD_REPLIES replies of both models together carry, its share of replies base vs tuned,
     paired over prompts (share_change). Many words are tested at once, so a change counts only beyond
-    the Bonferroni threshold for m words, |z| > the t quantile 1 - alpha / (2m) with n - 1 degrees of
-    freedom (z is the paired t statistic; the normal quantile lets about 3x as many false changes
-    through at n = 24). Choosing words by their pooled count, blind to which model wrote a reply, leaves
+    the Bonferroni threshold for m words, |z| > the t quantile 1 - alpha / (2m) with G - 1 degrees of
+    freedom, G the prompts or their clusters (z is the paired t statistic; the normal quantile lets about
+    3x as many false changes through at n = 24). Choosing words by their pooled count, blind to which model wrote a reply, leaves
     the test about as it was (Bourgon et al. 2010, independent filtering; approximately, for a t
     statistic on 0/1 data). -> {"tested": m, "threshold", "rose"/"fell": the `top` largest changes
     beyond it, "n_rose"/"n_fell": how many there were}"""
@@ -224,13 +245,13 @@ def word_changes(base_replies, tuned_replies, top: int = 3, alpha: float = 0.05)
             for label, replies in (("base", base_replies), ("tuned", tuned_replies))}
     carried = collections.Counter(w for rows in sets.values() for row in rows for ws in row for w in ws)
     words = sorted(w for w, c in carried.items() if c >= MIN_WORD_REPLIES)
-    n = len(base_replies)
+    n_groups = len(set(range(len(base_replies)) if clusters is None else clusters))
     found = {"tested": len(words), "threshold": None, "rose": [], "fell": [], "n_rose": 0, "n_fell": 0}
-    if not words or n < 2:
+    if not words or n_groups < 2:
         return found
     carries = lambda rows, w: np.array([[w in ws for ws in row] for row in rows], float)
-    changes = [share_change(w, carries(sets["base"], w), carries(sets["tuned"], w)) for w in words]
-    threshold = float(scipy.stats.t.ppf(1 - alpha / (2 * len(words)), df=n - 1))
+    changes = [share_change(w, carries(sets["base"], w), carries(sets["tuned"], w), clusters) for w in words]
+    threshold = float(scipy.stats.t.ppf(1 - alpha / (2 * len(words)), df=n_groups - 1))
     beyond = sorted((c for c in changes if c["z"] is not None and abs(c["z"]) > threshold), key=lambda c: -c["z"])
     rose, fell = [c for c in beyond if c["z"] > 0], [c for c in beyond[::-1] if c["z"] < 0]
     return {**found, "threshold": threshold, "rose": rose[:top], "fell": fell[:top], "n_rose": len(rose),
@@ -258,25 +279,36 @@ def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None
     inputs = demo_inputs(demo_dir, reward_model, check_reward_model=not custom_reward)
     prompt_format = reward.cfg.format if reward is not None else inspect_reward_model(inputs["reward_model"]).format
     prompts = heldout_prompts(inputs["data"], n_prompts)
+    threads = [p["thread_id"] for p in prompts]
     settings = inputs["ppo"]
-    replies = {label: sample_replies(inputs[label], prompts, k, settings, prompt_format, seed, device, label=label)
-               for label in ("base", "tuned")}
-    if reward is None:
-        reward = load_reward_model(inputs["reward_model"], dtype=torch.float32, device=device).requires_grad_(False)
-    print(f"[scoring {2 * len(prompts) * k} replies with the reward model]", file=sys.stderr, flush=True)
-    scores = {label: score_replies(reward, prompts, rs) for label, rs in replies.items()}
+    with ppo_precision(settings, device):
+        replies = {label: sample_replies(inputs[label], prompts, k, settings, prompt_format, seed, device, label=label)
+                   for label in ("base", "tuned")}
+        if reward is None:
+            reward = load_reward_model(inputs["reward_model"], dtype=torch.float32, device=device).requires_grad_(False)
+        print(f"[scoring {2 * len(prompts) * k} replies with the reward model]", file=sys.stderr, flush=True)
+        scores = {label: score_replies(reward, prompts, rs) for label, rs in replies.items()}
     return {"prompts": [{**p, "text": render_prompt(p["messages"])} for p in prompts],
             "samples_per_prompt": k, "seed": seed, "base": inputs["base"], "tuned": inputs["tuned"],
             "reward_model": "(a custom reward)" if custom_reward else inputs["reward_model"],
             "sampling": {key: settings.get(key) for key in ("temperature", "top_k", "top_p", "max_new_tokens",
-                                                            "max_prompt_tokens", "stop_at_sentence_end")},
-            "score": paired_change(scores["base"], scores["tuned"]),
-            "features": [feature_change(f, replies["base"], replies["tuned"]) for f in world or []],
-            "empty": feature_change(EMPTY_REPLY, replies["base"], replies["tuned"]),
-            "words": word_changes(replies["base"], replies["tuned"]),
-            "length": paired_change(*([[len(r) for r in rs] for rs in replies[label]] for label in ("base", "tuned"))),
+                                                            "max_prompt_tokens", "stop_at_sentence_end", "cpu_bf16")},
+            "score": paired_change(scores["base"], scores["tuned"], threads),
+            "features": [feature_change(f, replies["base"], replies["tuned"], threads) for f in world or []],
+            "empty": feature_change(EMPTY_REPLY, replies["base"], replies["tuned"], threads),
+            "words": word_changes(replies["base"], replies["tuned"], clusters=threads),
+            "length": paired_change(*([[len(r) for r in rs] for rs in replies[label]] for label in ("base", "tuned")),
+                                    threads),
             "replies": {label: [[{"text": r, "score": float(s)} for r, s in zip(rs, ss)]
                                 for rs, ss in zip(replies[label], scores[label])] for label in replies}}
+
+
+def ppo_precision(settings: dict, device=None):
+    """Sample and score in the precision PPO sampled and scored in: bf16 autocast on a GPU, and on a CPU
+    when ppo.py ran with --cpu-bf16 (then about 2x faster here); fp32 otherwise."""
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    enabled = device_type == "cuda" or bool(settings.get("cpu_bf16"))
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
 
 # ------------------------------------------------------------------------------------------ the summary
@@ -435,7 +467,10 @@ def summary_text(outcome: dict, demo_dir) -> str:
         hacking = hacking_lines(read_log(metrics), metrics)  # a headline, then one indented line per warning
         lines += ["- " + heldout_eval_line(read_log(evals), evals), "- " + hacking[0], *hacking[1:]]
     n, k = outcome["score"]["n"], outcome["samples_per_prompt"]
-    lines += ["", f"On {n} held-out prompts (never trained on), {k} sampled replies each, base model vs tuned policy:",
+    threads = outcome["score"].get("clusters", n)
+    where = f"{n} held-out prompts (never trained on" + (f"; from {threads} threads, standard errors over threads)"
+                                                        if threads < n else ")")
+    lines += ["", f"On {where}, {k} sampled replies each, base model vs tuned policy:",
               "- " + describe_change("Reward-model score", outcome["score"])]
     still = []
     for f in outcome["features"]:
@@ -574,7 +609,8 @@ def parse_args(argv=None):
     p.add_argument("--world", type=Path, default=None,
                    help="world.json of the synthetic sample: the planted content features whose share is measured "
                         "(default: none: features not measured)")
-    p.add_argument("--prompts", type=int, default=24, help="held-out prompts (default 24; one per thread first)")
+    p.add_argument("--prompts", type=int, default=24, help="held-out prompts (default 24; one per thread first, then second contexts of the threads, "
+                        "whose standard errors are then over threads)")
     p.add_argument("--samples", type=int, default=4, help="sampled replies per prompt and model (default 4)")
     p.add_argument("--reward-model", type=Path, default=None, help="the reward model that scores the replies (default: the one ppo/config.json names)")
     p.add_argument("--seed", type=seed_arg, default=0, help="sampling seed, the same for both models (default: 0)")

@@ -18,8 +18,8 @@ import torch
 
 import karma
 from karma.cli import run_main
-from karma.demo import (EMPTY_REPLY, feature_change, main, measure, paired_change, read_world, verdict, wilson,
-                        word_changes, words_line, words_of, write_report)
+from karma.demo import (EMPTY_REPLY, Z95, cluster_se, feature_change, main, measure, paired_change, read_world, verdict,
+                        wilson, word_changes, words_line, words_of, write_report)
 from karma.data.prompts import heldout_prompts
 from karma.reward import RewardConfig, build_reward_model, save_reward_model
 from karma.tokenizer import copy_tokenizer_files
@@ -163,6 +163,37 @@ def test_paired_change_recovers_a_known_shift():
     same = paired_change(base, base)
     assert same["diff"] == 0 and same["z"] == 0 and verdict(same) == "noise"
     assert verdict(paired_change(base, base + rng.normal(0, 0.1, size=(400, 4)))) == "noise"
+
+
+def test_cluster_se_is_the_sandwich_estimator_and_counts_a_repeated_prompt_once():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=30)
+    groups = rng.integers(0, 9, size=30)
+    # independently: the sandwich (X'X)^-1 (sum_g X_g' u_g u_g' X_g) (X'X)^-1 of least squares on a constant,
+    # times G / (G - 1)
+    X, u = np.ones((30, 1)), x - x.mean()
+    meat = sum(np.outer(X[groups == g].T @ u[groups == g], X[groups == g].T @ u[groups == g]) for g in set(groups))
+    bread = np.linalg.inv(X.T @ X)
+    G = len(set(groups))
+    assert cluster_se(x, list(groups)) == pytest.approx(math.sqrt(G / (G - 1) * (bread @ meat @ bread)[0, 0]))
+    assert cluster_se(x, list(range(30))) == pytest.approx(x.std(ddof=1) / math.sqrt(30))  # one per cluster
+    twice = np.repeat(x, 2)  # every prompt asked twice within its own thread: no new information
+    assert cluster_se(twice, list(np.repeat(np.arange(30), 2))) == pytest.approx(x.std(ddof=1) / math.sqrt(30))
+    assert paired_change(np.zeros(60), twice, np.repeat(np.arange(30), 2))["clusters"] == 30
+    assert cluster_se(x, [0] * 30) is None
+
+
+def test_clustered_intervals_cover_where_per_prompt_ones_do_not():
+    """Planted: 12 threads x 4 prompts, the change shared within a thread (sd 1) beyond the prompt's own
+    (sd 0.3), true change 0. The per-prompt SE treats 48 prompts as independent; the clustered one does not."""
+    rng = np.random.default_rng(2)
+    threads = list(np.repeat(np.arange(12), 4))
+    covered = {"per prompt": 0, "clustered": 0}
+    for _ in range(1000):
+        d = np.repeat(rng.normal(0, 1, 12), 4) + rng.normal(0, 0.3, 48)
+        covered["per prompt"] += abs(paired_change(np.zeros(48), d)["z"]) < Z95
+        covered["clustered"] += abs(paired_change(np.zeros(48), d, threads)["z"]) < Z95
+    assert covered["per prompt"] < 700 and covered["clustered"] > 900, covered
 
 
 def test_empty_replies_are_counted_whitespace_included():

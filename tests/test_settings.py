@@ -60,7 +60,7 @@ def test_the_defaults_are_the_dataclass(module, cls, needed):
     assert cfg == expected and config_dict(cfg) == config_dict(expected)
 
 
-# ------------------------------------------------------------- today's command lines, by hand
+# ------------------------------------------------------------- the Makefile's and the README's command lines
 
 def demo_argv(script: str, *make_args: str) -> list[str]:
     """The arguments the Makefile's demo-train gives `script`, read from `make -n` (so tests follow the
@@ -101,13 +101,10 @@ def test_the_readme_ppo_command_lines():
 
 
 def test_the_demo_and_readme_train_rm_command_lines():
-    argv = ("--model smollm2-135m --data runs/demo/data --out runs/demo/rm --max-length 192 --max-steps 24 --lr 1e-4 "
-            "--eval-every 24 --save-every 24 --max-eval-examples 99 --micro-batch-size 4 --eval-batch-size 8 "
-            "--keep-checkpoints 0").split()
     expected = TrainRMConfig(model="smollm2-135m", data=Path("runs/demo/data"), out_dir=Path("runs/demo/rm"),
                              max_length=192, max_steps=24, lr=1e-4, eval_every=24, save_every=24, max_eval_examples=99,
-                             micro_batch_size=4, eval_batch_size=8, keep_checkpoints=0)
-    assert train_rm.parse_args(argv) == (expected, None)
+                             micro_batch_size=4, eval_batch_size=8, keep_checkpoints=0, cpu_bf16=True)
+    assert train_rm.parse_args(demo_argv("train_rm.py")) == (expected, None)
     argv = "--model llama-3.2-1b --data runs/data --out runs/rm-eroded --format conditioned".split()
     expected = TrainRMConfig(model="llama-3.2-1b", data=Path("runs/data"), out_dir=Path("runs/rm-eroded"),
                              format="conditioned")
