@@ -23,8 +23,8 @@ How it measures, and why:
   PPO renders its prompts (karma.reward.encode in the reward model's format, cut to PPO's
   --max-prompt-tokens).
 - Replies are SAMPLED with the policy's own settings from ppo/config.json (temperature, top-k/p,
-  max new tokens, bf16 where PPO sampled in bf16; never greedy), K per prompt; the base model and the tuned policy draw with the
-  same seeds, and each reply is scored by the demo's reward model.
+  max new tokens, bf16 where PPO sampled in bf16; never greedy), K per prompt; the base model and
+  the tuned policy draw with the same seeds, and each reply is scored by the demo's reward model.
 - Paired by prompt: the K replies to one prompt are correlated, so the prompt is the unit. With
   m_i the mean over prompt i's replies, d_i = m_i(tuned) - m_i(base); the change is mean(d), its
   standard error SE = sd(d) / sqrt(n), z = mean(d) / SE, and the 95% interval mean(d) +- 1.96 SE.
@@ -166,11 +166,14 @@ def paired_change(base, tuned, clusters=None) -> dict:
     d, n = t - b, len(b)
     groups = list(range(n)) if clusters is None else list(clusters)
     se = cluster_se(d, groups)
+    if se == 0 and np.ptp(d) > 0:  # differences that vary, yet every thread's sum is exactly 0: no estimate
+        se = None
     diff = float(d.mean())
     z = None if se is None else (diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff)))
 
     def mean_ci(x):
-        half = Z95 * (cluster_se(x, groups) or float("nan"))
+        se_x = cluster_se(x, groups)
+        half = Z95 * se_x if se_x is not None else math.nan
         return [float(x.mean() - half), float(x.mean() + half)]
 
     return {"n": n, "clusters": len(set(groups)), "base": float(b.mean()), "tuned": float(t.mean()),
@@ -184,6 +187,8 @@ def cluster_se(x: np.ndarray, groups: list) -> float | None:
     a mean (Liang & Zeger 1986) with the small-sample factor G / (G - 1) (Cameron & Miller 2015,
     "A Practitioner's Guide to Cluster-Robust Inference"). With one x per cluster it is
     sd(x) / sqrt(n) exactly; a value repeated within its cluster adds no precision. None when G < 2."""
+    if len(groups) != len(x):
+        raise ValueError(f"{len(groups)} cluster labels for {len(x)} values")
     sums: dict = collections.defaultdict(float)
     for g, r in zip(groups, np.asarray(x, float) - np.mean(x)):
         sums[g] += r
@@ -236,11 +241,11 @@ def word_changes(base_replies, tuned_replies, top: int = 3, alpha: float = 0.05,
     least MIN_WORD_REPLIES replies of both models together carry, its share of replies base vs tuned,
     paired over prompts (share_change). Many words are tested at once, so a change counts only beyond
     the Bonferroni threshold for m words, |z| > the t quantile 1 - alpha / (2m) with G - 1 degrees of
-    freedom, G the prompts or their clusters (z is the paired t statistic; the normal quantile lets about
-    3x as many false changes through at n = 24). Choosing words by their pooled count, blind to which model wrote a reply, leaves
-    the test about as it was (Bourgon et al. 2010, independent filtering; approximately, for a t
-    statistic on 0/1 data). -> {"tested": m, "threshold", "rose"/"fell": the `top` largest changes
-    beyond it, "n_rose"/"n_fell": how many there were}"""
+    freedom, G the prompts or their clusters (z is the paired t statistic; the normal quantile lets
+    about 3x as many false changes through at n = 24). Choosing words by their pooled count, blind to
+    which model wrote a reply, leaves the test about as it was (Bourgon et al. 2010, independent
+    filtering; approximately, for a t statistic on 0/1 data). -> {"tested": m, "threshold",
+    "rose"/"fell": the `top` largest changes beyond it, "n_rose"/"n_fell": how many there were}"""
     sets = {label: [[words_of(r) for r in rs] for rs in replies]
             for label, replies in (("base", base_replies), ("tuned", tuned_replies))}
     carried = collections.Counter(w for rows in sets.values() for row in rows for ws in row for w in ws)
@@ -262,7 +267,7 @@ def verdict(change: dict) -> str:
     """'rose' / 'fell' when |z| >= 2, else 'noise' (identical replies included: z = 0)."""
     z = change["z"]
     if z is None:
-        return "unknown (one prompt: no standard error)"
+        return "unknown (one prompt or thread: no standard error)"
     if abs(z) < NOISE_Z:
         return "noise"
     return "rose" if z > 0 else "fell"
@@ -281,7 +286,8 @@ def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None
     prompts = heldout_prompts(inputs["data"], n_prompts)
     threads = [p["thread_id"] for p in prompts]
     settings = inputs["ppo"]
-    with ppo_precision(settings, device):
+    device_type, bf16 = ppo_precision(settings, device)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         replies = {label: sample_replies(inputs[label], prompts, k, settings, prompt_format, seed, device, label=label)
                    for label in ("base", "tuned")}
         if reward is None:
@@ -292,7 +298,8 @@ def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None
             "samples_per_prompt": k, "seed": seed, "base": inputs["base"], "tuned": inputs["tuned"],
             "reward_model": "(a custom reward)" if custom_reward else inputs["reward_model"],
             "sampling": {key: settings.get(key) for key in ("temperature", "top_k", "top_p", "max_new_tokens",
-                                                            "max_prompt_tokens", "stop_at_sentence_end", "cpu_bf16")},
+                                                            "max_prompt_tokens", "stop_at_sentence_end")}
+                        | {"bf16": bf16},
             "score": paired_change(scores["base"], scores["tuned"], threads),
             "features": [feature_change(f, replies["base"], replies["tuned"], threads) for f in world or []],
             "empty": feature_change(EMPTY_REPLY, replies["base"], replies["tuned"], threads),
@@ -303,12 +310,12 @@ def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None
                                 for rs, ss in zip(replies[label], scores[label])] for label in replies}}
 
 
-def ppo_precision(settings: dict, device=None):
-    """Sample and score in the precision PPO sampled and scored in: bf16 autocast on a GPU, and on a CPU
-    when ppo.py ran with --cpu-bf16 (then about 2x faster here); fp32 otherwise."""
+def ppo_precision(settings: dict, device=None) -> tuple[str, bool]:
+    """(device type, bf16?): sample and score in the precision PPO sampled and scored in, bf16 autocast
+    on a GPU (ppo.py's frozen models and sampling copy are bf16 there) and on a CPU when ppo.py ran
+    with --cpu-bf16 (then about 2x faster here: bench/cpu_bf16.py --sample); fp32 otherwise."""
     device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    enabled = device_type == "cuda" or bool(settings.get("cpu_bf16"))
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+    return device_type, device_type == "cuda" or bool(settings.get("cpu_bf16"))
 
 
 # ------------------------------------------------------------------------------------------ the summary
@@ -340,7 +347,7 @@ def words_line(words: dict) -> str:
     if not words["tested"]:
         return f"Words: none carried by {MIN_WORD_REPLIES} or more replies, nothing to test."
     if words["threshold"] is None:
-        return "Words: one prompt, so no standard error: nothing tested."
+        return "Words: one prompt or thread, so no standard error: nothing tested."
     head = (f"Words whose share of replies changed ({words['tested']} word(s) carried by {MIN_WORD_REPLIES}+ replies "
             f"tested; with that many tests a change counts beyond |z| > {words['threshold']:.2f}, Bonferroni)")
     z = lambda c: "inf" if math.isinf(c["z"]) else f"{c['z']:.1f}"
@@ -468,8 +475,8 @@ def summary_text(outcome: dict, demo_dir) -> str:
         lines += ["- " + heldout_eval_line(read_log(evals), evals), "- " + hacking[0], *hacking[1:]]
     n, k = outcome["score"]["n"], outcome["samples_per_prompt"]
     threads = outcome["score"].get("clusters", n)
-    where = f"{n} held-out prompts (never trained on" + (f"; from {threads} threads, standard errors over threads)"
-                                                        if threads < n else ")")
+    where = (f"{n} held-out prompts from {threads} threads (never trained on; standard errors over threads)"
+             if threads < n else f"{n} held-out prompts (never trained on)")
     lines += ["", f"On {where}, {k} sampled replies each, base model vs tuned policy:",
               "- " + describe_change("Reward-model score", outcome["score"])]
     still = []
@@ -609,8 +616,9 @@ def parse_args(argv=None):
     p.add_argument("--world", type=Path, default=None,
                    help="world.json of the synthetic sample: the planted content features whose share is measured "
                         "(default: none: features not measured)")
-    p.add_argument("--prompts", type=int, default=24, help="held-out prompts (default 24; one per thread first, then second contexts of the threads, "
-                        "whose standard errors are then over threads)")
+    p.add_argument("--prompts", type=int, default=24,
+                   help="held-out prompts (default 24): one per thread first, then second contexts of the threads "
+                        "(the standard errors are then over threads)")
     p.add_argument("--samples", type=int, default=4, help="sampled replies per prompt and model (default 4)")
     p.add_argument("--reward-model", type=Path, default=None, help="the reward model that scores the replies (default: the one ppo/config.json names)")
     p.add_argument("--seed", type=seed_arg, default=0, help="sampling seed, the same for both models (default: 0)")

@@ -123,6 +123,29 @@ def test_a_planted_feature_is_detected_as_a_rise_outside_the_noise(tiny, tmp_pat
     assert json.loads((demo / "outcome.json").read_text())["score"]["n"] == 7
 
 
+def test_second_contexts_of_a_thread_make_the_thread_the_unit_and_bf16_follows_ppo(tiny, tmp_path):
+    base, planted, rm_dir = tiny
+    demo = write_demo(tmp_path / "demo", base, planted, rm_dir)
+    heldout = demo / "data" / "heldout-00000.jsonl"
+    rows = [json.loads(line) for line in heldout.read_text().splitlines()]
+    for r in rows[1::2]:  # each thread's second reply answers a deeper context: a second prompt of that thread
+        r["messages"] = r["messages"] + [{"role": "assistant", "content": f"A first answer in {r['thread_id']}."},
+                                         {"role": "user", "content": "And then?"}]
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = json.loads((demo / "ppo" / "config.json").read_text())
+    (demo / "ppo" / "config.json").write_text(json.dumps({**config, "cpu_bf16": True}))
+    outcome = measure(demo, n_prompts=20, k=2, world=[FEATURE], reward=FeatureReward(), device="cpu")
+    threads = [p["thread_id"] for p in outcome["prompts"]]
+    assert len(threads) == 15 and len(set(threads)) == 8  # post 0's first context is a training prompt
+    s = outcome["score"]
+    assert (s["n"], s["clusters"]) == (15, 8) and outcome["sampling"]["bf16"] is True
+    per_prompt = lambda label: np.array([np.mean([r["score"] for r in rs]) for rs in outcome["replies"][label]])
+    assert s["se"] == pytest.approx(cluster_se(per_prompt("tuned") - per_prompt("base"), threads))
+    assert outcome["features"][0]["clusters"] == 8
+    assert "On 15 held-out prompts from 8 threads (never trained on; standard errors over threads)" in \
+        write_report(outcome, demo)
+
+
 def test_identical_models_read_as_noise_through_the_cli(tiny, tmp_path, capsys):
     base, _, rm_dir = tiny
     demo = write_demo(tmp_path / "demo", base, base, rm_dir)  # the "tuned" policy is the base model
@@ -181,6 +204,12 @@ def test_cluster_se_is_the_sandwich_estimator_and_counts_a_repeated_prompt_once(
     assert cluster_se(twice, list(np.repeat(np.arange(30), 2))) == pytest.approx(x.std(ddof=1) / math.sqrt(30))
     assert paired_change(np.zeros(60), twice, np.repeat(np.arange(30), 2))["clusters"] == 30
     assert cluster_se(x, [0] * 30) is None
+    with pytest.raises(ValueError, match="29 cluster labels for 30 values"):
+        cluster_se(x, list(range(29)))
+    constant = paired_change(np.zeros(4), np.ones(4))  # every difference 1: SE 0, intervals of width 0
+    assert constant["se"] == 0 and constant["tuned_ci"] == [1.0, 1.0] and constant["z"] == math.inf
+    cancelling = paired_change(np.zeros(4), np.array([0.0, 2.0, 0.0, 2.0]), [0, 0, 1, 1])  # each thread sums to 0
+    assert cancelling["se"] is None and cancelling["z"] is None
 
 
 def test_clustered_intervals_cover_where_per_prompt_ones_do_not():
