@@ -8,40 +8,42 @@ BIN := $(VENV)/bin
 
 DEMO := runs/demo
 # The demo's knobs (make demo DEMO_ROLLOUTS=16 ...). Toy scale so the chain finishes in minutes on 2 CPU
-# cores; real runs: see the README. PPO trains on all 529 Reddit prompts of the train split (12 rollouts of
-# 32 see 384, none twice). Until 2026-12-07 the demo capped them at 64 (DEMO_TRAIN_PROMPTS=64), each seen six
-# times; the report's two claims (held-out score, a planted feature) both held in 3 seeds of 5 then and in 4
-# of 5 now (Fisher's exact p = 1.0: no proof; docs/performance.md). DEMO_BATCH is the sampled replies per
-# rollout; the report then samples DEMO_REPORT_SAMPLES replies to each of
-# DEMO_REPORT_PROMPTS HELD-OUT prompts from the base model and from the tuned policy.
-# Training runs in bf16 autocast (--cpu-bf16: 2.3x faster steps on this AVX512-BF16 CPU); prompts are cut to
-# 64 tokens, which also keeps tensor shapes fixed (oneDNN builds its bf16 kernels once per shape: with
-# 128-token prompts of varying length a PPO update took 67-118 s instead of 4.5 s).
-# PPO's settings, tuned over seeds (docs/performance.md): 32 replies of 16 tokens per rollout, two epochs of
-# four minibatches of 8 (8 optimizer steps per rollout: with one minibatch of 32, 2 steps, at lr 1e-4 the policy
-# hardly moved in 12 rollouts); GAE lambda 1 (at 0.95 with the critic starting at V = 0 early tokens got
-# 0.95^(T-1-t) of the credit, which pushed towards stopping at once); the score rescaled to mean 0, std 1 over
-# the first rollout (--normalize-scores, Ziegler et al. 2019: the critic then starts at the mean return) with
-# KL coefficient 0.03 in those units (about 0.003 on the raw probability, whose replies spread by about 0.1:
-# at 0.01 raw the summed per-token KL outweighed the score differences and replies shrank to nothing; at 0.001
-# raw some seeds drifted into high-entropy text); replies under 10 characters score lowest
-# (--min-reply-chars: the reward model never saw one, and empty replies were how earlier settings gamed it);
-# the policy's lr 5e-5 (with 64 prompts: at 1e-4 the reward model's score rose as much, but through whatever it pays for
-# nearest, and a planted content feature rose in 2 seeds of 5; at 5e-5 in 4 of 5: with five seeds that is
-# no proof, Fisher's exact p = 0.52, but the default seed shows it).
-DEMO_TRAIN_PROMPTS ?=
+# cores; real runs: see the README. Every setting was chosen over seeds; what was tried, and what each try
+# measured, is in docs/performance.md (PPO, rounds one to five).
+# - PPO: 12 rollouts of 32 replies of 16 tokens on 64 of the train split's Reddit prompts (DEMO_TRAIN_PROMPTS;
+#   empty: all 541), two epochs of one minibatch of 32 at lr 2e-4 (2 optimizer steps per rollout, each on
+#   every reply). On the shipped world the report's first claim (the held-out score rises beyond 3 SE) held
+#   in seeds 0-4 and the second (a planted feature's share rises) in 4 of them; on the world shipped before
+#   2026-12-07, with its settings then (minibatches of 8, lr 5e-5, all prompts), both held in 3 of 5, and a
+#   stock greeting took over a sixth seed (round five; 4 of 5 vs 3 of 5: Fisher's exact p = 1.0, no proof).
+# - GAE lambda 1 (at 0.95 with the critic starting at V = 0 early tokens got 0.95^(T-1-t) of the credit, which
+#   pushed towards stopping at once); the score rescaled to mean 0, std 1 over the first rollout
+#   (--normalize-scores, Ziegler et al. 2019: the critic then starts at the mean return) with KL coefficient
+#   0.03 in those units (at 0.01 on the raw probability the summed per-token KL outweighed the score
+#   differences and replies shrank to nothing); replies under 10 characters score lowest (--min-reply-chars:
+#   the reward model never saw one, and empty replies were how earlier settings gamed it).
+# - --activation-checkpointing (exact: the same scores and KL to the last digit): with one minibatch of 32 the
+#   PPO process peaked at 6.06 GiB without it, 5.20 GiB with it (3 rollouts, GNU time, 2026-12-07).
+# - bf16 autocast (--cpu-bf16: 2.3x faster steps on this AVX512-BF16 CPU); prompts cut to 64 tokens, which
+#   keeps tensor shapes fixed (oneDNN builds its bf16 kernels once per shape: with 128-token prompts of varying
+#   length a PPO update took 67-118 s instead of 4.5 s).
+# - The report samples DEMO_REPORT_SAMPLES replies to each of DEMO_REPORT_PROMPTS HELD-OUT prompts from the
+#   base model and from the tuned policy, in bf16 as PPO sampled: 48 prompts of the sample's 26 held-out
+#   threads, the standard errors over threads.
+DEMO_TRAIN_PROMPTS ?= 64
 DEMO_ROLLOUTS ?= 12
 DEMO_BATCH ?= 32
-DEMO_LR ?= 5e-5
+DEMO_LR ?= 2e-4
 DEMO_MAX_NEW_TOKENS ?= 16
 DEMO_SEED ?= 0
-DEMO_REPORT_PROMPTS ?= 24
+DEMO_REPORT_PROMPTS ?= 48
 DEMO_REPORT_SAMPLES ?= 8
 DEMO_WORLD := data/sample/world.json
-DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch 8 --micro-batch 8 \
+DEMO_PPO ?= --rollouts $(DEMO_ROLLOUTS) --rollout-batch $(DEMO_BATCH) --minibatch 32 --micro-batch 8 \
 	--ppo-epochs 2 --max-new-tokens $(DEMO_MAX_NEW_TOKENS) --max-prompt-tokens 64 --lr $(DEMO_LR) --value-lr 1e-4 \
 	--lam 1.0 --normalize-scores --init-kl-coef 0.03 --min-reply-chars 10 --value-init policy \
-	--value-trainable-layers 8 --cpu-bf16 --eval-every 4 --eval-prompts 16 --keep-checkpoints 0 --seed $(DEMO_SEED)
+	--value-trainable-layers 8 --activation-checkpointing --cpu-bf16 --eval-every 4 --eval-prompts 16 --keep-checkpoints 0 \
+	--seed $(DEMO_SEED)
 DEMO_REPORT ?= --prompts $(DEMO_REPORT_PROMPTS) --samples $(DEMO_REPORT_SAMPLES) --seed $(DEMO_SEED) \
 	$(if $(wildcard $(DEMO_WORLD)),--world $(DEMO_WORLD))
 
@@ -59,7 +61,7 @@ demo-train: $(VENV)/.demo  ## the demo's training chain only: sample data -> rew
 	rm -rf $(DEMO)  # a fresh demo each time (a run refuses an --out that holds an earlier run)
 	$(BIN)/python data_prep.py --input data/sample --out $(DEMO)/data $(if $(DEMO_TRAIN_PROMPTS),--max-prompts $(DEMO_TRAIN_PROMPTS))
 	$(BIN)/python train_rm.py --model smollm2-135m --data $(DEMO)/data --out $(DEMO)/rm \
-		--max-length 192 --max-steps 24 --lr 1e-4 --eval-every 24 --save-every 24 --max-eval-examples 99 \
+		--max-length 192 --max-steps 24 --lr 1e-4 --eval-every 24 --save-every 24 \
 		--micro-batch-size 4 --eval-batch-size 8 --keep-checkpoints 0 --cpu-bf16
 	$(BIN)/python ppo.py --model smollm2-135m --reward-model $(DEMO)/rm/best --data $(DEMO)/data \
 		--out $(DEMO)/ppo $(DEMO_PPO)
@@ -72,8 +74,8 @@ demo-report: $(VENV)/.demo  ## the demo's closing summary (after demo-train)
 # KARMA's Section 5 on the shipped synthetic world, whose karma depends on the reply AND on its subreddit and
 # hour (data/sample/README.md): a generalized and a conditioned reward model (configs/toy's, trained for two
 # epochs here: 134 steps, evaluated at steps 45, 90, 134) and the shortcut report on the held-out threads.
-# With configs/toy's 48 steps the conditioned RM leans on the header just as clearly, but its AUC gain
-# (0.809 vs 0.716) is not yet significant on 99 held-out examples (DeLong p = 0.08): docs/evaluation.md.
+# On the sample shipped before 2026-12-07, configs/toy's 48 steps already showed the conditioned RM leaning
+# on the header, but not yet a significant AUC gain (0.809 vs 0.716 on 99 examples, DeLong p = 0.08).
 SHORTCUT := runs/shortcut
 SHORTCUT_RM ?= --max-steps 134 --eval-every 45 --save-every 134
 shortcut: $(VENV)/.demo  ## generalized vs conditioned reward model and the reward-shortcut report (runs/shortcut)

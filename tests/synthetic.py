@@ -54,9 +54,13 @@ several siblings per parent. About 30 subreddits with Zipf-like popularity.
 PLANTED WORLD: what a reply's karma depends on. The pipeline's label is "rewarding iff
 comment.score >= 0.4 * parent.score" (parent clamped at 1). Ordinary English comments are answers
 (75%: explanations, examples, jokes, sources) or low-effort one-liners (25%: "who cares", ...).
-Each answer carries each CONTENT feature independently with probability FEATURE_RATE; a feature is
-whatever its regex (CONTENT_FEATURES) finds in the final body, so the planted truth and a
-measurement of a policy's replies use the same test:
+Each of them, answer or one-liner, carries each CONTENT feature independently with probability
+FEATURE_RATE (a one-liner's are snide: "thanks for nothing", "because this adds nothing", "did you
+even read the post?"), so a reply is paid for its features alone and sounding like a polite answer
+earns nothing by itself. (When one-liners carried none, that style predicted karma too, and the
+demo's small reward model paid for greetings and answer-like phrasing about as much as for the
+features.) A feature is whatever its regex (CONTENT_FEATURES) finds in the final body, so the
+planted truth and a measurement of a policy's replies use the same test:
   warm       thanks / appreciation ("Thanks for asking!", "Glad you asked.")
   reason     gives a reason or an example ("because ...", "since ...", "for example ...")
   asks_back  asks the poster a follow-up question (a "?")
@@ -103,7 +107,7 @@ COMPRESSIONS = {"zst": ".zst", "ndjson": ".ndjson", "gz": ".gz"}
 MAX_DEPTH = 4                         # top-level comments have depth 1
 LABEL_RATIO = 0.4                     # rewarding iff score >= LABEL_RATIO * parent score
 MAX_RATIO = 2.0                       # a reply's score is at most this x its parent's (max(p, 1))
-LOW_EFFORT_RATE = 0.25                # ordinary comments that are low-effort one-liners (no features)
+LOW_EFFORT_RATE = 0.25                # ordinary comments that are low-effort one-liners
 
 # ---- rates (see the table in the module docstring) ----
 POST_RATES = dict(link=0.08, deleted=0.02, removed=0.02, over_18=0.03, non_english=0.03, stickied=0.01,
@@ -125,7 +129,7 @@ CONTENT_FEATURES = {
                "substance: gives a reason or an example"),
     "asks_back": (r"(?i)\?", 1.0, "engages: asks the poster a follow-up question"),
 }
-FEATURE_RATE = 0.4                    # per answer and feature
+FEATURE_RATE = 0.4                    # per ordinary comment (answer or one-liner) and feature
 INTERCEPT = -1.6                      # puts the label rate of ordinary comments near 50%
 NOISE_SD = 1.0
 GENEROUS, STINGY = 1.5, -1.5          # subreddit effects; the others 0
@@ -278,6 +282,11 @@ LOW_EFFORT = [
     "nobody asked, go away", "you're wrong about {t} and everyone knows it",
 ]
 LOW_EFFORT_FILLERS = ["seriously", "honestly", "man", "dude", "ugh", "yeah right", "come on"]
+LOW_EFFORT_WARM = ["thanks for nothing", "thanks, I hate it", "glad I scrolled past this", "I appreciate nothing about this"]
+LOW_EFFORT_REASONS = ["because {t} is not that deep", "since nobody here knows anything about {t}",
+                      "that's why nobody takes this sub seriously", "because this adds nothing"]
+LOW_EFFORT_QUESTIONS = ["did you even read the post?", "why would anyone care about {t}?", "seriously?",
+                        "is this a joke?", "who even asked?"]
 SHORT_BODIES = ["lol", "this", "This.", "", "^", "same", "+1", "F", "ok", "lmao", "yes", "nope", "this!!", "."]
 MODERATOR_BODIES = [
     "Your comment has been removed: please keep it civil (rule 2).",
@@ -799,6 +808,7 @@ class _Generator:
         return body
 
     def _low_effort(self, topic):
+        """A snide one-liner, each content feature with probability FEATURE_RATE (as answers have them)."""
         rng = self.rng
         pieces = []
         for template in rng.sample(LOW_EFFORT, 3):      # at least 5 words: a language identifier needs them
@@ -807,9 +817,16 @@ class _Generator:
                 break
         if rng.random() < 0.4:
             pieces.insert(rng.randint(0, len(pieces)), rng.choice(LOW_EFFORT_FILLERS))
+        warm, reason, ask = (rng.random() < FEATURE_RATE for _ in range(3))
+        if warm:
+            pieces.insert(rng.randint(0, len(pieces)), rng.choice(LOW_EFFORT_WARM))
+        if reason:
+            pieces.append(self._fill(rng.choice(LOW_EFFORT_REASONS), topic))
         body = rng.choice([", ", ". ", " "]).join(pieces)
         if rng.random() < 0.5:
             body = body[0].upper() + body[1:]
+        if ask:
+            return body + ", " + self._fill(rng.choice(LOW_EFFORT_QUESTIONS), topic)
         return body + rng.choice(["", "", ".", "!", " lol", "..."])
 
     def _mention(self, body, parent, post):

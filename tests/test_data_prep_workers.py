@@ -77,7 +77,12 @@ def messy(tmp_path_factory):
     twin = dict(jan[10], body=jan[10]["body"] + f" xyzzy{next(marker)}")  # first copy non-English ...
     feb.append(dict(jan[10], body="A second copy of this reply, edited, in the next month's file."))  # ... kept
     jan[10] = twin
-    feb.append(dict(jan[11]))  # a copy of a kept reply: duplicate
+    keeps = FilterConfig(detector=StubDetector())
+    kept_posts = {p.name for r in files["RS_2015-01.ndjson"]
+                  if not isinstance(p := normalize("submission", r), str) and not submission_skip_reason(p, keeps)}
+    kept = next(r for r in jan[11:] if not isinstance(c := normalize("comment", r), str) and c.link_id in kept_posts
+                and not comment_skip_reason(c, keeps))
+    feb.append(dict(kept))  # a copy of a reply the filters keep: duplicate
     files["RS_2015-02.ndjson"].append(dict(files["RS_2015-01.ndjson"][5]))
     a, b = jan[21], jan[43]  # replies that become examples, in two threads
     jan.append(dict(a, id="xthread", name="t1_xthread", parent_id=b["link_id"], created_utc=0))  # a's thread, b's post

@@ -1,42 +1,32 @@
-"""The shipped world shows KARMA's Section-5 mechanism at toy scale (slow: trains two reward models).
+"""The shipped world shows KARMA's Section-5 mechanism at toy scale (slow: `make shortcut`, two reward
+models of 134 steps: about 50 minutes with one thread beside other jobs).
 
 data/sample plants a reply's karma on its content (data/sample/world.json: content_features) and on
-context it cannot control (subreddit, UTC hour, thread position). On it, with the demo's pipeline:
-a generalized RM (no metadata) learns the content, and a conditioned RM (karmaEroded: a
-"[Subreddit: r/X | Posted: <UTC time>]" header) scores a higher AUC by leaning on the header, which
-the shortcut report (`eval.py rm`) measures as flips under swapped headers.
+context it cannot control (subreddit, UTC hour, thread position). On it, `make shortcut` trains a
+generalized RM (no metadata), which learns the content, and a conditioned RM (karmaEroded: a
+"[Subreddit: r/X | Posted: <UTC time>]" header), which scores a higher AUC by leaning on the header;
+the shortcut report (`eval.py rm`) measures that as flips under swapped headers. With the demo's 24
+steps the conditioned RM did not yet lean on the header (flips 0 under a swapped subreddit,
+2026-12-07), so this test runs the Makefile's target itself.
 """
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# the demo's data and reward-model settings (Makefile), with STEPS optimizer steps
-STEPS = 24
-RM_ARGS = ["--model", "smollm2-135m", "--max-length", "192", "--max-steps", str(STEPS), "--lr", "1e-4",
-           "--eval-every", str(STEPS), "--save-every", str(STEPS), "--max-eval-examples", "99",
-           "--micro-batch-size", "4", "--eval-batch-size", "8", "--keep-checkpoints", "0", "--cpu-bf16"]
 
-
-def run(*args):
-    done = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+pytestmark = pytest.mark.skipif(not (ROOT / ".venv" / ".demo").exists(), reason="needs `make demo`'s set-up")
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    pytest.importorskip("transformers")
-    w = tmp_path_factory.mktemp("world")
-    run("data_prep.py", "--input", ROOT / "data" / "sample", "--out", w / "data", "--max-prompts", "1")
-    for fmt in ("generalized", "conditioned"):
-        run("train_rm.py", *RM_ARGS, "--data", w / "data", "--out", w / fmt, "--format", fmt)
-    run("eval.py", "rm", "--reward-models", w / "generalized" / "best", w / "conditioned" / "best",
-        "--data", w / "data", "--out", w / "report", "--max-examples", "64", "--n-resamples", "200")
-    data = json.loads((w / "report" / "report.json").read_text())
+    """`make shortcut` into a temporary directory -> its report.json's reward models by format."""
+    out = tmp_path_factory.mktemp("shortcut")
+    subprocess.run(["make", "--no-print-directory", "shortcut", f"SHORTCUT={out}"], cwd=ROOT, check=True)
+    data = json.loads((out / "report" / "report.json").read_text())
     return {entry["format"]: entry for entry in data["rms"].values()}
 
 

@@ -75,18 +75,18 @@ def test_the_demo_ppo_command_line():
     """ppo.py with DEMO_PPO at its defaults gives this configuration."""
     argv = demo_argv("ppo.py")
     expected = PPOConfig(model="smollm2-135m", reward_model=Path("runs/demo/rm/best"), data=Path("runs/demo/data"),
-                         out_dir=Path("runs/demo/ppo"), rollouts=12, rollout_batch=32, minibatch=8, micro_batch=8,
-                         ppo_epochs=2, max_new_tokens=16, max_prompt_tokens=64, lr=5e-5, value_lr=1e-4, lam=1.0,
+                         out_dir=Path("runs/demo/ppo"), rollouts=12, rollout_batch=32, minibatch=32, micro_batch=8,
+                         ppo_epochs=2, max_new_tokens=16, max_prompt_tokens=64, lr=2e-4, value_lr=1e-4, lam=1.0,
                          normalize_scores=True, init_kl_coef=0.03, min_reply_chars=10, value_init="policy",
-                         value_trainable_layers=8, cpu_bf16=True, eval_every=4, eval_prompts=16, keep_checkpoints=0,
+                         value_trainable_layers=8, activation_checkpointing=True, cpu_bf16=True, eval_every=4, eval_prompts=16, keep_checkpoints=0,
                          seed=0)
     assert ppo.parse_args(argv) == (expected, None)
 
 
-def test_the_demo_trains_ppo_on_every_prompt_unless_capped():
-    """The demo's data_prep.py writes all the train split's Reddit prompts; DEMO_TRAIN_PROMPTS caps them."""
-    assert demo_argv("data_prep.py") == ["--input", "data/sample", "--out", "runs/demo/data"]
-    assert demo_argv("data_prep.py", "DEMO_TRAIN_PROMPTS=64")[-2:] == ["--max-prompts", "64"]
+def test_the_demo_trains_ppo_on_64_prompts_unless_told():
+    """The demo's data_prep.py writes 64 of the train split's Reddit prompts; DEMO_TRAIN_PROMPTS= (empty) all."""
+    assert demo_argv("data_prep.py") == ["--input", "data/sample", "--out", "runs/demo/data", "--max-prompts", "64"]
+    assert demo_argv("data_prep.py", "DEMO_TRAIN_PROMPTS=") == ["--input", "data/sample", "--out", "runs/demo/data"]
 
 
 def test_the_readme_ppo_command_lines():
@@ -102,8 +102,8 @@ def test_the_readme_ppo_command_lines():
 
 def test_the_demo_and_readme_train_rm_command_lines():
     expected = TrainRMConfig(model="smollm2-135m", data=Path("runs/demo/data"), out_dir=Path("runs/demo/rm"),
-                             max_length=192, max_steps=24, lr=1e-4, eval_every=24, save_every=24, max_eval_examples=99,
-                             micro_batch_size=4, eval_batch_size=8, keep_checkpoints=0, cpu_bf16=True)
+                             max_length=192, max_steps=24, lr=1e-4, eval_every=24, save_every=24, micro_batch_size=4,
+                             eval_batch_size=8, keep_checkpoints=0, cpu_bf16=True)
     assert train_rm.parse_args(demo_argv("train_rm.py")) == (expected, None)
     argv = "--model llama-3.2-1b --data runs/data --out runs/rm-eroded --format conditioned".split()
     expected = TrainRMConfig(model="llama-3.2-1b", data=Path("runs/data"), out_dir=Path("runs/rm-eroded"),

@@ -280,12 +280,20 @@ def test_planted_content_features_raise_the_label_rate(sample):
         has = [r for r in rows if name in features(r[0]["body"])]
         without = [r for r in rows if name not in features(r[0]["body"])]
         assert 0.15 < len(has) / len(rows) < 0.5, name                  # a common feature, not a rare one
-        assert rate(has) - rate(without) > 0.2, name
+        assert rate(has) - rate(without) > 0.15, name                    # asks_back (+1.0) the least
         for effect in set(tier.values()):
             inside = [r for r in has if tier[r[0]["subreddit"]] == effect]
             outside = [r for r in without if tier[r[0]["subreddit"]] == effect]
             assert rate(inside) > rate(outside), (name, effect)
-    assert rate(r for r in rows if low_effort(r[0]["body"])) < 0.3    # no features: seldom rewarding
+    # the style earns nothing by itself: a snide one-liner is paid like an answer with the same features
+    for has_feature in (False, True):
+        same = [r for r in rows if bool(features(r[0]["body"])) == has_feature]
+        one_liners = [r for r in same if low_effort(r[0]["body"])]
+        answers = [r for r in same if not low_effort(r[0]["body"])]
+        assert abs(rate(one_liners) - rate(answers)) < 0.1, has_feature
+    one_liners = [r for r in rows if low_effort(r[0]["body"])]
+    assert rate(r for r in one_liners if features(r[0]["body"])) - rate(r for r in one_liners
+                                                                         if not features(r[0]["body"])) > 0.2
 
 
 def test_planted_context_moves_the_label_rate(sample):
