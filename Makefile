@@ -72,8 +72,8 @@ demo-report: $(VENV)/.demo  ## the demo's closing summary (after demo-train)
 	$(BIN)/python -m karma.demo $(DEMO) $(DEMO_REPORT)
 
 # KARMA's Section 5 on the shipped synthetic world, whose karma depends on the reply AND on its subreddit and
-# hour (data/sample/README.md): a generalized and a conditioned reward model (configs/toy's, trained for two
-# epochs here: 134 steps, evaluated at steps 45, 90, 134) and the shortcut report on the held-out threads.
+# hour (data/sample/README.md): a generalized and a conditioned reward model (configs/toy's, trained for 134
+# steps here, 1.8 epochs, evaluated at steps 45, 90, 134) and the shortcut report on the held-out threads.
 # On the sample shipped before 2026-12-07, configs/toy's 48 steps already showed the conditioned RM leaning
 # on the header, but not yet a significant AUC gain (0.809 vs 0.716 on 99 examples, DeLong p = 0.08).
 SHORTCUT := runs/shortcut

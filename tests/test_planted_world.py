@@ -6,8 +6,8 @@ context it cannot control (subreddit, UTC hour, thread position). On it, `make s
 generalized RM (no metadata), which learns the content, and a conditioned RM (karmaEroded: a
 "[Subreddit: r/X | Posted: <UTC time>]" header), which scores a higher AUC by leaning on the header;
 the shortcut report (`eval.py rm`) measures that as flips under swapped headers. With the demo's 24
-steps the conditioned RM did not yet lean on the header (flips 0 under a swapped subreddit,
-2026-12-07), so this test runs the Makefile's target itself.
+steps the conditioned RM showed no reliance on the header yet (under a swapped subreddit its flip
+share's interval reached 0, 2026-12-07), so this test runs the Makefile's target itself.
 """
 
 import json
