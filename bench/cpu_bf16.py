@@ -50,7 +50,8 @@ def main():
     p.add_argument("--tokens", type=int, default=96, help="sequence length (prompt + reply)")
     p.add_argument("--reply", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--sample", action="store_true", help="time sampling `--reply` tokens after `--tokens` prompt tokens")
+    p.add_argument("--sample", action="store_true",
+                   help="time sampling `--reply` tokens after `--tokens` prompt tokens")
     args = p.parse_args()
     model = load_model(args.model).train(not args.sample)
     run = sample if args.sample else step
@@ -62,7 +63,8 @@ def main():
         for bf16 in (False, True):
             times["bf16" if bf16 else "fp32"].append(run(model, ids, args.reply, bf16))
     median = {k: statistics.median(v) for k, v in times.items()}
-    print(json.dumps({"what": "sample" if args.sample else "step", "model": args.model, "batch": args.batch, "tokens": args.tokens, "threads": torch.get_num_threads(),
+    print(json.dumps({"what": "sample" if args.sample else "step", "model": args.model, "batch": args.batch,
+                      "tokens": args.tokens, "threads": torch.get_num_threads(),
                       "median_s": median, "min_s": {k: min(v) for k, v in times.items()},
                       "max_s": {k: max(v) for k, v in times.items()},
                       "speedup_median": median["fp32"] / median["bf16"]}, indent=1))

@@ -57,6 +57,7 @@ from matplotlib.ticker import MaxNLocator
 from karma.cli import add_debug_flag, device_arg, run_main
 from karma.data.format import render_prompt
 from karma.data.prompts import heldout_prompts, write_prompts
+from karma.distributed import Dist, autocast
 from karma.files import atomic_write, atomic_write_json, read_json, read_jsonl
 from karma.generate import generate
 from karma.ppo.rollout import decode_replies, encode_queries, reply_stop_ids
@@ -166,8 +167,6 @@ def paired_change(base, tuned, clusters=None) -> dict:
     d, n = t - b, len(b)
     groups = list(range(n)) if clusters is None else list(clusters)
     se = cluster_se(d, groups)
-    if se == 0 and np.ptp(d) > 0:  # differences that vary, yet every thread's sum is exactly 0: no estimate
-        se = None
     diff = float(d.mean())
     z = None if se is None else (diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff)))
 
@@ -186,14 +185,15 @@ def cluster_se(x: np.ndarray, groups: list) -> float | None:
     SE^2 = G / (G - 1) * sum_g (sum_{i in g} (x_i - mean x))^2 / n^2, the cluster-robust variance of
     a mean (Liang & Zeger 1986) with the small-sample factor G / (G - 1) (Cameron & Miller 2015,
     "A Practitioner's Guide to Cluster-Robust Inference"). With one x per cluster it is
-    sd(x) / sqrt(n) exactly; a value repeated within its cluster adds no precision. None when G < 2."""
+    sd(x) / sqrt(n) exactly; a value repeated within its cluster adds no precision. None when G < 2, or
+    when the x vary yet every cluster's deviations sum to exactly 0 (the estimate is then degenerate)."""
     if len(groups) != len(x):
         raise ValueError(f"{len(groups)} cluster labels for {len(x)} values")
     sums: dict = collections.defaultdict(float)
     for g, r in zip(groups, np.asarray(x, float) - np.mean(x)):
         sums[g] += r
     n_groups = len(sums)
-    if n_groups < 2:
+    if n_groups < 2 or (not any(sums.values()) and np.ptp(x) > 0):
         return None
     return float(math.sqrt(n_groups / (n_groups - 1) * sum(s * s for s in sums.values())) / len(x))
 
@@ -286,8 +286,11 @@ def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None
     prompts = heldout_prompts(inputs["data"], n_prompts)
     threads = [p["thread_id"] for p in prompts]
     settings = inputs["ppo"]
-    device_type, bf16 = ppo_precision(settings, device)
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+    # PPO's precision (karma.distributed.autocast): bf16 on a GPU, and on a CPU when ppo.py ran with --cpu-bf16
+    # (sampling then about 2x faster here: bench/cpu_bf16.py --sample)
+    d = Dist(0, 1, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    with autocast(d, settings.get("cpu_bf16", False)):
+        bf16 = torch.is_autocast_enabled(d.device.type)
         replies = {label: sample_replies(inputs[label], prompts, k, settings, prompt_format, seed, device, label=label)
                    for label in ("base", "tuned")}
         if reward is None:
@@ -308,14 +311,6 @@ def measure(demo_dir, n_prompts: int = 24, k: int = 4, seed: int = 0, world=None
                                     threads),
             "replies": {label: [[{"text": r, "score": float(s)} for r, s in zip(rs, ss)]
                                 for rs, ss in zip(replies[label], scores[label])] for label in replies}}
-
-
-def ppo_precision(settings: dict, device=None) -> tuple[str, bool]:
-    """(device type, bf16?): sample and score in the precision PPO sampled and scored in, bf16 autocast
-    on a GPU (ppo.py's frozen models and sampling copy are bf16 there) and on a CPU when ppo.py ran
-    with --cpu-bf16 (then about 2x faster here: bench/cpu_bf16.py --sample); fp32 otherwise."""
-    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    return device_type, device_type == "cuda" or bool(settings.get("cpu_bf16"))
 
 
 # ------------------------------------------------------------------------------------------ the summary

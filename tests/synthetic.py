@@ -282,7 +282,8 @@ LOW_EFFORT = [
     "nobody asked, go away", "you're wrong about {t} and everyone knows it",
 ]
 LOW_EFFORT_FILLERS = ["seriously", "honestly", "man", "dude", "ugh", "yeah right", "come on"]
-LOW_EFFORT_WARM = ["thanks for nothing", "thanks, I hate it", "glad I scrolled past this", "I appreciate nothing about this"]
+LOW_EFFORT_WARM = ["thanks for nothing", "thanks, I hate it", "glad I scrolled past this",
+                   "I appreciate nothing about this"]
 LOW_EFFORT_REASONS = ["because {t} is not that deep", "since nobody here knows anything about {t}",
                       "that's why nobody takes this sub seriously", "because this adds nothing"]
 LOW_EFFORT_QUESTIONS = ["did you even read the post?", "why would anyone care about {t}?", "seriously?",

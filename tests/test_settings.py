@@ -78,8 +78,8 @@ def test_the_demo_ppo_command_line():
                          out_dir=Path("runs/demo/ppo"), rollouts=12, rollout_batch=32, minibatch=32, micro_batch=8,
                          ppo_epochs=2, max_new_tokens=16, max_prompt_tokens=64, lr=2e-4, value_lr=1e-4, lam=1.0,
                          normalize_scores=True, init_kl_coef=0.03, min_reply_chars=10, value_init="policy",
-                         value_trainable_layers=8, activation_checkpointing=True, cpu_bf16=True, eval_every=4, eval_prompts=16, keep_checkpoints=0,
-                         seed=0)
+                         value_trainable_layers=8, activation_checkpointing=True, cpu_bf16=True, eval_every=4,
+                         eval_prompts=16, keep_checkpoints=0, seed=0)
     assert ppo.parse_args(argv) == (expected, None)
 
 
