@@ -18,12 +18,12 @@ The variant is recorded in --out/config.json (conditioned RM -> karmaEroded). Ou
                        in transformers and vLLM); tensorboard/ or wandb/ with --report-to
 """
 
-import json
 import sys
 from pathlib import Path
 
 from karma.cli import add_debug_flag, device_arg, run_main
 from karma.distributed import cleanup, init_distributed
+from karma.files import read_jsonl
 from karma.ppo.trainer import PPOConfig, train
 from karma.settings import parse_settings, settings_parser
 
@@ -55,7 +55,7 @@ def main(argv=None):
 def summary(metrics: Path) -> str:
     """Mean RM score of the first and last rollouts of the run (thirds), from metrics.jsonl
     (rollouts without a finite score are left out)."""
-    scores = [s for line in metrics.read_text().splitlines() if (s := json.loads(line)["score"]) is not None]
+    scores = [s for _, record in read_jsonl(metrics) if (s := record["score"]) is not None]
     if not scores:
         return "RM score: no rollout had a finite score"
     k = max(1, len(scores) // 3)

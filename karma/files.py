@@ -84,14 +84,16 @@ def read_json(path: str | os.PathLike):
 def read_jsonl(path: Path) -> list[tuple[str, object]]:
     """(raw line, parsed record) for every line of a JSONL log. A torn last line (a process killed
     while writing it, or one still writing) is left out; a bad line elsewhere is an error naming
-    file:line."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    file:line. Lines end at "\n" only: str.splitlines would also break at U+2028, U+2029, U+0085 and
+    the other Unicode line breaks, which JSON written as UTF-8 keeps raw inside strings (a sampled
+    reply held one)."""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")  # the last is "" after a final "\n"
     records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append((line if line.endswith("\n") else line + "\n", json.loads(line)))
+            records.append((line + "\n", json.loads(line)))
         except json.JSONDecodeError:
             if n == len(lines):
                 break

@@ -700,6 +700,26 @@ def test_truncate_jsonl_drops_a_torn_tail_but_refuses_a_bad_middle_line(tmp_path
     assert path.read_text() == '{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n'  # left as it was
 
 
+def test_logs_with_unicode_line_breaks_inside_strings_read_back(tmp_path):
+    """A sampled reply held U+2029 (a PPO run then failed at its end: "metrics.jsonl:5: not valid
+    JSON"). The log keeps such characters raw in UTF-8, so every reader splits lines at "\\n" only:
+    read_jsonl, truncate_jsonl on resume, and ppo.py's closing summary."""
+    import ppo
+    from karma.run import MetricsLog
+    breaks = "a\u2028b\u2029c\x85d\x1ce\x0bf\x0cg\rh"
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path, append=False)
+    for rollout in (1, 2, 3):
+        log.write({"rollout": rollout, "score": rollout / 10, "top_replies": [{"response": breaks}]})
+    log.close()
+    records = [record for _, record in files.read_jsonl(path)]
+    assert [r["rollout"] for r in records] == [1, 2, 3]
+    assert all(r["top_replies"][0]["response"] == breaks for r in records)
+    assert ppo.summary(path).startswith("RM score: first 1 scored rollouts 0.1000 -> last 1 0.3000")
+    truncate_jsonl(path, "rollout", 2)
+    assert [r["rollout"] for _, r in files.read_jsonl(path)] == [1, 2]
+
+
 def test_keep_checkpoints_keeps_the_newest(tmp_path, base, data, capsys):
     out = tmp_path / "rm"
     rc, _, err = cli(train_rm_script, rm_argv(base, data, out, "--max-steps", "4", "--keep-checkpoints", "2"),

@@ -62,7 +62,7 @@ def read_jsonl(path: Path, dataset: str) -> list[dict]:
     """Items of one file: {"id": "<dataset>/<line>", "dataset", "prompt", "matching",
     "not_matching": [str, ...]}; a malformed line is an error naming file:line."""
     items = []
-    for line, text in enumerate(read_text(path).splitlines(), 1):
+    for line, text in enumerate(read_text(path).split("\n"), 1):  # not splitlines: U+2028 may sit in a string
         if not text.strip():
             continue
         try:
