@@ -207,6 +207,16 @@ class Transformer(nn.Module):
         if self.config.alibi:
             self.alibi_slopes = alibi_slopes(self.config.n_heads).to(device)
 
+    def train_top_blocks_only(self, n: int | None) -> None:
+        """Freeze the embedding and all but the top `n` blocks (n None: train everything), as trlX's
+        `num_layers_unfrozen` (Havrilla et al. 2023): frozen weights get no gradient and no AdamW state,
+        and the backward pass stops at the lowest trainable block."""
+        if n is None:
+            return
+        self.embed.requires_grad_(False)
+        for block in self.blocks[:len(self.blocks) - n]:
+            block.requires_grad_(False)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary projection of final hidden states [..., hidden] -> [..., vocab].
 

@@ -71,6 +71,10 @@ class TrainRMConfig:
                                                                f"the chat template and a reply)"))
     head_hidden: int | None = setting(None, "width of the MLP head", AT_LEAST_1, in_range(1, MAX_HEAD_HIDDEN),
                                       unset="the model's hidden size")
+    trainable_layers: int | None = setting(
+        None, "train only the top N blocks, final norm and head; the embedding and lower blocks keep their "
+              "pretrained weights, without gradients or AdamW state (a departure from KARMA, which trains the "
+              "whole model; trlX's num_layers_unfrozen)", AT_LEAST_1, metavar="N", unset="all, as KARMA")
     batch_size: int = setting(16, "examples per optimizer step over all processes (the paper's)", AT_LEAST_1,
                               in_range(1, MAX_BATCH))
     micro_batch_size: int = setting(16, "examples per forward/backward on one process; smaller = gradient "
@@ -131,6 +135,9 @@ def check_inputs(cfg: TrainRMConfig) -> "Data":
     if cfg.max_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-length {cfg.max_length}: more than {cfg.model}'s max_position_embeddings "
                          f"({model_cfg.max_position_embeddings})")
+    if cfg.trainable_layers is not None and cfg.trainable_layers > model_cfg.n_layers:
+        raise ValueError(f"--trainable-layers {cfg.trainable_layers}: more than {cfg.model}'s {model_cfg.n_layers} "
+                         f"blocks")
     check_out_dir(cfg.out_dir, cfg, RESUMABLE_CHANGES)
     return Data.load(cfg, tokenizer)
 
@@ -200,6 +207,7 @@ def new_reward_model(cfg: TrainRMConfig, d: Dist) -> RewardModel:
     rm_cfg = RewardConfig(format=cfg.format, max_length=cfg.max_length, head_hidden=cfg.head_hidden)
     rm = build_reward_model(cfg.model, rm_cfg, dtype=torch.float32, device=d.device, seed=cfg.seed)
     rm.backbone.activation_checkpointing = cfg.activation_checkpointing
+    rm.backbone.train_top_blocks_only(cfg.trainable_layers)
     rm.train()
     return shard(rm, rm.backbone.blocks, d)
 

@@ -18,6 +18,7 @@ from karma.data.format import render
 from karma.distributed import Dist
 from karma.reward import RewardConfig, build_reward_model, encode, load_reward_model
 from karma.reward_train import TrainRMConfig, train
+from karma.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ["great question, here is why it works", "thanks, the source explains it well", "good point and a clear answer"]
@@ -80,11 +81,13 @@ def test_learns_a_learnable_label_and_saves_a_loadable_model(tmp_path, base_mode
     assert hf.config.model_type == "llama"
 
 
-def test_killed_run_resumes_to_bitwise_equal_weights(tmp_path, base_model, monkeypatch):
+@pytest.mark.parametrize("trainable_layers", [None, 1])
+def test_killed_run_resumes_to_bitwise_equal_weights(tmp_path, base_model, monkeypatch, trainable_layers):
     data = make_examples(tmp_path / "data")
     d = Dist(0, 1, torch.device("cpu"))
     full = tmp_path / "full"
-    train(config(base_model, data, full, max_steps=10, save_every=4, eval_every=5), d)
+    settings = dict(max_steps=10, save_every=4, eval_every=5, trainable_layers=trainable_layers)
+    train(config(base_model, data, full, **settings), d)
 
     calls = {"n": 0}
     real_loss = reward_train.bce_loss
@@ -98,10 +101,10 @@ def test_killed_run_resumes_to_bitwise_equal_weights(tmp_path, base_model, monke
     killed = tmp_path / "killed"
     monkeypatch.setattr(reward_train, "bce_loss", dying_loss)
     with pytest.raises(KeyboardInterrupt):
-        train(config(base_model, data, killed, max_steps=10, save_every=4, eval_every=5), d)
+        train(config(base_model, data, killed, **settings), d)
     monkeypatch.setattr(reward_train, "bce_loss", real_loss)
     assert (killed / "checkpoints" / "latest").read_text() == "step-00000004"
-    state = train(config(base_model, data, killed, max_steps=10, save_every=4, eval_every=5, resume=True), d)
+    state = train(config(base_model, data, killed, **settings, resume=True), d)
     assert state["step"] == 10
     a, b = load_file(full / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -111,17 +114,20 @@ def test_killed_run_resumes_to_bitwise_equal_weights(tmp_path, base_model, monke
     assert train_losses(full) == train_losses(killed)  # the killed run's extra records were dropped on resume
 
 
-def test_two_process_fsdp_matches_one_process(tmp_path, base_model):
+@pytest.mark.parametrize("extra, port", [([], 29517), (["--trainable-layers", "1"], 29518)])
+def test_two_process_fsdp_matches_one_process(tmp_path, base_model, extra, port):
+    """Also with frozen lower blocks: FSDP2 then shards a root whose embedding is frozen while its
+    final norm and head train."""
     data = make_examples(tmp_path / "data", n_train=96, n_heldout=24)
     common = ["--model", str(base_model), "--data", str(data), "--max-length", "64", "--batch-size", "16",
               "--micro-batch-size", "4", "--lr", "3e-3", "--max-steps", "4", "--eval-every", "4",
-              "--save-every", "4", "--log-every", "1", "--device", "cpu"]
+              "--save-every", "4", "--log-every", "1", "--device", "cpu", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, str(ROOT / "train_rm.py"), "--out", str(one), *common],
                    check=True, env=env, cwd=ROOT, capture_output=True)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(ROOT / "train_rm.py"), "--out", str(two), *common],
+                          "--master_port", str(port), str(ROOT / "train_rm.py"), "--out", str(two), *common],
                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     loss = lambda out: [e["loss"] for e in read_log(out) if e["event"] == "train"]
@@ -134,6 +140,27 @@ def test_two_process_fsdp_matches_one_process(tmp_path, base_model):
     assert eval_one["log_loss"] == pytest.approx(eval_two["log_loss"], abs=1e-5)
     a, b = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_trainable_layers_trains_only_the_top_blocks_norm_and_head(tmp_path, base_model):
+    """--trainable-layers 1: the embedding and lower blocks keep the base checkpoint's weights and get
+    no AdamW state; the top block, final norm and head train. More blocks than the model has is
+    refused before anything is written."""
+    data = make_examples(tmp_path / "data", n_train=64, n_heldout=16)
+    out = tmp_path / "rm"
+    train(config(base_model, data, out, trainable_layers=1, max_steps=3, eval_every=3, save_every=3),
+          Dist(0, 1, torch.device("cpu")))
+    base = load_model(base_model).state_dict()
+    trained = load_reward_model(out / "final").backbone.state_dict()
+    top = f"blocks.{len(load_model(base_model).blocks) - 1}."
+    for name, weight in base.items():
+        assert torch.equal(weight, trained[name]) != name.startswith((top, "norm.")), name
+    head_before = build_reward_model(base_model, RewardConfig(max_length=64), seed=0).head.state_dict()
+    head_after = load_file(out / "final" / "reward_head.safetensors")
+    assert not torch.equal(head_before["2.weight"], head_after["2.weight"])
+    with pytest.raises(ValueError, match=r"--trainable-layers 99: more than .*'s \d+ blocks"):
+        train(config(base_model, data, tmp_path / "refused", trainable_layers=99), Dist(0, 1, torch.device("cpu")))
+    assert not (tmp_path / "refused").exists()
 
 
 def test_bad_examples_are_reported_with_file_and_line(tmp_path, base_model):

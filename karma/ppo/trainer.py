@@ -39,7 +39,7 @@ from karma.optim import adamw, linear_decay
 from karma.ppo.core import (AdaptiveKLController, FixedKLController, ScoreNorm, explained_variance, masked_mean,
                             policy_loss, value_loss)
 from karma.ppo.rollout import RolloutBuffer, collect_rollout, evaluate_policy, response_logits
-from karma.ppo.value import check_same_tokenizer, train_top_layers_only, value_from_policy, value_from_reward_model
+from karma.ppo.value import check_same_tokenizer, value_from_policy, value_from_reward_model
 from karma.reward import inspect_reward_model, load_reward_model
 from karma.tokenizer import load_tokenizer
 from karma.run import KEEP_CHECKPOINTS_HELP, Run, check_out_dir, peak_memory_gib
@@ -334,7 +334,7 @@ class Models:
             reward = load_reward_model(cfg.reward_model, dtype=frozen_dtype, device=d.device).requires_grad_(False)
         value = (value_from_reward_model(reward, tokenizer) if cfg.value_init == "reward"
                  else value_from_policy(policy)).float()
-        train_top_layers_only(value, cfg.value_trainable_layers)
+        value.backbone.train_top_blocks_only(cfg.value_trainable_layers)
         policy.activation_checkpointing = value.backbone.activation_checkpointing = cfg.activation_checkpointing
         shard(policy, policy.blocks, d)  # FSDP2 under torchrun; the frozen reference and RM stay replicated
         shard(value, value.backbone.blocks, d)

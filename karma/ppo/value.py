@@ -62,16 +62,6 @@ def value_from_policy(policy: Transformer) -> ValueModel:
     return ValueModel(copy.deepcopy(policy), head)
 
 
-def train_top_layers_only(value: ValueModel, n: int | None) -> None:
-    """Freeze the critic's embedding and all but its top `n` blocks (n None: train everything)."""
-    if n is None:
-        return
-    backbone = value.backbone
-    backbone.embed.requires_grad_(False)
-    for block in backbone.blocks[:len(backbone.blocks) - n]:
-        block.requires_grad_(False)
-
-
 def _zero_last_layer(head: nn.Sequential) -> None:
     with torch.no_grad():
         head[-1].weight.zero_()
