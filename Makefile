@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DEMO := runs/demo
 # The demo's knobs (make demo DEMO_ROLLOUTS=16 ...). Toy scale so the chain finishes in minutes on 2 CPU
 # cores; real runs: see the README. Every setting was chosen over seeds; what was tried, and what each try
-# measured, is in docs/performance.md (PPO, rounds one to five).
+# measured, is in docs/performance.md (PPO, rounds one to six).
 # - PPO: 12 rollouts of 32 replies of 16 tokens on 64 of the train split's Reddit prompts (DEMO_TRAIN_PROMPTS;
 #   empty: all 541), two epochs of one minibatch of 32 at lr 2e-4 (2 optimizer steps per rollout, each on
 #   every reply). On the shipped world the report's first claim (the held-out score rises beyond 3 SE) held

@@ -20,6 +20,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from karma.distributed import Dist
+from karma.files import read_jsonl
 from karma.ppo.trainer import PPOConfig, train
 from karma.reward import RewardConfig, RewardModel, save_reward_model
 from karma.tokenizer import load_tokenizer
@@ -75,7 +76,7 @@ def main():
                     micro_batch=args.micro_batch, max_new_tokens=args.max_new_tokens, max_prompt_tokens=256,
                     value_init="reward", save_every=10**6)  # one tokenizer for both here: RM-initialised critic
     train(cfg, Dist(0, 1, torch.device("cuda")))
-    rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [record for _, record in read_jsonl(root / "run" / "metrics.jsonl")]
     steady = rows[1:] or rows  # the first rollout includes warm-up (kernel selection, allocator growth)
     mean = lambda key: sum(r[key] for r in steady) / len(steady)
     policy_params = sum(p.numel() for p in load_model(policy_dir, device="meta").parameters())

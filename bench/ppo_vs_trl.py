@@ -119,6 +119,7 @@ def karma_run(root: Path, rollouts: int, response_length: int) -> dict:
 
     import karma.ppo.trainer as trainer
     from karma.distributed import Dist
+    from karma.files import read_jsonl
 
     ends = []  # perf_counter at the end of each rollout (its progress line)
     progress_line = trainer.progress_line
@@ -134,7 +135,7 @@ def karma_run(root: Path, rollouts: int, response_length: int) -> dict:
         max_prompt_tokens=128, save_every=10**6, keep_checkpoints=0, samples_per_rollout=0, seed=s["seed"],
         activation_checkpointing=s["activation_checkpointing"])
     trainer.train(cfg, Dist(0, 1, torch.device("cpu")))
-    metrics = [json.loads(line) for line in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [record for _, record in read_jsonl(cfg.out_dir / "metrics.jsonl")]
     return {"rollouts": [
         {"iteration_s": end - previous, "generate_s": m["generate_s"],
          "rollout_forward_s": m["score_s"] + m["forward_s"], "update_s": m["update_s"],

@@ -1,8 +1,8 @@
 """train_rm.py's optimizer step with the whole model trained vs only its top N blocks
 (--trainable-layers N), the two alternated in the same process on the same batch. Prints JSON.
 
-    python bench/rm_trainable_layers.py                          # SmolLM2-135M, top 4, the demo's step
-    python bench/rm_trainable_layers.py --trainable-layers 8 --micro-batch 4 --tokens 128 --cpu-bf16
+    python bench/rm_trainable_layers.py --trainable-layers 4 --cpu-bf16   # the result in bench/results
+    python bench/rm_trainable_layers.py --trainable-layers 8 --tokens 192   # fp32, longer examples
 
 One step is what karma.reward_train.train_step does: --batch examples in micro-batches of
 --micro-batch (forward, BCE, backward), gradient clipping, AdamW. The first step of each kind is a

@@ -208,11 +208,14 @@ class Transformer(nn.Module):
             self.alibi_slopes = alibi_slopes(self.config.n_heads).to(device)
 
     def train_top_blocks_only(self, n: int | None) -> None:
-        """Freeze the embedding and all but the top `n` blocks (n None: train everything), as trlX's
-        `num_layers_unfrozen` (Havrilla et al. 2023): frozen weights get no gradient and no AdamW state,
-        and the backward pass stops at the lowest trainable block."""
+        """Freeze the embedding and all but the top `n` blocks (n None: train everything); the final
+        norm stays trainable (an untied lm_head is the caller's: reward and value models freeze it), as
+        trlX's `num_layers_unfrozen` (Havrilla et al. 2023): frozen weights get no gradient and no
+        AdamW state, and the backward pass stops at the lowest trainable block."""
         if n is None:
             return
+        if not 1 <= n <= len(self.blocks):
+            raise ValueError(f"{n} trainable blocks: the model has {len(self.blocks)}")
         self.embed.requires_grad_(False)
         for block in self.blocks[:len(self.blocks) - n]:
             block.requires_grad_(False)

@@ -8,13 +8,13 @@ same autocast)."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
 import karma
 from karma.distributed import Dist, autocast
+from karma.files import read_jsonl
 from karma.ppo.trainer import PPOConfig, train
 from test_ppo_trainer import LetterReward, config, setup  # noqa: F401 (setup: the module fixture)
 
@@ -47,7 +47,7 @@ def test_ppo_with_cpu_bf16_trains_in_bf16_and_stays_sane(setup, tmp_path):  # no
         out = tmp_path / f"bf16-{bf16}"
         train(config(policy, prompts, out, rollouts=3, ppo_epochs=1, minibatch=16, micro_batch=8, cpu_bf16=bf16),
               CPU, reward=LetterReward())
-        runs[bf16] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[bf16] = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     fp32, bf16 = runs[False], runs[True]
     assert [r["rollout"] for r in bf16] == [1, 2, 3]
     for r in bf16:

@@ -1,7 +1,8 @@
 """The demo's claim, checked over seeds with the Makefile's own settings: PPO raises the reward model's
 score on HELD-OUT prompts by more than three standard errors, and at least one planted content
 feature of the shipped synthetic world becomes more common in the tuned policy's replies, while the share
-of empty replies (which the reward model never saw in training) does not rise.
+of empty replies (which the reward model never saw in training) does not rise. The second claim is
+known to fail for seed 3 (FEATURELESS_SEEDS, a strict xfail).
 
 Each seed runs `make demo-train demo-report` (sample data -> reward model -> PPO -> the held-out
 report; the evals are left out): minutes per seed on CPU, so this is a slow test (make test-slow)."""
@@ -47,6 +48,16 @@ def test_heldout_reward_rises_beyond_three_standard_errors(outcome):
     assert verdict(outcome["empty"]) != "rose", outcome["empty"]  # not bought with empty replies (reward hacking)
 
 
-def test_a_planted_content_feature_becomes_more_common(outcome):
+# Seeds whose PPO run raises the score but no planted feature, with the reward model it was tried
+# against (docs/performance.md, fifth and sixth rounds): the 24-step, a top-4 72-step and make
+# shortcut's 134-step reward model alike. Strict: should the seed start to raise one, the test fails
+# until this entry (and the docs) change.
+FEATURELESS_SEEDS = {3: "no planted feature rose with any of three reward models (score z 3.8 with the demo's)"}
+
+
+def test_a_planted_content_feature_becomes_more_common(outcome, request):
     """The behaviour the world pays for: at least one planted feature's share rises beyond the noise."""
+    seed = request.node.callspec.params["outcome"]
+    if seed in FEATURELESS_SEEDS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=FEATURELESS_SEEDS[seed]))
     assert any(verdict(f) == "rose" for f in outcome["features"]), outcome["features"]

@@ -23,6 +23,7 @@ import pytest
 
 import data_prep
 from karma import recipe as R
+from karma.files import read_jsonl
 from karma.reward_train import TrainRMConfig
 from karma.settings import read_settings
 
@@ -435,7 +436,7 @@ def test_a_small_grid_of_tiny_models_runs_every_stage_stopped_and_resumed(tmp_pa
                 if variant != "Base":  # a finished PPO run of this recipe: all its rollouts, exported
                     run_dir = Path(cell["source"]).parent
                     assert run_dir == tmp_path / "run" / "ppo" / policy / variant
-                    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                    records = [r for _, r in read_jsonl(run_dir / "metrics.jsonl")]
                     assert max(r.get("rollout", 0) for r in records) == 4
         assert set(table["across_models"]) == {"karmaBenign", "karmaToxic", "karmaEroded"}
     rms = {r["rm"]: r for r in report["reward_models"]}

@@ -38,6 +38,7 @@ import karma.ppo.trainer as ppo_trainer
 import karma.reward_train as reward_train
 from hf_fixtures import FAMILY, LAYOUTS, TOKENIZER_STYLE, VOCAB, load_oracle, make_tokenizer, randomize_
 from karma.distributed import Dist
+from karma.files import read_jsonl
 from karma.ppo.trainer import PPOConfig
 from karma.reward import RewardConfig, build_reward_model, save_reward_model
 from karma.reward_train import TrainRMConfig
@@ -143,7 +144,7 @@ def assert_same_state(a: dict, b: dict, what: str):
 
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [record for _, record in read_jsonl(path)]
 
 
 def deterministic(record: dict) -> dict:

@@ -143,9 +143,9 @@ def test_two_process_fsdp_matches_one_process(tmp_path, base_model, extra, port)
 
 
 def test_trainable_layers_trains_only_the_top_blocks_norm_and_head(tmp_path, base_model):
-    """--trainable-layers 1: the embedding and lower blocks keep the base checkpoint's weights and get
-    no AdamW state; the top block, final norm and head train. More blocks than the model has is
-    refused before anything is written."""
+    """--trainable-layers 1: the embedding and lower blocks keep the base checkpoint's weights; the top
+    block, final norm and head train. More blocks than the model has is refused before anything is
+    written."""
     data = make_examples(tmp_path / "data", n_train=64, n_heldout=16)
     out = tmp_path / "rm"
     train(config(base_model, data, out, trainable_layers=1, max_steps=3, eval_every=3, save_every=3),
@@ -161,6 +161,9 @@ def test_trainable_layers_trains_only_the_top_blocks_norm_and_head(tmp_path, bas
     with pytest.raises(ValueError, match=r"--trainable-layers 99: more than .*'s \d+ blocks"):
         train(config(base_model, data, tmp_path / "refused", trainable_layers=99), Dist(0, 1, torch.device("cpu")))
     assert not (tmp_path / "refused").exists()
+    for n in (0, len(load_model(base_model).blocks) + 1):  # the library call refuses too
+        with pytest.raises(ValueError, match=f"{n} trainable blocks: the model has"):
+            load_model(base_model).train_top_blocks_only(n)
 
 
 def test_bad_examples_are_reported_with_file_and_line(tmp_path, base_model):

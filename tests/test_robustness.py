@@ -93,7 +93,7 @@ def check_json_files(out: Path) -> int:
             strict_json(path.read_text())
             n += 1
         elif path.suffix == ".jsonl":
-            for line in path.read_text().splitlines():
+            for line in path.read_text(encoding="utf-8").split("\n")[:-1]:  # not splitlines: U+2028 in replies
                 strict_json(line)
             n += 1
     return n
@@ -104,7 +104,7 @@ def snapshot(directory: Path) -> dict:
 
 
 def metrics(out: Path) -> list[dict]:
-    return [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [strict_json(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").split("\n")[:-1]]
 
 
 @pytest.fixture(scope="module")
@@ -702,8 +702,9 @@ def test_truncate_jsonl_drops_a_torn_tail_but_refuses_a_bad_middle_line(tmp_path
 
 def test_logs_with_unicode_line_breaks_inside_strings_read_back(tmp_path):
     """A sampled reply held U+2029 (a PPO run then failed at its end: "metrics.jsonl:5: not valid
-    JSON"). The log keeps such characters raw in UTF-8, so every reader splits lines at "\\n" only:
-    read_jsonl, truncate_jsonl on resume, and ppo.py's closing summary."""
+    JSON"). The log keeps U+2028, U+2029 and U+0085 raw in UTF-8 (the other breaks are escaped), so
+    every reader splits lines at "\\n" only: read_jsonl, truncate_jsonl on resume, and ppo.py's
+    closing summary."""
     import ppo
     from karma.run import MetricsLog
     breaks = "a\u2028b\u2029c\x85d\x1ce\x0bf\x0cg\rh"

@@ -29,6 +29,7 @@ import karma.run as run
 from karma.distributed import Dist
 from karma.dpo_train import DPOConfig
 from karma.errors import RunLocked
+from karma.files import read_jsonl
 from karma.ppo.trainer import PPOConfig
 from karma.reward_train import TrainRMConfig
 from karma.run import MetricsLog, RunLock
@@ -60,8 +61,7 @@ def files(directory: Path) -> dict:
 
 
 def train_steps(out: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["event"] == "train"]
+    return [r["step"] for _, r in read_jsonl(out / "metrics.jsonl") if r["event"] == "train"]
 
 
 # ------------------------------------------------------------- item 1: a new run never overwrites

@@ -69,7 +69,8 @@ def main():
         csv.writer(f, lineterminator="\n").writerows([rows[0], *[r for r in rows[1:] if r[2] in questions]])
     # RealToxicityPrompts (DecodingTrust subsets): 150 challenging toxic + 150 non-toxic prompts, lines verbatim
     for name in ("toxic.jsonl", "nontoxic.jsonl"):
-        lines = (src / "realtoxicityprompts" / name).read_text().splitlines(keepends=True)
+        text = (src / "realtoxicityprompts" / name).read_text(encoding="utf-8")
+        lines = [line + "\n" for line in text.removesuffix("\n").split("\n")]  # not splitlines: U+2028 may sit in a string
         picked = sorted(rng.sample(range(len(lines)), 150))
         (out / "realtoxicityprompts").mkdir(parents=True, exist_ok=True)
         (out / "realtoxicityprompts" / name).write_text("".join(lines[i] for i in picked))
